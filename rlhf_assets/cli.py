@@ -1,0 +1,155 @@
+"""The `rlhf` command. Each subcommand is a thin shell over the domain code; failures say what and where."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(help="rlhf_assets: the RLHF loop as Dagster assets.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+bench_app = typer.Typer(help="Benchmarks against peers, on this machine, in one run.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def demo(
+    root: Annotated[Optional[str], typer.Option(help="Storage root (default $RLHF_STORAGE_ROOT or ./.rlhf).")] = None,
+    dagster_home: Annotated[Optional[str], typer.Option(help="Default $DAGSTER_HOME or ./.dagster.")] = None,
+    pairs: Annotated[Optional[int], typer.Option(help="Use only the first N bundled HH-RLHF pairs.")] = None,
+):
+    """Lay the bundled sample data into the landing zone and materialize the graph on the local instance."""
+    from rlhf_assets.demo import run_demo
+
+    summary = run_demo(root, dagster_home, n_pairs=pairs, progress=lambda m: typer.echo(m, err=True))
+    days = summary["days"].values()
+    kappas = [d["fleiss_kappa"] for d in days if d.get("fleiss_kappa") is not None]
+    accs = [d["accuracy_vs_simulator_truth"] for d in days if "accuracy_vs_simulator_truth" in d]
+    typer.echo("")
+    typer.echo(f"rows in:            {sum(d['rows_in'] or 0 for d in days)}")
+    typer.echo(f"rows quarantined:   {sum(d['rows_quarantined'] or 0 for d in days)}  "
+               f"(reasons: {summary['storage_root']}/quarantine/)")
+    typer.echo(f"labels aggregated:  {sum(d['pairs_aggregated'] or 0 for d in days)} pairs (Dawid–Skene)")
+    if accs:
+        typer.echo(f"label accuracy:     {min(accs):.3f}–{max(accs):.3f} vs the simulator's truth")
+    if kappas:
+        typer.echo(f"Fleiss' kappa:      {min(kappas):.3f}–{max(kappas):.3f} per day")
+    typer.echo(f"asset checks:       {sum(d['checks_passed'] for d in days)} passed, "
+               f"{sum(len(d['checks_failed']) for d in days)} failed")
+    typer.echo(f"tables:             {summary['storage_root']}/tables/")
+    typer.echo(f"Dagster instance:   {summary['dagster_home']}")
+    typer.echo(f"open the UI:        DAGSTER_HOME={summary['dagster_home']} "
+               f"RLHF_STORAGE_ROOT={summary['storage_root']} dagster dev   (then http://127.0.0.1:3000)")
+    if not summary["success"]:
+        _fail("some runs failed; see the run logs in the UI", 1)
+
+
+@app.command()
+def validate(
+    files: Annotated[list[Path], typer.Argument(help="JSONL, JSONL.gz or Parquet comparison files.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+    quarantine_dir: Annotated[Optional[Path], typer.Option(help="Write rejected rows/files here.")] = None,
+    day: Annotated[Optional[str], typer.Option(help="Also require created_at inside this UTC day.")] = None,
+):
+    """Run the validated_pairs expectation suite on files, outside Dagster.
+
+    Exit code: 0 all rows valid, 1 some rows quarantined, 2 some file unreadable.
+    """
+    from rlhf_assets.preference.validate_files import validate_files
+
+    if day is not None:
+        try:
+            from datetime import date
+
+            date.fromisoformat(day)
+        except ValueError:
+            _fail(f"--day must be YYYY-MM-DD, got {day!r}")
+    reports = validate_files(files, day=day, quarantine_dir=quarantine_dir)
+    if as_json:
+        typer.echo(json.dumps({"files": reports}, indent=2))
+    else:
+        for r in reports:
+            line = f"{r['status']:<12} {r['path']}: {r['rows_valid']}/{r['rows_in']} valid"
+            typer.echo(line + (f" — {r['error']}" if r.get("error") else ""))
+            for name, count in r["failures"].items():
+                typer.echo(f"    {count:>6}  {name}")
+    statuses = {r["status"] for r in reports}
+    raise typer.Exit(2 if "unreadable" in statuses else 1 if "quarantined" in statuses else 0)
+
+
+@app.command()
+def aggregate(
+    file: Annotated[Path, typer.Argument(help="CSV, TSV, Parquet or JSONL with item_id, annotator_id, label.")],
+    method: Annotated[str, typer.Option(help="dawid-skene or majority.")] = "dawid-skene",
+    out: Annotated[Optional[Path], typer.Option(help="Output file (CSV unless it ends in .parquet).")] = None,
+    shrinkage: Annotated[float, typer.Option(help="Dawid–Skene confusion-matrix shrinkage (pseudo-counts).")] = 0.0,
+    max_iter: Annotated[int, typer.Option(help="Dawid–Skene iteration cap.")] = 100,
+    tol: Annotated[float, typer.Option(help="Dawid–Skene convergence tolerance.")] = 1e-5,
+    seed: Annotated[int, typer.Option(help="Majority-vote tie-breaking seed.")] = 0,
+):
+    """Aggregate crowd labels: one label per item with its confidence."""
+    from rlhf_assets.preference.aggregate_file import AggregateInputError, aggregate_file
+
+    if method not in ("dawid-skene", "majority"):
+        _fail(f"--method must be dawid-skene or majority, got {method!r}")
+    try:
+        table, summary = aggregate_file(file, method=method, shrinkage=shrinkage, max_iter=max_iter, tol=tol,
+                                        seed=seed)
+    except AggregateInputError as exc:
+        _fail(str(exc))
+    if out is None:
+        sys.stdout.write(table.write_csv())
+    elif out.suffix == ".parquet":
+        table.write_parquet(out)
+    else:
+        table.write_csv(out)
+    status = "converged" if summary.converged else "not converged"
+    typer.echo(f"{summary.method}: {summary.n_items} items, {summary.n_annotators} annotators, "
+               f"{summary.n_rows} labels, {summary.n_iter} iterations, {status}"
+               + (f"; wrote {out}" if out else ""), err=True)
+
+
+@bench_app.command("aggregation")
+def bench_aggregation(
+    rows: Annotated[int, typer.Option(help="Label rows for the head-to-head run.")] = 1_000_000,
+    big_rows: Annotated[int, typer.Option(help="Label rows for ours alone.")] = 5_000_000,
+    n_iter: Annotated[int, typer.Option(help="EM iterations for both.")] = 20,
+    quick: Annotated[bool, typer.Option(help="50k rows, for a smoke test.")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+):
+    """Dawid–Skene: ours vs crowd-kit on a synthetic task (time, peak memory, accuracy)."""
+    module = _bench_module("aggregation")
+    argv = ["--rows", str(rows), "--big-rows", str(big_rows), "--n-iter", str(n_iter)]
+    module.cli(argv + (["--quick"] if quick else []) + (["--json"] if as_json else []))
+
+
+def _bench_module(name: str):
+    """Benchmarks live in the repository's bench/ folder (they need the dev extra and a checkout)."""
+    import importlib
+
+    repo = Path(__file__).resolve().parents[1]
+    if not (repo / "bench" / f"{name}.py").exists():
+        _fail(f"bench/{name}.py not found next to {Path(__file__).parent}; run from a checkout with "
+              "`pip install -e '.[dev]'`")
+    if str(repo) not in sys.path:
+        sys.path.insert(0, str(repo))
+    return importlib.import_module(f"bench.{name}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

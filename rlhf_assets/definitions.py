@@ -1,0 +1,22 @@
+"""The one Definitions object: everything under defs/, plus resources and the executor."""
+
+from pathlib import Path
+
+import dagster as dg
+
+from rlhf_assets.defs.io_manager import PolarsTableIOManager
+from rlhf_assets.defs.resources import storage_resource_from_env
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    storage = storage_resource_from_env()
+    return dg.Definitions.merge(
+        dg.load_from_defs_folder(path_within_project=Path(__file__).parent),
+        dg.Definitions(
+            resources={
+                "storage": storage,
+                "table_io_manager": PolarsTableIOManager(root=storage.root, s3_endpoint_url=storage.s3_endpoint_url),
+            },
+        ),
+    )

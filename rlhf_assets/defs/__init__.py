@@ -1,0 +1,1 @@
+"""Dagster wiring only: assets, checks, partitions, resources, IO managers. Loaded by definitions.py."""

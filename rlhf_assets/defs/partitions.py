@@ -1,0 +1,12 @@
+"""Partitions: daily on annotation date for the data pillar; a dynamic `release` for everything trained."""
+
+import os
+
+import dagster as dg
+
+PARTITIONS_START_ENV = "RLHF_PARTITIONS_START"
+
+# end_offset=1: today's annotations land during the day, so today's partition exists already.
+daily_partitions = dg.DailyPartitionsDefinition(
+    start_date=os.environ.get(PARTITIONS_START_ENV, "2025-01-01"), end_offset=1
+)

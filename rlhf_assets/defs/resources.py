@@ -1,0 +1,25 @@
+"""The storage resource: the one place that knows where the storage root is."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from rlhf_assets.storage import DEFAULT_ROOT, ROOT_ENV, S3_ENDPOINT_ENV, Storage
+
+
+class StorageResource(dg.ConfigurableResource):
+    """Storage root: a local directory (default ./.rlhf) or s3://bucket/prefix."""
+
+    root: str = DEFAULT_ROOT
+    s3_endpoint_url: str | None = None
+
+    def storage(self) -> Storage:
+        options = {"endpoint_url": self.s3_endpoint_url} if self.s3_endpoint_url and "://" in self.root else None
+        return Storage(self.root, options)
+
+
+def storage_resource_from_env() -> StorageResource:
+    return StorageResource(
+        root=dg.EnvVar(ROOT_ENV).get_value(DEFAULT_ROOT) or DEFAULT_ROOT,
+        s3_endpoint_url=dg.EnvVar(S3_ENDPOINT_ENV).get_value(None),
+    )

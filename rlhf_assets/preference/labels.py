@@ -1,0 +1,175 @@
+"""From validated comparisons to one label per pair, an annotator table and agreement statistics.
+
+Labels are oriented canonically first (schema.is_canonical_order): a judgement of the pair shown as (B, A)
+is flipped, so "a" always means "the canonical first response wins". Position bias is measured in the order
+each annotator actually saw.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+
+from rlhf_assets.preference.aggregation import AggregationResult, dawid_skene, majority_vote
+from rlhf_assets.preference.agreement import annotator_disagreement, cohen_kappa_pairs, fleiss_kappa_items
+from rlhf_assets.preference.schema import LABELS
+
+Method = Literal["dawid-skene", "majority"]
+_FLIP = {"a": "b", "b": "a", "tie": "tie"}
+
+
+@dataclass(frozen=True)
+class AggregationSettings:
+    method: Method = "dawid-skene"
+    shrinkage: float = 2.0  # pseudo-counts pulling each annotator's confusion matrix toward the pooled one
+    max_iter: int = 100
+    tol: float = 1e-5
+    seed: int = 0  # majority-vote tie-breaking
+    min_overlap: int = 20  # items two annotators must share for a Cohen's kappa
+
+
+@dataclass
+class LabelAggregation:
+    labels: pl.DataFrame  # one row per pair
+    annotators: pl.DataFrame  # one row per annotator
+    agreement: pl.DataFrame  # Cohen's kappa per annotator pair with enough overlap
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+LABEL_SCHEMA = {
+    "pair_id": pl.String, "prompt": pl.String, "response_a": pl.String, "response_b": pl.String,
+    "label": pl.String, "confidence": pl.Float64, "p_a": pl.Float64, "p_b": pl.Float64, "p_tie": pl.Float64,
+    "n_votes": pl.Int64, "share_a": pl.Float64, "chosen": pl.String, "rejected": pl.String,
+}
+ANNOTATOR_SCHEMA = {
+    "annotator_id": pl.String, "n_labels": pl.Int64, "accuracy": pl.Float64, "first_position_rate": pl.Float64,
+    "tie_rate": pl.Float64, "disagreement_rate": pl.Float64, "confusion": pl.String,
+}
+AGREEMENT_SCHEMA = {"annotator_1": pl.String, "annotator_2": pl.String, "n_overlap": pl.Int64, "kappa": pl.Float64}
+
+
+def orient(comparisons: pl.DataFrame) -> pl.DataFrame:
+    """Add canonical columns: first/second response and the label relative to them."""
+    canonical = pl.col("response_a") <= pl.col("response_b")
+    return comparisons.with_columns(
+        pl.when(canonical).then(pl.col("response_a")).otherwise(pl.col("response_b")).alias("first"),
+        pl.when(canonical).then(pl.col("response_b")).otherwise(pl.col("response_a")).alias("second"),
+        pl.when(canonical).then(pl.col("label")).otherwise(pl.col("label").replace_strict(_FLIP)).alias("oriented"),
+    )
+
+
+def aggregate_comparisons(comparisons: pl.DataFrame, settings: AggregationSettings | None = None) -> LabelAggregation:
+    settings = settings or AggregationSettings()
+    if comparisons.height == 0:
+        return LabelAggregation(
+            pl.DataFrame(schema=LABEL_SCHEMA), pl.DataFrame(schema=ANNOTATOR_SCHEMA),
+            pl.DataFrame(schema=AGREEMENT_SCHEMA), {"pairs": 0, "annotators": 0, "comparisons": 0},
+        )
+    rows = orient(comparisons).sort("pair_id", "annotator_id", "comparison_id")
+    pairs = rows.unique("pair_id", keep="first", maintain_order=True).select("pair_id", "prompt", "first", "second")
+    item = rows.select(pl.col("pair_id").rank("dense") - 1)["pair_id"].to_numpy().astype(np.int64)
+    annotator_ids = rows["annotator_id"].unique().sort()
+    worker = rows.select(pl.col("annotator_id").rank("dense") - 1)["annotator_id"].to_numpy().astype(np.int64)
+    label = rows["oriented"].replace_strict({name: i for i, name in enumerate(LABELS)}, return_dtype=pl.Int64)
+    label = label.to_numpy()
+    k = len(LABELS)
+
+    result = _run(settings, item, worker, label, pairs.height, len(annotator_ids), k)
+    consensus = result.labels
+    pairs = pairs.sort("pair_id")  # dense rank codes follow sorted pair_id
+    votes = np.bincount(item, minlength=pairs.height)
+    share_a = np.bincount(item, weights=(label == 0).astype(float), minlength=pairs.height) / votes
+    post = result.posteriors
+    names = np.array(LABELS)[consensus]
+    first, second = pairs["first"].to_numpy(), pairs["second"].to_numpy()
+    labels = pl.DataFrame(
+        {
+            "pair_id": pairs["pair_id"], "prompt": pairs["prompt"],
+            "response_a": pairs["first"], "response_b": pairs["second"], "label": names,
+            "confidence": post[np.arange(pairs.height), consensus], "p_a": post[:, 0], "p_b": post[:, 1],
+            "p_tie": post[:, 2], "n_votes": votes.astype(np.int64), "share_a": share_a,
+            "chosen": np.where(consensus == 0, first, np.where(consensus == 1, second, None)),
+            "rejected": np.where(consensus == 0, second, np.where(consensus == 1, first, None)),
+        },
+        schema=LABEL_SCHEMA,
+    )
+    annotators = _annotator_table(rows, annotator_ids, item, worker, label, consensus, result)
+    agreement = _agreement_table(item, worker, label, annotator_ids, settings.min_overlap)
+    fleiss, fleiss_items, raters = fleiss_kappa_items(item, label, k)
+    item_disagreement = 1.0 - np.bincount(item, weights=(label == consensus[item]).astype(float),
+                                          minlength=pairs.height) / votes
+    stats = {
+        "method": settings.method,
+        "pairs": pairs.height,
+        "annotators": len(annotator_ids),
+        "comparisons": rows.height,
+        "iterations": result.n_iter,
+        "converged": bool(result.converged),
+        "fleiss_kappa": _finite(fleiss),
+        "fleiss_items": int(fleiss_items),
+        "fleiss_raters_per_item": int(raters) if raters == raters else None,
+        "mean_cohen_kappa": _finite(agreement["kappa"].mean()) if agreement.height else None,
+        "cohen_pairs": agreement.height,
+        "mean_confidence": float(np.mean(labels["confidence"].to_numpy())),
+        "label_counts": {name: int((consensus == i).sum()) for i, name in enumerate(LABELS)},
+        "unanimous_share": float(np.mean(item_disagreement == 0)),
+    }
+    return LabelAggregation(labels=labels, annotators=annotators, agreement=agreement, stats=stats)
+
+
+def _run(settings: AggregationSettings, item, worker, label, n_items, n_workers, k) -> AggregationResult:
+    if settings.method == "majority":
+        return majority_vote(item, worker, label, n_items=n_items, n_classes=k, seed=settings.seed)
+    if settings.method == "dawid-skene":
+        return dawid_skene(item, worker, label, n_items=n_items, n_workers=n_workers, n_classes=k,
+                           max_iter=settings.max_iter, tol=settings.tol, shrinkage=settings.shrinkage)
+    raise ValueError(f"unknown aggregation method {settings.method!r}; use 'dawid-skene' or 'majority'")
+
+
+def _annotator_table(rows, annotator_ids, item, worker, label, consensus, result) -> pl.DataFrame:
+    n = len(annotator_ids)
+    n_labels = np.bincount(worker, minlength=n)
+    shown = rows["label"].to_numpy()
+    decided = np.bincount(worker, weights=(shown != "tie").astype(float), minlength=n)
+    picked_first = np.bincount(worker, weights=(shown == "a").astype(float), minlength=n)
+    ties = np.bincount(worker, weights=(shown == "tie").astype(float), minlength=n)
+    disagreement = annotator_disagreement(item, worker, label, consensus)
+    rate = np.full(n, np.nan)
+    rate[disagreement["annotator"].to_numpy()] = disagreement["disagreement_rate"].to_numpy()
+    if result.confusion is not None:
+        accuracy = np.einsum("k,wkk->w", result.priors, result.confusion)
+        confusion = [json.dumps(np.round(c, 4).tolist()) for c in result.confusion]
+    else:  # majority vote: agreement with the consensus is the only accuracy estimate there is
+        accuracy, confusion = 1.0 - rate, [None] * n
+    with np.errstate(invalid="ignore", divide="ignore"):
+        first_rate = np.where(decided > 0, picked_first / np.maximum(decided, 1), np.nan)
+    return pl.DataFrame(
+        {
+            "annotator_id": annotator_ids, "n_labels": n_labels.astype(np.int64), "accuracy": accuracy,
+            "first_position_rate": first_rate, "tie_rate": ties / n_labels, "disagreement_rate": rate,
+            "confusion": confusion,
+        },
+        schema=ANNOTATOR_SCHEMA,
+    )
+
+
+def _agreement_table(item, worker, label, annotator_ids, min_overlap) -> pl.DataFrame:
+    pairs = cohen_kappa_pairs(item, worker, label, min_overlap=min_overlap)
+    if pairs.height == 0:
+        return pl.DataFrame(schema=AGREEMENT_SCHEMA)
+    ids = annotator_ids.to_numpy()
+    return pl.DataFrame(
+        {
+            "annotator_1": ids[pairs["annotator_1"].to_numpy()], "annotator_2": ids[pairs["annotator_2"].to_numpy()],
+            "n_overlap": pairs["n_overlap"], "kappa": pairs["kappa"],
+        },
+        schema=AGREEMENT_SCHEMA,
+    )
+
+
+def _finite(value: float | None) -> float | None:
+    return float(value) if value is not None and np.isfinite(value) else None

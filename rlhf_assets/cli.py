@@ -75,7 +75,10 @@ def validate(
             date.fromisoformat(day)
         except ValueError:
             _fail(f"--day must be YYYY-MM-DD, got {day!r}")
-    reports = validate_files(files, day=day, quarantine_dir=quarantine_dir)
+    try:
+        reports = validate_files(files, day=day, quarantine_dir=quarantine_dir)
+    except ValueError as exc:
+        _fail(str(exc))
     if as_json:
         typer.echo(json.dumps({"files": reports}, indent=2))
     else:

@@ -217,13 +217,20 @@ def test_unreadable_files_exit_2_with_a_status_per_file_and_no_traceback(runs):
         *list(UNREADABLE)[:4], "clean.jsonl", "wrong_types.jsonl", *list(UNREADABLE)[4:], "clean"]
 
 
+def _out(directory: Path, name: str, suffix: str = "") -> Path:
+    """The quarantine output for input file `name`: named `<position>-<name><suffix>`."""
+    matches = [p for p in directory.glob(f"*-{name}{suffix}") if p.name.split("-", 1)[1] == name + suffix]
+    assert len(matches) <= 1, matches
+    return matches[0] if matches else directory / f"absent-{name}{suffix}"
+
+
 def test_quarantine_dir_holds_rejected_rows_and_unreadable_files(runs):
     tmp: Path = runs["_tmp"]  # type: ignore[assignment]
     rows_dir, files_dir = tmp / "quarantine" / "rows", tmp / "quarantine" / "files"
     row_reports = _by_name(runs["rows"].json())
 
     for name, report in row_reports.items():
-        rejected = rows_dir / f"{name}.rejected.jsonl"
+        rejected = _out(rows_dir, name, ".rejected.jsonl")
         if report["status"] == "ok":
             assert not rejected.exists()
             continue
@@ -239,21 +246,21 @@ def test_quarantine_dir_holds_rejected_rows_and_unreadable_files(runs):
             if row["ingest_error"] is not None:
                 assert row["raw"]
         assert counted == report["failures"]
-    assert sorted(p.name for p in rows_dir.iterdir()) == sorted(
+    assert sorted(p.name.split("-", 1)[1] for p in rows_dir.iterdir()) == sorted(
         f"{name}.rejected.jsonl" for name, r in row_reports.items() if r["status"] == "quarantined")
 
     file_reports = _by_name(runs["everything"].json())
     for name, (data, _) in UNREADABLE.items():
         if data is None:  # nothing to copy
-            assert not (files_dir / name).exists()
+            assert not _out(files_dir, name).exists()
             continue
-        assert (files_dir / name).read_bytes() == data
-        reason = json.loads((files_dir / f"{name}.reason.json").read_text())
+        assert _out(files_dir, name).read_bytes() == data
+        reason = json.loads(_out(files_dir, name, ".reason.json").read_text())
         assert reason["status"] == "unreadable" and reason["error"] == file_reports[name]["error"]
         assert reason["size_bytes"] == len(data)
-    rejected = (files_dir / "wrong_types.jsonl.rejected.jsonl").read_text().splitlines()
+    rejected = _out(files_dir, "wrong_types.jsonl", ".rejected.jsonl").read_text().splitlines()
     assert len(rejected) == file_reports["wrong_types.jsonl"]["rows_quarantined"]
-    assert not (files_dir / "clean.jsonl.rejected.jsonl").exists()
+    assert not _out(files_dir, "clean.jsonl", ".rejected.jsonl").exists()
 
 
 def test_day_enforces_the_partition_day(runs):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import math
 import zlib
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timezone
@@ -83,7 +84,7 @@ def _read_rows(fmt: str, data: bytes) -> tuple[list[tuple], set[str]]:
             raise UnreadableFile(f"not a valid gzip file ({exc})") from None
         if not data.strip():
             raise UnreadableFile("file is empty (after gunzip)")
-    return _jsonl_rows(data)
+    return _jsonl_rows(data.removeprefix(b"\xef\xbb\xbf"))  # a UTF-8 byte-order mark is not data
 
 
 def _parquet_rows(data: bytes) -> tuple[list[tuple], set[str]]:
@@ -176,9 +177,10 @@ def _coerce(name: str, expected: type | tuple[type, ...], value: Any) -> tuple[A
     if isinstance(value, types):
         if float in types:
             try:
-                return float(value), None
+                number = float(value)
             except OverflowError:
                 return None, f"{name}: number out of range"
+            return (number, None) if math.isfinite(number) else (None, f"{name}: not a finite number")
         if isinstance(value, int) and not _INT64_MIN <= value <= _INT64_MAX:
             return None, f"{name}: integer out of range"
         return value, None

@@ -13,11 +13,17 @@ from rlhf_assets.preference.validation import ValidationRules, validate
 
 def validate_files(paths: list[Path], *, day: str | None = None,
                    quarantine_dir: Path | None = None) -> list[dict[str, Any]]:
-    """One report per file: path, status (ok | quarantined | unreadable), row counts, failures, error."""
-    return [_validate_one(Path(p), day, quarantine_dir) for p in paths]
+    """One report per file: path, status (ok | quarantined | unreadable), row counts, failures, error.
+
+    Quarantined output is named ``<n>-<file name>…`` (n = the file's position) so that two inputs with the same
+    name from different folders never overwrite each other.
+    """
+    if quarantine_dir is not None and quarantine_dir.exists() and not quarantine_dir.is_dir():
+        raise ValueError(f"--quarantine-dir {quarantine_dir} exists and is not a directory")
+    return [_validate_one(Path(p), day, quarantine_dir, f"{n}-{Path(p).name}") for n, p in enumerate(paths, 1)]
 
 
-def _validate_one(path: Path, day: str | None, quarantine_dir: Path | None) -> dict[str, Any]:
+def _validate_one(path: Path, day: str | None, quarantine_dir: Path | None, out_name: str) -> dict[str, Any]:
     report: dict[str, Any] = {"path": str(path), "status": "unreadable", "rows_in": 0, "rows_valid": 0,
                               "rows_quarantined": 0, "failures": {}, "error": None}
     try:
@@ -32,13 +38,13 @@ def _validate_one(path: Path, day: str | None, quarantine_dir: Path | None) -> d
     if file_report.status != "ok":
         if quarantine_dir is not None:
             quarantine_dir.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, quarantine_dir / path.name)
-            (quarantine_dir / f"{path.name}.reason.json").write_text(json.dumps(file_report.as_dict(), indent=2))
+            shutil.copyfile(path, quarantine_dir / out_name)
+            (quarantine_dir / f"{out_name}.reason.json").write_text(json.dumps(file_report.as_dict(), indent=2))
         return report | {"error": file_report.error}
     result = validate(records, ValidationRules(day=day))
     if quarantine_dir is not None and result.rows_quarantined:
         quarantine_dir.mkdir(parents=True, exist_ok=True)
-        target = quarantine_dir / f"{path.name}.rejected.jsonl"
+        target = quarantine_dir / f"{out_name}.rejected.jsonl"
         with target.open("w", encoding="utf-8") as fh:
             for row in result.quarantined.iter_rows(named=True):
                 fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")

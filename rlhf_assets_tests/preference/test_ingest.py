@@ -280,3 +280,17 @@ def test_missing_fields_are_null_not_errors():
     row = frame.row(0, named=True)
     assert row["label"] is None and row["confidence"] is None
     assert row["ingest_error"] is None  # the not-null expectation reports it, with its own name
+
+
+def test_utf8_byte_order_mark_is_not_data():
+    frame, report = read_comparison_file("bom.jsonl", b"\xef\xbb\xbf" + jsonl(rec(0), rec(1)))
+    assert report.status == "ok" and frame.height == 2
+    assert frame["ingest_error"].null_count() == 2
+
+
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_temperature_is_an_error_row(token):
+    line = json.dumps(rec(0)).rstrip("}") + f', "temperature": {token}}}'
+    frame, report = read_comparison_file("nan.jsonl", line.encode())
+    assert report.status == "ok" and frame.height == 1
+    assert "temperature: not a finite number" in frame["ingest_error"][0]

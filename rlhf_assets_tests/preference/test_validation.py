@@ -93,6 +93,14 @@ BAD: dict[str, tuple[bytes, list[str]]] = {
         line(rec(114, annotator_id="rep", prompt="P", response_a="Y", response_b="X", label="b")),
         ["compound_columns_to_be_unique(annotator_id,pair_id)"],
     ),
+    "repeat judgement same order": (
+        line(rec(131, annotator_id="rep2", prompt="Q", response_a="X", response_b="Y")),
+        ["compound_columns_to_be_unique(annotator_id,pair_id)"],
+    ),
+    "repeat judgement same order again": (
+        line(rec(132, annotator_id="rep2", prompt="Q", response_a="X", response_b="Y", label="tie")),
+        ["compound_columns_to_be_unique(annotator_id,pair_id)"],
+    ),
     "created_at unparseable": (line(rec(115, created_at="yesterday")), ["to_not_be_null(created_at_epoch)"]),
     "created_at next day": (line(rec(116, created_at="2024-05-02T00:00:00Z")), ["to_be_between(created_at_epoch)"]),
     "created_at day before": (
@@ -117,6 +125,7 @@ BAD: dict[str, tuple[bytes, list[str]]] = {
 
 def test_mixed_batch_quarantines_each_bad_row_with_its_reason():
     clean = [rec(i) for i in range(12)]
+    clean.append(rec(140, annotator_id="someone-else", prompt="P", response_a="Y", response_b="X"))  # 2nd opinion
     lines = [line(r) for r in clean[:4]]
     for bad_line, _ in BAD.values():
         lines.append(bad_line)
@@ -167,7 +176,8 @@ def test_mixed_batch_quarantines_each_bad_row_with_its_reason():
             counted[name] = counted.get(name, 0) + 1
     assert counted == result.failures
     assert result.failures["expect_column_values_to_be_unique(comparison_id)"] == 2
-    assert result.failures["expect_compound_columns_to_be_unique(annotator_id,pair_id)"] == 2
+    # Both judgements of a repeated (annotator, pair) fail; another annotator on that pair (c140) is fine.
+    assert result.failures["expect_compound_columns_to_be_unique(annotator_id,pair_id)"] == 4
     assert result.failures["expect_column_values_to_be_in_set(label)"] == 2
     assert result.failures["expect_column_values_to_be_between(created_at_epoch)"] == 2
     summaries = {e["expectation"]: e for e in result.expectations}

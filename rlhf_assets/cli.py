@@ -14,6 +14,8 @@ app = typer.Typer(help="rlhf_assets: the RLHF loop as Dagster assets.", no_args_
                   pretty_exceptions_enable=False, add_completion=False)
 bench_app = typer.Typer(help="Benchmarks against peers, on this machine, in one run.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+release_app = typer.Typer(help="Releases: the partitions everything trained is keyed by.", no_args_is_help=True)
+app.add_typer(release_app, name="release")
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
@@ -135,6 +137,30 @@ def bench_aggregation(
     module = _bench_module("aggregation")
     argv = ["--rows", str(rows), "--big-rows", str(big_rows), "--n-iter", str(n_iter)]
     module.cli(argv + (["--quick"] if quick else []) + (["--json"] if as_json else []))
+
+
+@release_app.command("create")
+def release_create(
+    key: Annotated[Optional[str], typer.Option(help="Release key (default r<YYYYMMDD-HHMM>, UTC now).")] = None,
+    cutoff: Annotated[Optional[str], typer.Option(help="Last annotation date included (default: the key's date).")]
+    = None,
+    note: Annotated[str, typer.Option(help="Why this release exists.")] = "",
+    root: Annotated[Optional[str], typer.Option(help="Storage root (default $RLHF_STORAGE_ROOT or ./.rlhf).")] = None,
+):
+    """Create a release: its record in the registry and its partition on the Dagster instance."""
+    import dagster as dg
+
+    from rlhf_assets.instance import ensure_dagster_home
+    from rlhf_assets.registry.releases import create_release
+    from rlhf_assets.storage import storage_from_env
+
+    try:
+        release = create_release(storage_from_env(root), key=key, cutoff=cutoff, note=note)
+    except ValueError as exc:
+        _fail(str(exc))
+    ensure_dagster_home()
+    dg.DagsterInstance.get().add_dynamic_partitions("release", [release.key])
+    typer.echo(json.dumps({"release": release.key, "cutoff": release.cutoff}))
 
 
 def _bench_module(name: str):

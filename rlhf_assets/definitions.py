@@ -17,6 +17,8 @@ def defs() -> dg.Definitions:
             resources={
                 "storage": storage,
                 "table_io_manager": PolarsTableIOManager(root=storage.root, s3_endpoint_url=storage.s3_endpoint_url),
+                # Training runs as its own process (Lightning's launcher owns DDP ranks); rank 0 reports back.
+                "pipes_subprocess_client": dg.PipesSubprocessClient(),
             },
         ),
     )

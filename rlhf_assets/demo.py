@@ -46,12 +46,12 @@ def lay_sample_data(storage: Storage, *, days=DEMO_DAYS, n_pairs: int | None = N
 
 
 def _spread_squality(records: list[dict], days: list[str]) -> dict[str, list[dict]]:
-    """All judgements of one question go to one day (round robin over questions); timestamps inside it."""
-    questions = sorted({r["comparison_id"].rsplit("-", 3)[0] for r in records})
+    """All judgements of one question (one prompt) go to one day, round robin; timestamps inside the day."""
+    questions = sorted({r["prompt"] for r in records})
     day_of = {q: days[i % len(days)] for i, q in enumerate(questions)}
     out: dict[str, list[dict]] = {}
     for i, r in enumerate(records):
-        day = day_of[r["comparison_id"].rsplit("-", 3)[0]]
+        day = day_of[r["prompt"]]
         second = (i * 37) % 86_400
         stamp = f"{day}T{second // 3600:02d}:{second // 60 % 60:02d}:{second % 60:02d}Z"
         out.setdefault(day, []).append(r | {"created_at": stamp})

@@ -20,3 +20,18 @@ def test_demo_materializes_bundled_sample_and_every_check_passes(tmp_path, monke
     assert len(instance.get_runs()) == len(DEMO_DAYS)
     keys = instance.get_materialized_partitions(dg.AssetKey("aggregated_labels"))
     assert keys == set(DEMO_DAYS)
+
+
+def test_squality_judgements_of_a_pair_land_on_one_day():
+    from rlhf_assets.demo import _spread_squality
+    from rlhf_assets.preference.sample_data import load_squality_comparisons
+    from rlhf_assets.preference.schema import pair_id
+
+    by_day = _spread_squality(load_squality_comparisons(), list(DEMO_DAYS))
+    days_of_pair: dict[str, set[str]] = {}
+    for day, rows in by_day.items():
+        for r in rows:
+            assert r["created_at"].startswith(day)
+            days_of_pair.setdefault(pair_id(r["prompt"], r["response_a"], r["response_b"]), set()).add(day)
+    assert len(days_of_pair) == 300 and all(len(d) == 1 for d in days_of_pair.values())
+    assert sum(len(rows) for rows in by_day.values()) == 900

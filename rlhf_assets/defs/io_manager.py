@@ -1,8 +1,9 @@
-"""A small polars IO manager over the storage root (dagster-polars does not support polars 2).
+"""A small IO manager over the storage root (dagster-polars does not support polars 2).
 
-Each output is written to <root>/tables/<asset>/<partition>.parquet with a manifest beside it (content sha256,
-rows, columns, schema and code version); both are atomic writes. The manifest also goes into the
-materialization metadata, so the UI shows exactly which bytes a partition holds.
+Tables (polars DataFrames) are written to <root>/tables/<asset>/<partition>.parquet with a manifest beside it
+(content sha256, rows, columns, schema and code version); both are atomic writes, and the manifest also goes into
+the materialization metadata, so the UI shows exactly which bytes a partition holds. Small references (a dict:
+an artifact id, a calibrator) are written as <partition>.json. Nothing is pickled.
 """
 
 from __future__ import annotations
@@ -26,12 +27,18 @@ class PolarsTableIOManager(dg.ConfigurableIOManager):
     def _name(key: dg.AssetKey) -> str:
         return "__".join(key.path)
 
-    def handle_output(self, context: dg.OutputContext, obj: pl.DataFrame) -> None:
-        if not isinstance(obj, pl.DataFrame):
-            raise TypeError(f"{context.asset_key.to_user_string()}: expected a polars DataFrame, got {type(obj)!r}")
+    def handle_output(self, context: dg.OutputContext, obj: pl.DataFrame | dict) -> None:
         storage = self._storage()
         name = self._name(context.asset_key)
         partition = context.partition_key if context.has_partition_key else None
+        if isinstance(obj, dict):
+            path = storage.table_path(name, partition).with_suffix(".json")
+            digest = storage.write_json(path, obj)
+            context.add_output_metadata({"path": dg.MetadataValue.path(str(path)), "content_sha256": digest})
+            return
+        if not isinstance(obj, pl.DataFrame):
+            raise TypeError(f"{context.asset_key.to_user_string()}: expected a polars DataFrame or a dict, "
+                            f"got {type(obj)!r}")
         path = storage.table_path(name, partition)
         digest = storage.write_parquet(path, obj)
         manifest = table_manifest(name, partition, digest, obj.height, obj.columns)
@@ -46,12 +53,22 @@ class PolarsTableIOManager(dg.ConfigurableIOManager):
             }
         )
 
-    def load_input(self, context: dg.InputContext) -> pl.DataFrame | dict[str, pl.DataFrame]:
+    def load_input(self, context: dg.InputContext) -> pl.DataFrame | dict:
         storage = self._storage()
         name = self._name(context.asset_key)
         if not context.has_asset_partitions:
-            return storage.read_parquet(storage.table_path(name))
+            return self._read(storage, name, None)
         keys = context.asset_partition_keys
         if context.has_partition_key and keys == [context.partition_key]:  # same-partition dependency
-            return storage.read_parquet(storage.table_path(name, keys[0]))
-        return {key: storage.read_parquet(storage.table_path(name, key)) for key in keys}
+            return self._read(storage, name, keys[0])
+        return {key: self._read(storage, name, key) for key in keys}
+
+    @staticmethod
+    def _read(storage: Storage, name: str, partition: str | None) -> pl.DataFrame | dict:
+        table = storage.table_path(name, partition)
+        if table.exists():
+            return storage.read_parquet(table)
+        reference = table.with_suffix(".json")
+        if reference.exists():
+            return storage.read_json(reference)
+        raise FileNotFoundError(f"{name} has no stored output for partition {partition!r} (looked for {table})")

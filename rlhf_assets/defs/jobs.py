@@ -1,10 +1,17 @@
 import dagster as dg
 
-from rlhf_assets.defs.partitions import daily_partitions
+from rlhf_assets.defs.partitions import daily_partitions, release_partitions
 
 data_pillar_job = dg.define_asset_job(
     "data_pillar",
     selection=dg.AssetSelection.groups("data"),
     partitions_def=daily_partitions,
     description="Landing zone → raw_comparisons → validated_pairs → aggregated labels, for one annotation date.",
+)
+
+reward_pillar_job = dg.define_asset_job(
+    "reward_pillar",
+    selection=dg.AssetSelection.groups("reward"),
+    partitions_def=release_partitions,
+    description="preference_dataset → reward_model → rm_calibration, for one release.",
 )

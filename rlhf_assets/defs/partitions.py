@@ -10,3 +10,6 @@ PARTITIONS_START_ENV = "RLHF_PARTITIONS_START"
 daily_partitions = dg.DailyPartitionsDefinition(
     start_date=os.environ.get(PARTITIONS_START_ENV, "2025-01-01"), end_offset=1
 )
+
+# A release is created by a retrain trigger (CLI `rlhf release create`, the UI, later a sensor).
+release_partitions = dg.DynamicPartitionsDefinition(name="release")

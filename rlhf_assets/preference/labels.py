@@ -43,7 +43,8 @@ class LabelAggregation:
 LABEL_SCHEMA = {
     "pair_id": pl.String, "prompt": pl.String, "response_a": pl.String, "response_b": pl.String,
     "label": pl.String, "confidence": pl.Float64, "p_a": pl.Float64, "p_b": pl.Float64, "p_tie": pl.Float64,
-    "n_votes": pl.Int64, "share_a": pl.Float64, "chosen": pl.String, "rejected": pl.String,
+    "n_votes": pl.Int64, "share_a": pl.Float64, "mean_annotator_accuracy": pl.Float64, "chosen": pl.String,
+    "rejected": pl.String,
 }
 ANNOTATOR_SCHEMA = {
     "annotator_id": pl.String, "n_labels": pl.Int64, "accuracy": pl.Float64, "first_position_rate": pl.Float64,
@@ -92,12 +93,15 @@ def aggregate_comparisons(comparisons: pl.DataFrame, settings: AggregationSettin
             "response_a": pairs["first"], "response_b": pairs["second"], "label": names,
             "confidence": post[np.arange(pairs.height), consensus], "p_a": post[:, 0], "p_b": post[:, 1],
             "p_tie": post[:, 2], "n_votes": votes.astype(np.int64), "share_a": share_a,
-            "chosen": np.where(consensus == 0, first, np.where(consensus == 1, second, None)),
+            "mean_annotator_accuracy": np.full(pairs.height, np.nan), "chosen": np.where(consensus == 0, first, np.where(consensus == 1, second, None)),
             "rejected": np.where(consensus == 0, second, np.where(consensus == 1, first, None)),
         },
         schema=LABEL_SCHEMA,
     )
     annotators = _annotator_table(rows, annotator_ids, item, worker, label, consensus, result)
+    accuracy = annotators["accuracy"].fill_nan(None).fill_null(0.5).to_numpy()
+    labels = labels.with_columns(pl.Series("mean_annotator_accuracy", np.bincount(
+        item, weights=accuracy[worker], minlength=pairs.height) / votes))
     agreement = _agreement_table(item, worker, label, annotator_ids, settings.min_overlap)
     fleiss, fleiss_items, raters = fleiss_kappa_items(item, label, k)
     item_disagreement = 1.0 - np.bincount(item, weights=(label == consensus[item]).astype(float),

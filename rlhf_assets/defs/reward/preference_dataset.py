@@ -1,0 +1,48 @@
+from typing import Literal
+
+import dagster as dg
+
+from rlhf_assets.defs.partitions import release_partitions
+from rlhf_assets.defs.resources import StorageResource
+from rlhf_assets.preference.snapshot import SnapshotSettings, load_or_build_snapshot
+from rlhf_assets.registry.releases import get_release
+
+
+class PreferenceDatasetConfig(dg.Config):
+    tie_policy: Literal["drop", "half"] = SnapshotSettings.tie_policy
+    """Tied pairs: drop them, or keep them with target 0.5."""
+    train_fraction: float = SnapshotSettings.train_fraction
+    validation_fraction: float = SnapshotSettings.validation_fraction
+    min_confidence: float = SnapshotSettings.min_confidence
+
+
+@dg.asset(
+    partitions_def=release_partitions,
+    group_name="reward",
+    kinds={"polars"},
+    io_manager_key="table_io_manager",
+    deps=[dg.AssetDep("aggregated_labels", partition_mapping=dg.AllPartitionMapping())],
+)
+def preference_dataset(context: dg.AssetExecutionContext, config: PreferenceDatasetConfig, storage: StorageResource):
+    """Every aggregated day up to the release's cutoff, pinned by content hash (the manifest's hash is the dataset
+    id) and split train/validation/test by a hash of the prompt. Rematerializing a release reads its own snapshot."""
+    store = storage.storage()
+    release = get_release(store, context.partition_key)
+    settings = SnapshotSettings(**config.model_dump())
+    snapshot = load_or_build_snapshot(store, release.key, release.cutoff, settings)
+    m = snapshot.manifest
+    context.log.info(f"release {release.key}: dataset {snapshot.dataset_id[:16]} "
+                     f"({'pinned snapshot' if snapshot.reused else 'new snapshot'}), {m['rows']} pairs")
+    return dg.Output(
+        snapshot.table,
+        metadata={
+            "dataset_id": snapshot.dataset_id,
+            "cutoff": release.cutoff,
+            "reused_pinned_snapshot": snapshot.reused,
+            "pairs": m["rows"],
+            "splits": dg.MetadataValue.json(m["splits"]),
+            "dropped": dg.MetadataValue.json(m["dropped"]),
+            "upstream_partitions": dg.MetadataValue.json(m["upstream"]),
+            "settings": dg.MetadataValue.json(m["settings"]),
+        },
+    )

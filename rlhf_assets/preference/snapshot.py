@@ -1,0 +1,165 @@
+"""The preference dataset of a release: a pinned snapshot of every aggregated day up to the release's cutoff.
+
+The snapshot's manifest lists each upstream partition with the content hash it had when it was read; the hash
+of that manifest (with the snapshot settings) is the dataset id. The table is stored once, content-addressed
+(``<root>/datasets/sha256/<id>.parquet``), and the release points at it (``registry/releases/<key>.dataset.json``),
+so rematerializing an old release reads its own snapshot, never "the newest data".
+
+Splits are by a hash of the prompt: no prompt appears in two splits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import polars as pl
+
+from rlhf_assets.manifest import code_version
+from rlhf_assets.preference.schema import SCHEMA_VERSION
+from rlhf_assets.storage import Storage, sha256_bytes
+
+UPSTREAM_ASSET = "aggregated_labels"
+
+
+class SnapshotError(RuntimeError):
+    """The snapshot cannot be built or read as pinned; the message says which partition and why."""
+
+
+@dataclass(frozen=True)
+class SnapshotSettings:
+    tie_policy: Literal["drop", "half"] = "drop"  # drop tied pairs, or keep them with target 0.5
+    train_fraction: float = 0.8
+    validation_fraction: float = 0.1  # the rest is the test split
+    min_confidence: float = 0.0  # drop pairs whose aggregated label is less certain than this
+
+    def __post_init__(self):
+        if self.tie_policy not in ("drop", "half"):
+            raise ValueError(f"tie_policy must be 'drop' or 'half', got {self.tie_policy!r}")
+        if not (0 < self.train_fraction < 1 and 0 <= self.validation_fraction < 1
+                and self.train_fraction + self.validation_fraction <= 1):
+            raise ValueError("need 0 < train_fraction < 1, 0 <= validation_fraction and their sum <= 1")
+
+
+@dataclass
+class DatasetSnapshot:
+    dataset_id: str
+    table: pl.DataFrame
+    manifest: dict[str, Any]
+    reused: bool = False  # True when the release's pinned snapshot was read back
+
+
+def prompt_bucket(prompt: pl.Expr) -> pl.Expr:
+    """A uniform number in [0, 1) from the prompt's text: the split key (stable across runs and machines)."""
+    return prompt.map_elements(lambda p: int(hashlib.sha256(p.encode()).hexdigest()[:12], 16) / 16**12,
+                               return_dtype=pl.Float64)
+
+
+def upstream_partitions(storage: Storage, cutoff: str) -> list[dict[str, Any]]:
+    """Manifests of the aggregated days on or before the cutoff, in date order."""
+    folder = storage.path("tables", UPSTREAM_ASSET)
+    manifests = [storage.read_json(p) for p in storage.list_files(folder) if p.name.endswith(".manifest.json")]
+    return sorted((m for m in manifests if m.get("partition") and m["partition"] <= cutoff),
+                  key=lambda m: m["partition"])
+
+
+def build_snapshot(storage: Storage, cutoff: str, settings: SnapshotSettings | None = None) -> DatasetSnapshot:
+    settings = settings or SnapshotSettings()
+    upstream = upstream_partitions(storage, cutoff)
+    if not upstream:
+        raise SnapshotError(f"no {UPSTREAM_ASSET} partitions on or before {cutoff}: materialize the data pillar first")
+    frames = []
+    for m in upstream:
+        path = storage.table_path(UPSTREAM_ASSET, m["partition"])
+        data = storage.read_bytes(path)
+        if sha256_bytes(data) != m["sha256"]:
+            raise SnapshotError(f"{UPSTREAM_ASSET}/{m['partition']}: content does not match its manifest")
+        frame = storage.read_parquet(path)
+        frames.append(frame.with_columns(pl.lit(m["partition"]).alias("day")))
+    labels = pl.concat(frames, how="diagonal_relaxed")
+    rows_in = labels.height
+    # A pair judged again on a later day: the latest aggregate wins.
+    labels = labels.sort("day").unique("pair_id", keep="last").sort("pair_id")
+    table, dropped = _to_training_rows(labels, settings)
+    pinned = [{"partition": m["partition"], "sha256": m["sha256"], "rows": m["rows"]} for m in upstream]
+    identity = {"upstream": pinned, "settings": asdict(settings), "schema_version": SCHEMA_VERSION}
+    dataset_id = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    counts = table.group_by("split").len().sort("split")
+    manifest = identity | {
+        "dataset_id": dataset_id,
+        "cutoff": cutoff,
+        "code_version": code_version(),
+        "rows_in": rows_in,
+        "rows": table.height,
+        "duplicates_replaced": rows_in - labels.height,
+        "dropped": dropped,
+        "splits": dict(zip(counts["split"], counts["len"])),
+    }
+    return DatasetSnapshot(dataset_id=dataset_id, table=table, manifest=manifest)
+
+
+def _to_training_rows(labels: pl.DataFrame, settings: SnapshotSettings) -> tuple[pl.DataFrame, dict[str, int]]:
+    is_tie = pl.col("label") == "tie"
+    dropped = {"ties": 0, "low_confidence": 0}
+    if settings.tie_policy == "drop":
+        dropped["ties"] = labels.filter(is_tie).height
+        labels = labels.filter(~is_tie)
+    confident = pl.col("confidence") >= settings.min_confidence
+    dropped["low_confidence"] = labels.filter(~confident).height
+    labels = labels.filter(confident)
+    a_wins = pl.col("label") != "b"  # ties kept with 'half' go in canonical order with target 0.5
+    p_a_over_b = pl.col("p_a") / (pl.col("p_a") + pl.col("p_b"))
+    bucket = prompt_bucket(pl.col("prompt"))
+    weight = pl.col("mean_annotator_accuracy") if "mean_annotator_accuracy" in labels.columns else pl.lit(1.0)
+    table = labels.select(
+        "pair_id", "day",
+        pl.when(bucket < settings.train_fraction).then(pl.lit("train"))
+        .when(bucket < settings.train_fraction + settings.validation_fraction).then(pl.lit("validation"))
+        .otherwise(pl.lit("test")).alias("split"),
+        "prompt", "response_a", "response_b", "label", "p_a", "p_b", "p_tie", "share_a", "n_votes",
+        pl.when(a_wins).then(pl.col("response_a")).otherwise(pl.col("response_b")).alias("chosen"),
+        pl.when(a_wins).then(pl.col("response_b")).otherwise(pl.col("response_a")).alias("rejected"),
+        pl.when(is_tie).then(0.5).when(a_wins).then(p_a_over_b).otherwise(1.0 - p_a_over_b).alias("target"),
+        pl.when(a_wins).then(pl.col("share_a")).otherwise(1.0 - pl.col("share_a")).alias("share_chosen"),
+        weight.cast(pl.Float64).fill_null(1.0).alias("weight"),
+    )
+    return table, dropped
+
+
+def _pointer(storage: Storage, release: str):
+    return storage.path("registry", "releases", f"{release}.dataset.json")
+
+
+def pinned_dataset_id(storage: Storage, release: str) -> str:
+    pointer = _pointer(storage, release)
+    if not pointer.exists():
+        raise SnapshotError(f"release {release} has no preference dataset yet: materialize preference_dataset first")
+    return storage.read_json(pointer)["dataset_id"]
+
+
+def load_or_build_snapshot(storage: Storage, release: str, cutoff: str,
+                           settings: SnapshotSettings | None = None) -> DatasetSnapshot:
+    """The release's pinned snapshot when it has one; otherwise build it, store it and pin it."""
+    pointer = _pointer(storage, release)
+    if pointer.exists():
+        dataset_id = storage.read_json(pointer)["dataset_id"]
+        manifest = storage.read_json(storage.path("datasets", "sha256", f"{dataset_id}.manifest.json"))
+        table_path = storage.path("datasets", "sha256", f"{dataset_id}.parquet")
+        data = storage.read_bytes(table_path)
+        if sha256_bytes(data) != manifest["table_sha256"]:
+            raise SnapshotError(f"dataset {dataset_id}: stored table does not match its manifest")
+        return DatasetSnapshot(dataset_id, storage.read_parquet(table_path), manifest, reused=True)
+    snapshot = build_snapshot(storage, cutoff, settings)
+    table_path = storage.path("datasets", "sha256", f"{snapshot.dataset_id}.parquet")
+    snapshot.manifest["table_sha256"] = storage.write_parquet(table_path, snapshot.table)
+    storage.write_json(storage.path("datasets", "sha256", f"{snapshot.dataset_id}.manifest.json"), snapshot.manifest)
+    storage.write_json(pointer, {"release": release, "dataset_id": snapshot.dataset_id})
+    return snapshot
+
+
+def pairs_jsonl(table: pl.DataFrame, split: str) -> bytes:
+    """A split as training pairs: {"prompt", "chosen", "rejected", "target", "weight"} per line."""
+    rows = table.filter(pl.col("split") == split).select("prompt", "chosen", "rejected", "target", "weight")
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows.iter_rows(named=True)).encode()

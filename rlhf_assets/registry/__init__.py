@@ -1,0 +1,1 @@
+"""Content-addressed artifact store, aliases and history. No Dagster."""

@@ -86,18 +86,20 @@ def aggregate_comparisons(comparisons: pl.DataFrame, settings: AggregationSettin
     share_a = np.bincount(item, weights=(label == 0).astype(float), minlength=pairs.height) / votes
     post = result.posteriors
     names = np.array(LABELS)[consensus]
-    first, second = pairs["first"].to_numpy(), pairs["second"].to_numpy()
-    labels = pl.DataFrame(
-        {
-            "pair_id": pairs["pair_id"], "prompt": pairs["prompt"],
-            "response_a": pairs["first"], "response_b": pairs["second"], "label": names,
-            "confidence": post[np.arange(pairs.height), consensus], "p_a": post[:, 0], "p_b": post[:, 1],
-            "p_tie": post[:, 2], "n_votes": votes.astype(np.int64), "share_a": share_a,
-            "mean_annotator_accuracy": np.full(pairs.height, np.nan), "chosen": np.where(consensus == 0, first, np.where(consensus == 1, second, None)),
-            "rejected": np.where(consensus == 0, second, np.where(consensus == 1, first, None)),
-        },
-        schema=LABEL_SCHEMA,
-    )
+    labels = pairs.select(
+        "pair_id", "prompt", pl.col("first").alias("response_a"), pl.col("second").alias("response_b"),
+    ).with_columns(
+        pl.Series("label", names, dtype=pl.String),
+        pl.Series("confidence", post[np.arange(pairs.height), consensus]),
+        pl.Series("p_a", post[:, 0]), pl.Series("p_b", post[:, 1]), pl.Series("p_tie", post[:, 2]),
+        pl.Series("n_votes", votes.astype(np.int64)), pl.Series("share_a", share_a),
+        pl.lit(None, pl.Float64).alias("mean_annotator_accuracy"),
+    ).with_columns(
+        pl.when(pl.col("label") == "a").then("response_a").when(pl.col("label") == "b").then("response_b")
+        .otherwise(None).alias("chosen"),
+        pl.when(pl.col("label") == "a").then("response_b").when(pl.col("label") == "b").then("response_a")
+        .otherwise(None).alias("rejected"),
+    ).select(list(LABEL_SCHEMA)).cast(LABEL_SCHEMA)
     annotators = _annotator_table(rows, annotator_ids, item, worker, label, consensus, result)
     accuracy = annotators["accuracy"].fill_nan(None).fill_null(0.5).to_numpy()
     labels = labels.with_columns(pl.Series("mean_annotator_accuracy", np.bincount(

@@ -125,3 +125,35 @@ def test_majority_vote_config(storage_root, dagster_instance, method):
     labels = storage.read_parquet(storage.table_path("aggregated_labels", DAY))
     assert set(labels["label"]) <= {"a", "b", "tie"}
     assert labels.filter(pl.col("n_votes") != 5).height == 0
+
+
+def test_conservation_on_a_batch_mixing_many_kinds_of_bad_input(storage_root, dagster_instance):
+    """Every line of every file is accounted for: rows_in = rows_valid + rows_quarantined, and unreadable files
+    are moved aside with a reason; 31 kinds of bad row plus clean rows, and two unreadable files."""
+    from rlhf_assets_tests.preference.test_validation import BAD, DAY as BAD_DAY, line, rec
+
+    storage = Storage(storage_root)
+    clean = [line(rec(i)) for i in range(1000, 2000)]  # ids disjoint from the bad rows (c100…c132)
+    bad = [text for text, _ in BAD.values()] + [line(rec(900, comparison_id="c1005"))]  # + a duplicate id
+    storage.write_bytes(storage.landing_dir(BAD_DAY).joinpath("mixed.jsonl"), b"\n".join(clean + bad) + b"\n")
+    storage.write_bytes(storage.landing_dir(BAD_DAY).joinpath("array.jsonl"), b'[{"comparison_id": "x"}]')
+    storage.write_bytes(storage.landing_dir(BAD_DAY).joinpath("empty.jsonl.gz"), b"")
+    bounds = {"max_prompt_chars": 200, "max_response_chars": 100}  # the bounds the BAD rows were written for
+    result = defs().resolve_job_def("data_pillar").execute_in_process(
+        partition_key=BAD_DAY, instance=dagster_instance, raise_on_error=False,
+        run_config=dg.RunConfig(ops={"validated_pairs": {"config": bounds}}))
+    assert result.success, "under the 5% threshold, the batch passes"
+    assert checks(result)["rows_conserved"] is True
+    assert checks(result)["all_files_readable"] is False
+    meta = {e.event_specific_data.materialization.asset_key.to_user_string():
+            {k: v.value for k, v in e.event_specific_data.materialization.metadata.items()}
+            for e in result.get_asset_materialization_events()}
+    validated = meta["validated_pairs"]
+    assert validated["rows_in"] == len(clean) + len(bad)
+    assert validated["rows_valid"] + validated["rows_quarantined"] == validated["rows_in"]
+    assert validated["rows_quarantined"] == len(bad) + 1  # the duplicated id fails on both copies
+    assert meta["raw_comparisons"]["files_unreadable"] == 2
+    quarantine = storage.quarantine_dir(BAD_DAY)
+    assert storage.read_parquet(quarantine.joinpath("rows.parquet")).height == validated["rows_quarantined"]
+    assert sorted(p.name for p in storage.list_files(quarantine.joinpath("files"))) == [
+        "array.jsonl", "array.jsonl.reason.json", "empty.jsonl.gz", "empty.jsonl.gz.reason.json"]

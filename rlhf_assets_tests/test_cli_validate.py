@@ -17,25 +17,10 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from rlhf_assets_tests.records import DAY, rec
 
-DAY = "2024-05-01"
 REPO = Path(__file__).resolve().parents[1]
 REPORT_KEYS = {"path", "status", "rows_in", "rows_valid", "rows_quarantined", "failures"}
-
-
-def rec(i: int, **overrides) -> dict:
-    row = {
-        "comparison_id": f"c{i}",
-        "prompt": f"prompt {i}",
-        "response_a": f"response a {i}",
-        "response_b": f"response b {i}",
-        "label": ("a", "b", "tie")[i % 3],
-        "annotator_id": f"ann{i % 4}",
-        "created_at": f"{DAY}T{i % 24:02d}:00:00Z",
-        "annotation_ms": 1200,
-    }
-    row.update(overrides)
-    return {k: v for k, v in row.items() if v is not ...}
 
 
 def jsonl(*rows: dict | bytes) -> bytes:

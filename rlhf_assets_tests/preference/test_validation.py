@@ -13,27 +13,9 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 from rlhf_assets.preference.ingest import read_comparison_file  # noqa: E402
 from rlhf_assets.preference.schema import RECORD_SCHEMA  # noqa: E402
 from rlhf_assets.preference.validation import ValidationResult, ValidationRules, validate  # noqa: E402
+from rlhf_assets_tests.records import DAY, rec
 
-DAY = "2024-05-01"
 RULES = ValidationRules(day=DAY, max_prompt_chars=200, max_response_chars=100)
-
-
-def rec(i: int, **overrides) -> dict:
-    """A clean comparison; an override of ``...`` drops the field."""
-    row = {
-        "comparison_id": f"c{i}",
-        "prompt": f"prompt {i}",
-        "response_a": f"response a {i}",
-        "response_b": f"response b {i}",
-        "label": ("a", "b", "tie")[i % 3],
-        "annotator_id": f"ann{i % 4}",
-        "created_at": f"{DAY}T{i % 24:02d}:15:00Z",
-        "annotation_ms": 1000 + i,
-        "confidence": 1 + i % 5,
-        "temperature": 0.5,
-    }
-    row.update(overrides)
-    return {k: v for k, v in row.items() if v is not ...}
 
 
 def read(lines: list[bytes]) -> pl.DataFrame:

@@ -157,3 +157,22 @@ def test_conservation_on_a_batch_mixing_many_kinds_of_bad_input(storage_root, da
     assert storage.read_parquet(quarantine.joinpath("rows.parquet")).height == validated["rows_quarantined"]
     assert sorted(p.name for p in storage.list_files(quarantine.joinpath("files"))) == [
         "array.jsonl", "array.jsonl.reason.json", "empty.jsonl.gz", "empty.jsonl.gz.reason.json"]
+
+
+def test_data_pillar_on_an_s3_storage_root(s3_storage, monkeypatch, dagster_instance):
+    """Landing zone, tables, manifests and quarantine on s3:// (moto on loopback), through the same assets."""
+    storage, client, bucket = s3_storage
+    monkeypatch.setenv("RLHF_STORAGE_ROOT", storage.uri)
+    monkeypatch.setenv("RLHF_S3_ENDPOINT_URL", storage.storage_options["endpoint_url"])
+    batch = simulate_comparisons(load_hh_pairs(limit=20), dates=[DAY], labels_per_pair=3, seed=2)
+    for day, (name, data) in landing_files(batch).items():
+        storage.write_bytes(storage.landing_dir(day).joinpath(name), data)
+    storage.write_bytes(storage.landing_dir(DAY).joinpath("broken.parquet"), b"not parquet")
+    result = run_day(dagster_instance)
+    assert result.success
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert f"prefix/tables/aggregated_labels/{DAY}.parquet" in keys
+    assert f"prefix/tables/aggregated_labels/{DAY}.manifest.json" in keys
+    assert f"prefix/quarantine/date={DAY}/files/broken.parquet" in keys
+    assert f"prefix/landing/comparisons/date={DAY}/broken.parquet" not in keys
+    assert storage.read_parquet(storage.table_path("aggregated_labels", DAY)).height == 20

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 
 import polars as pl
 import pytest
@@ -152,39 +151,6 @@ def test_ingest_landing_empty_day(tmp_path):
 
 
 # S3 (moto server) -------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def s3_endpoint(monkeypatch):
-    pytest.importorskip("moto")
-    from moto.server import ThreadedMotoServer
-
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def s3_storage(s3_endpoint):
-    import boto3
-
-    # moto's backends are process-global (every server in this process shares them): one fresh bucket per test.
-    bucket = f"rlhf-test-{uuid.uuid4().hex[:12]}"
-    client = boto3.client("s3", endpoint_url=s3_endpoint)
-    client.create_bucket(Bucket=bucket)
-    storage = Storage(f"s3://{bucket}/prefix", {"endpoint_url": s3_endpoint})
-    yield storage, client, bucket
-    # s3fs caches filesystem instances by their options; drop ours so no later test talks to a dead server.
-    storage.root.fs.clear_instance_cache()
 
 
 def test_s3_write_read_list_move(s3_storage):

@@ -12,7 +12,7 @@ import pytest
 
 from rlhf_assets.preference.ingest import read_comparison_file
 from rlhf_assets.preference.schema import FIELD_NAMES, RECORD_SCHEMA, pair_id
-from rlhf_assets_tests.records import DAY, jsonl, rec
+from rlhf_assets_tests.records import jsonl, rec
 
 
 def parquet_bytes(frame: pl.DataFrame) -> bytes:

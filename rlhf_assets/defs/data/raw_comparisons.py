@@ -1,5 +1,4 @@
 import dagster as dg
-import polars as pl
 
 from rlhf_assets.defs.partitions import daily_partitions
 from rlhf_assets.defs.resources import StorageResource

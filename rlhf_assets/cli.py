@@ -14,6 +14,8 @@ app = typer.Typer(help="rlhf_assets: the RLHF loop as Dagster assets.", no_args_
                   pretty_exceptions_enable=False, add_completion=False)
 bench_app = typer.Typer(help="Benchmarks against peers, on this machine, in one run.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+rm_app = typer.Typer(help="Reward model: train (its own process; DDP-capable) and evaluate.", no_args_is_help=True)
+app.add_typer(rm_app, name="rm")
 release_app = typer.Typer(help="Releases: the partitions everything trained is keyed by.", no_args_is_help=True)
 app.add_typer(release_app, name="release")
 
@@ -139,6 +141,26 @@ def bench_aggregation(
     module.cli(argv + (["--quick"] if quick else []) + (["--json"] if as_json else []))
 
 
+_PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+@rm_app.command("train", context_settings=_PASSTHROUGH, add_help_option=False)
+def rm_train(ctx: typer.Context):
+    """Train a Bradley–Terry reward model: --pairs FILE [--val-pairs FILE] [--preset tiny|small|hf] [--config FILE]
+    [--out DIR] [--epochs N] [--devices N --strategy ddp] … (--help for all). Rerun the same command to resume."""
+    from rlhf_assets.reward.entrypoint import main as entrypoint
+
+    raise typer.Exit(entrypoint(["train", *ctx.args]))
+
+
+@rm_app.command("eval", context_settings=_PASSTHROUGH, add_help_option=False)
+def rm_eval(ctx: typer.Context):
+    """Evaluate a reward model: --model ID|DIR|latest --pairs FILE [--json] (--help for all)."""
+    from rlhf_assets.reward.entrypoint import main as entrypoint
+
+    raise typer.Exit(entrypoint(["eval", *ctx.args]))
+
+
 @release_app.command("create")
 def release_create(
     key: Annotated[Optional[str], typer.Option(help="Release key (default r<YYYYMMDD-HHMM>, UTC now).")] = None,
@@ -161,6 +183,17 @@ def release_create(
     ensure_dagster_home()
     dg.DagsterInstance.get().add_dynamic_partitions("release", [release.key])
     typer.echo(json.dumps({"release": release.key, "cutoff": release.cutoff}))
+
+
+@bench_app.command("reward")
+def bench_reward(
+    quick: Annotated[bool, typer.Option(help="A few pairs at max length 64, for a smoke test.")] = False,
+    skip_trl: Annotated[bool, typer.Option(help="Ours only.")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+):
+    """Reward model: ours (MiniLM, Lightning) vs TRL's RewardTrainer, same data, batch, length and lr."""
+    module = _bench_module("reward")
+    module.cli((["--quick"] if quick else []) + (["--skip-trl"] if skip_trl else []) + (["--json"] if as_json else []))
 
 
 def _bench_module(name: str):

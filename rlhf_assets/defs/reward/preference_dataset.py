@@ -31,6 +31,9 @@ def preference_dataset(context: dg.AssetExecutionContext, config: PreferenceData
     settings = SnapshotSettings(**config.model_dump())
     snapshot = load_or_build_snapshot(store, release.key, release.cutoff, settings)
     m = snapshot.manifest
+    if snapshot.reused and m["settings"] != settings.__dict__:
+        context.log.warning(f"release {release.key} is pinned to its first snapshot (settings {m['settings']}); "
+                            "the new config is ignored — create a new release to change it")
     context.log.info(f"release {release.key}: dataset {snapshot.dataset_id[:16]} "
                      f"({'pinned snapshot' if snapshot.reused else 'new snapshot'}), {m['rows']} pairs")
     return dg.Output(

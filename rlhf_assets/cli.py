@@ -32,11 +32,15 @@ def demo(
     root: Annotated[Optional[str], typer.Option(help="Storage root (default $RLHF_STORAGE_ROOT or ./.rlhf).")] = None,
     dagster_home: Annotated[Optional[str], typer.Option(help="Default $DAGSTER_HOME or ./.dagster.")] = None,
     pairs: Annotated[Optional[int], typer.Option(help="Use only the first N bundled HH-RLHF pairs.")] = None,
+    reward_preset: Annotated[str, typer.Option(help="small (pretrained MiniLM), tiny, or none to stop after the "
+                                                    "data pillar.")] = "small",
 ):
     """Lay the bundled sample data into the landing zone and materialize the graph on the local instance."""
     from rlhf_assets.demo import run_demo
 
-    summary = run_demo(root, dagster_home, n_pairs=pairs, progress=lambda m: typer.echo(m, err=True))
+    preset = None if reward_preset == "none" else reward_preset
+    summary = run_demo(root, dagster_home, n_pairs=pairs, reward_preset=preset,
+                       progress=lambda m: typer.echo(m, err=True))
     days = summary["days"].values()
     kappas = [d["fleiss_kappa"] for d in days if d.get("fleiss_kappa") is not None]
     accs = [d["accuracy_vs_simulator_truth"] for d in days if "accuracy_vs_simulator_truth" in d]
@@ -51,12 +55,27 @@ def demo(
         typer.echo(f"Fleiss' kappa:      {min(kappas):.3f}–{max(kappas):.3f} per day")
     typer.echo(f"asset checks:       {sum(d['checks_passed'] for d in days)} passed, "
                f"{sum(len(d['checks_failed']) for d in days)} failed")
+    release = summary.get("release")
+    if release:
+        passed = [name for name, ok in release["checks"].items() if ok]
+        failed = [name for name, ok in release["checks"].items() if not ok]
+        typer.echo(f"release:            {release['release']}: {release.get('pairs')} pairs "
+                   f"{release.get('splits')}, dataset {release.get('dataset_id')}…")
+        typer.echo(f"reward model:       artifact {release.get('artifact_id')}…, test accuracy "
+                   f"{_fmt(release.get('test_accuracy'))}, AUC {_fmt(release.get('test_auc'))}, ECE "
+                   f"{_fmt(release.get('ece_before'))} → {_fmt(release.get('ece_after'))} ({release.get('method')})")
+        typer.echo(f"release gates:      passed {', '.join(passed) or '-'}; failed {', '.join(failed) or '-'}"
+                   + ("  (blocking: nothing downstream of rm_calibration runs for this release)" if failed else ""))
     typer.echo(f"tables:             {summary['storage_root']}/tables/")
     typer.echo(f"Dagster instance:   {summary['dagster_home']}")
     typer.echo(f"open the UI:        DAGSTER_HOME={summary['dagster_home']} "
                f"RLHF_STORAGE_ROOT={summary['storage_root']} dagster dev   (then http://127.0.0.1:3000)")
     if not summary["success"]:
         _fail("some runs failed; see the run logs in the UI", 1)
+
+
+def _fmt(value) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) else "n/a"
 
 
 @app.command()

@@ -58,8 +58,14 @@ def _spread_squality(records: list[dict], days: list[str]) -> dict[str, list[dic
     return out
 
 
+DEMO_RELEASE = "r20250603-2359"
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
 def run_demo(storage_root: str | None = None, dagster_home: str | None = None, *, n_pairs: int | None = None,
-             progress=print) -> dict[str, Any]:
+             reward_preset: str | None = "small", progress=print) -> dict[str, Any]:
+    """The data pillar for every demo day, then (unless ``reward_preset`` is None) the reward pillar for one
+    release: ``small`` trains the real pretrained MiniLM (minutes on a laptop CPU), ``tiny`` a random-init model."""
     import dagster as dg
 
     from rlhf_assets.instance import ensure_dagster_home
@@ -81,12 +87,45 @@ def run_demo(storage_root: str | None = None, dagster_home: str | None = None, *
     summary: dict[str, Any] = {"storage_root": storage.uri, "dagster_home": str(home), "days": {}}
     for day in laid.days:
         progress(f"materializing the data pillar for {day} …")
-        result = job.execute_in_process(partition_key=day, instance=instance, raise_on_error=False,
-                                        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}})
+        result = job.execute_in_process(partition_key=day, instance=instance, raise_on_error=False, run_config=QUIET)
         summary["days"][day] = _day_summary(result, storage, day, laid.truth)
         progress("  " + json.dumps(summary["days"][day]))
     summary["success"] = all(d["run_success"] for d in summary["days"].values())
+    if reward_preset and summary["success"]:
+        summary["release"] = _run_release(definitions, instance, storage, reward_preset, progress)
+        # A release stopped by a failed gate is the gate doing its job, not a broken demo.
+        release = summary["release"]
+        summary["success"] = release["run_success"] or (release["blocked_by_checks"] and "artifact_id" in release)
     return summary
+
+
+def _run_release(definitions, instance, storage: Storage, preset: str, progress) -> dict[str, Any]:
+    from rlhf_assets.registry.releases import create_release
+
+    release = create_release(storage, key=DEMO_RELEASE, note="rlhf demo")
+    instance.add_dynamic_partitions("release", [release.key])
+    progress(f"materializing the reward pillar for release {release.key} (preset {preset}; training in its own "
+             "process through Dagster Pipes) …")
+    config = QUIET | {"ops": {"reward_model": {"config": {"preset": preset}}}}
+    result = definitions.resolve_job_def("reward_pillar").execute_in_process(
+        partition_key=release.key, instance=instance, raise_on_error=False, run_config=config)
+    out: dict[str, Any] = {"release": release.key, "run_id": result.run_id, "run_success": result.success}
+    checks = result.get_asset_check_evaluations()
+    out["checks"] = {c.check_name: c.passed for c in checks}
+    out["blocked_by_checks"] = not all(out["checks"].values())
+    for event in result.get_asset_materialization_events():
+        m = event.event_specific_data.materialization
+        values = {k: v.value for k, v in m.metadata.items()}
+        name = m.asset_key.to_user_string()
+        if name == "preference_dataset":
+            out.update(dataset_id=values["dataset_id"][:16], pairs=values["pairs"], splits=values["splits"])
+        elif name == "reward_model":
+            out.update(artifact_id=str(values.get("artifact_id", ""))[:16],
+                       val_accuracy=values.get("val_accuracy"), tokens_per_s=values.get("tokens_per_s"))
+        elif name == "rm_calibration":
+            out.update({k: values.get(k) for k in ("method", "test_accuracy", "test_auc", "ece_before", "ece_after")})
+    progress("  " + json.dumps(out, default=str))
+    return out
 
 
 def _day_summary(result, storage: Storage, day: str, truth: dict[str, str]) -> dict[str, Any]:

@@ -32,28 +32,35 @@ def bt_pair_loss(delta: torch.Tensor, target: Optional[torch.Tensor] = None) -> 
     return -(target * F.logsigmoid(delta) + (1.0 - target) * F.logsigmoid(-delta))
 
 
-def weighted_mean(values: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Σ w·v / Σ w (plain mean without weights; 0 when all weights are 0)."""
+def weighted_mean(values: torch.Tensor, weight: Optional[torch.Tensor] = None,
+                  weight_total: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Σ w·v / Σ w (plain mean without weights; 0 when all weights are 0).
+
+    ``weight_total`` replaces the local Σ w: under DDP each rank passes (global Σ w) / world_size, so the averaged
+    gradient is exactly the single-process weighted mean over the global batch.
+    """
     if weight is None:
         return values.mean()
     weight = weight.to(values.dtype)
-    return (weight * values).sum() / weight.sum().clamp_min(torch.finfo(values.dtype).tiny)
+    total = weight.sum() if weight_total is None else weight_total.to(values.dtype)
+    return (weight * values).sum() / total.clamp_min(torch.finfo(values.dtype).tiny)
 
 
 def centering_penalty(r_chosen: torch.Tensor, r_rejected: torch.Tensor,
-                      weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+                      weight: Optional[torch.Tensor] = None,
+                      weight_total: Optional[torch.Tensor] = None) -> torch.Tensor:
     """mean((r_c + r_r)²), weighted like the main loss."""
-    return weighted_mean((r_chosen + r_rejected) ** 2, weight)
+    return weighted_mean((r_chosen + r_rejected) ** 2, weight, weight_total)
 
 
 def preference_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, *, target: Optional[torch.Tensor] = None,
                     weight: Optional[torch.Tensor] = None, margin: float | torch.Tensor = 0.0,
-                    center_coef: float = 0.0) -> torch.Tensor:
+                    center_coef: float = 0.0, weight_total: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The full batch loss (see the module docstring)."""
     delta = reward_margin(r_chosen, r_rejected, margin)
-    loss = weighted_mean(bt_pair_loss(delta, target), weight)
+    loss = weighted_mean(bt_pair_loss(delta, target), weight, weight_total)
     if center_coef:
-        loss = loss + center_coef * centering_penalty(r_chosen, r_rejected, weight)
+        loss = loss + center_coef * centering_penalty(r_chosen, r_rejected, weight, weight_total)
     return loss
 
 

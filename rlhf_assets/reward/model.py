@@ -65,7 +65,8 @@ class RewardModel(pl.LightningModule):
         cfg = self.config
         target = batch["target"] if cfg.use_soft_targets else None
         weight = batch["weight"] if cfg.use_weights else (batch["weight"] > 0).float()  # 0 = padding copy
-        return preference_loss(r_c, r_r, target=target, weight=weight, margin=cfg.margin, center_coef=cfg.center_coef)
+        return preference_loss(r_c, r_r, target=target, weight=weight, margin=cfg.margin, center_coef=cfg.center_coef,
+                               weight_total=_per_rank_weight_total(weight) if self.training else None)
 
     # training -----------------------------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
@@ -217,3 +218,16 @@ class RewardModel(pl.LightningModule):
 
 def _tuplify(x: Any) -> Any:
     return tuple(_tuplify(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def _per_rank_weight_total(weight: torch.Tensor) -> Optional[torch.Tensor]:
+    """(Σ w over all ranks) / world size under DDP, else None: DDP averages gradients over ranks, so dividing each
+    rank's Σ w·loss by this gives exactly the single-process weighted mean of the global batch, even when weights
+    differ between ranks (annotator-reliability weights do)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return None
+    total = weight.detach().sum().to(torch.float64)
+    dist.all_reduce(total)
+    return total / dist.get_world_size()

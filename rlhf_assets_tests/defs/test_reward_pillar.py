@@ -107,3 +107,24 @@ def test_failing_calibration_check_blocks_downstream(release, dagster_instance):
     materialized = {e.event_specific_data.materialization.asset_key.to_user_string()
                     for e in result.get_asset_materialization_events()}
     assert "downstream_policy" not in materialized and "reward_model" in materialized
+
+
+def test_ddp_through_dagster_pipes_matches_one_process(release, dagster_instance):
+    """The asset's own path: PipesSubprocessClient → `rm train` → Lightning DDP over 2 CPU processes (gloo); only
+    rank 0 reports back. Same global batch (2 × 8 vs 1 × 16) → the same validation metrics within 1e-4."""
+    d = defs()
+    select = [dg.AssetKey("preference_dataset"), dg.AssetKey("reward_model")]
+
+    def train(extra):
+        cfg = {"ops": {"reward_model": {"config": TINY | {"epochs": 1} | extra}}}
+        result = d.resolve_job_def("reward_pillar").execute_in_process(
+            partition_key=RELEASE, instance=dagster_instance, run_config=cfg, asset_selection=select)
+        (event,) = [e for e in result.get_asset_materialization_events()
+                    if e.event_specific_data.materialization.asset_key.path == ["reward_model"]]
+        return {k: v.value for k, v in event.event_specific_data.materialization.metadata.items()}
+
+    single = train({})
+    ddp = train({"devices": 2, "strategy": "ddp", "batch_size": 8})
+    assert ddp["global_step"] == single["global_step"]
+    for key in ("val_log_loss", "val_accuracy", "val_loss_best"):
+        assert abs(ddp[key] - single[key]) <= 1e-4, (key, ddp[key], single[key])

@@ -75,3 +75,20 @@ def test_numerically_stable_for_large_margins():
 def test_pair_accuracy_with_ties_and_flipped_targets():
     acc = pair_accuracy(torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 0.0, 1.0]), torch.tensor([1.0, 1.0, 0.2]))
     assert acc.tolist() == [1.0, 0.5, 1.0]
+
+
+def test_weight_total_makes_per_rank_losses_average_to_the_global_weighted_mean():
+    """Two ranks with different weight sums: each divides by (global Σw)/2; the mean of their losses equals the
+    single-process weighted mean (this is what keeps DDP exact with annotator-reliability weights)."""
+    import torch
+
+    from rlhf_assets.reward.loss import weighted_mean
+
+    values = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    weight = torch.tensor([0.9, 0.5, 0.7, 0.2])
+    single = weighted_mean(values, weight)
+    per_rank_total = weight.sum() / 2
+    ranks = [weighted_mean(values[:2], weight[:2], per_rank_total), weighted_mean(values[2:], weight[2:], per_rank_total)]
+    assert torch.isclose((ranks[0] + ranks[1]) / 2, single)
+    naive = (weighted_mean(values[:2], weight[:2]) + weighted_mean(values[2:], weight[2:])) / 2
+    assert not torch.isclose(naive, single)

@@ -32,8 +32,9 @@ def demo(
     root: Annotated[Optional[str], typer.Option(help="Storage root (default $RLHF_STORAGE_ROOT or ./.rlhf).")] = None,
     dagster_home: Annotated[Optional[str], typer.Option(help="Default $DAGSTER_HOME or ./.dagster.")] = None,
     pairs: Annotated[Optional[int], typer.Option(help="Use only the first N bundled HH-RLHF pairs.")] = None,
-    reward_preset: Annotated[str, typer.Option(help="small (pretrained MiniLM), tiny, or none to stop after the "
-                                                    "data pillar.")] = "small",
+    reward_preset: Annotated[str, typer.Option(help="tiny (random-init, ~2 min), small (the pretrained MiniLM; "
+                                                    "~15 min on 2 cores), or none to stop after the data pillar.")]
+    = "tiny",
 ):
     """Lay the bundled sample data into the landing zone and materialize the graph on the local instance."""
     from rlhf_assets.demo import run_demo

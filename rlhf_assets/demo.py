@@ -63,7 +63,7 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def run_demo(storage_root: str | None = None, dagster_home: str | None = None, *, n_pairs: int | None = None,
-             reward_preset: str | None = "small", progress=print) -> dict[str, Any]:
+             reward_preset: str | None = "tiny", progress=print) -> dict[str, Any]:
     """The data pillar for every demo day, then (unless ``reward_preset`` is None) the reward pillar for one
     release: ``small`` trains the real pretrained MiniLM (minutes on a laptop CPU), ``tiny`` a random-init model."""
     import dagster as dg

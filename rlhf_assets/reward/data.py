@@ -248,8 +248,8 @@ class PairCollator:
     pad_id: int
     padding_side: str = "right"
 
-    def __call__(self, items: Sequence[EncodedPair]) -> dict[str, torch.Tensor]:
-        seqs = [p.chosen for p in items] + [p.rejected for p in items]
+    def pad(self, seqs: Sequence[Any]) -> dict[str, torch.Tensor]:
+        """Token sequences (with ``input_ids`` and ``token_type_ids``) padded to the longest, on padding_side."""
         length = max(len(s.input_ids) for s in seqs)
         ids = torch.full((len(seqs), length), self.pad_id, dtype=torch.long)
         types = torch.zeros((len(seqs), length), dtype=torch.long)
@@ -260,11 +260,15 @@ class PairCollator:
             ids[i, sl] = torch.tensor(s.input_ids)
             types[i, sl] = torch.tensor(s.token_type_ids)
             mask[i, sl] = 1
+        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+    def __call__(self, items: Sequence[EncodedPair]) -> dict[str, torch.Tensor]:
+        batch = self.pad([p.chosen for p in items] + [p.rejected for p in items])
         return {
-            "input_ids": ids, "attention_mask": mask, "token_type_ids": types,
+            **batch,
             "target": torch.tensor([p.target for p in items], dtype=torch.float32),
             "weight": torch.tensor([p.weight for p in items], dtype=torch.float32),
-            "n_tokens": mask.sum(),
+            "n_tokens": batch["attention_mask"].sum(),
         }
 
 

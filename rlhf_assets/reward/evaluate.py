@@ -86,18 +86,7 @@ class RewardScorer:
         return out
 
     def _collate(self, seqs: list) -> dict[str, torch.Tensor]:
-        c = self.collator
-        length = max(len(s.input_ids) for s in seqs)
-        ids = torch.full((len(seqs), length), c.pad_id, dtype=torch.long)
-        types = torch.zeros_like(ids)
-        mask = torch.zeros_like(ids)
-        for i, s in enumerate(seqs):
-            n = len(s.input_ids)
-            sl = slice(0, n) if c.padding_side == "right" else slice(length - n, length)
-            ids[i, sl] = torch.tensor(s.input_ids)
-            types[i, sl] = torch.tensor(s.token_type_ids)
-            mask[i, sl] = 1
-        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        return self.collator.pad(seqs)
 
     def __call__(self, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 32) -> np.ndarray:
         return self.score(prompts, responses, batch_size)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import uuid
 
 import pytest
 
@@ -134,30 +133,7 @@ def test_manifest_values_become_plain_json(tmp_path):
 # S3 (moto server) ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def s3_storage(monkeypatch):
-    pytest.importorskip("moto")
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        bucket = f"rlhf-art-{uuid.uuid4().hex[:12]}"
-        client = boto3.client("s3", endpoint_url=endpoint)
-        client.create_bucket(Bucket=bucket)
-        storage = Storage(f"s3://{bucket}/root", {"endpoint_url": endpoint})
-        yield storage, client, bucket
-        storage.root.fs.clear_instance_cache()
-    finally:
-        server.stop()
+# s3_storage (moto on loopback) comes from rlhf_assets_tests/conftest.py
 
 
 def test_s3_upload_then_manifest_last_and_cached_download(s3_storage, tmp_path, monkeypatch):
@@ -173,11 +149,11 @@ def test_s3_upload_then_manifest_last_and_cached_download(s3_storage, tmp_path, 
     monkeypatch.setattr(Storage, "write_bytes", spy)
     ref = store.put_dir(make_payload(tmp_path / "a"), kind="reward_model", manifest=MANIFEST)
     keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"])
-    prefix = f"root/artifacts/sha256/{ref.id}/"
+    prefix = f"prefix/artifacts/sha256/{ref.id}/"
     assert keys == [prefix + k for k in ("config.json", "manifest.json", "model.safetensors",
                                          "tokenizer/tokenizer.json")]
     assert written == ["manifest.json"]  # payload uploaded first, the commit marker after it
-    assert ref.uri.startswith(f"s3://{bucket}/root/artifacts/sha256/")
+    assert ref.uri.startswith(f"s3://{bucket}/prefix/artifacts/sha256/")
     assert store.put_dir(make_payload(tmp_path / "b"), kind="reward_model", manifest=MANIFEST) == ref
     assert store.latest("reward_model").id == ref.id
     local = store.get(ref.id)  # the uploader's cache copy
@@ -186,5 +162,5 @@ def test_s3_upload_then_manifest_last_and_cached_download(s3_storage, tmp_path, 
     assert (reader.get(ref.id) / "tokenizer" / "tokenizer.json").read_text() == "{}"
     assert store.verify(ref.id) and store.resolve("latest") == local
     # a prefix without manifest.json is absent
-    client.put_object(Bucket=bucket, Key=f"root/artifacts/sha256/{'e' * 64}/model.safetensors", Body=b"half")
+    client.put_object(Bucket=bucket, Key=f"prefix/artifacts/sha256/{'e' * 64}/model.safetensors", Body=b"half")
     assert [r.id for r in store.list()] == [ref.id] and not store.exists("e" * 64)

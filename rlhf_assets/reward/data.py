@@ -67,9 +67,7 @@ def parse_pair(row: Any, where: str = "row") -> PreferencePair:
     for k in ("prompt", "chosen", "rejected"):
         if not isinstance(row[k], str):
             raise PairsFormatError(f"{where}: {k!r} must be a string, got {type(row[k]).__name__}")
-    for k in ("chosen", "rejected"):
-        if not row[k].strip():
-            raise PairsFormatError(f"{where}: {k!r} is empty")
+    # An empty response is data (the assistant said nothing), not an error: it is scored like any other.
     target = _number(row.get("target", 1.0), "target", where, 0.0, 1.0)
     weight = _number(row.get("weight", 1.0), "weight", where, 0.0, None)
     return PreferencePair(row["prompt"], row["chosen"], row["rejected"], target, weight)

@@ -28,7 +28,6 @@ def test_read_pairs_defaults_and_optional_fields(tmp_path):
     ('["a"]', "JSON object"),
     ('{"prompt": "q", "chosen": "a"}', "missing field.*rejected"),
     ('{"prompt": "q", "chosen": 3, "rejected": "b"}', "'chosen' must be a string"),
-    ('{"prompt": "q", "chosen": " ", "rejected": "b"}', "'chosen' is empty"),
     ('{"prompt": "q", "chosen": "a", "rejected": "b", "target": 1.5}', "'target' must be in"),
     ('{"prompt": "q", "chosen": "a", "rejected": "b", "weight": -1}', "'weight' must be in"),
     ('{"prompt": "q", "chosen": "a", "rejected": "b", "weight": true}', "'weight' must be a finite number"),
@@ -175,3 +174,11 @@ def test_loader_state_resumes_at_the_next_unseen_batch(tokenizer):
 
     with pytest.raises(ValueError, match="different data"):
         make_loader(enc[:-1], batch_size=4, pad_id=0, seed=7).load_state_dict(state)
+
+
+def test_an_empty_response_is_scored_not_refused(tmp_path):
+    """HH-RLHF has a few pairs whose response is empty: they train like any other (none dropped)."""
+    from rlhf_assets.reward.data import parse_pair
+
+    pair = parse_pair({"prompt": "Human: hi\n\nAssistant:", "chosen": "", "rejected": "go away"})
+    assert pair.chosen == "" and pair.rejected == "go away"

@@ -11,6 +11,7 @@ import polars as pl
 from rlhf_assets.defs.partitions import release_partitions
 from rlhf_assets.defs.resources import StorageResource
 from rlhf_assets.preference.snapshot import pairs_jsonl, pinned_dataset_id
+from rlhf_assets.reward.config import RMConfig
 
 WORK_DIR_ENV = "RLHF_WORK_DIR"
 
@@ -21,24 +22,24 @@ class RewardModelConfig(dg.Config):
     preset: Literal["tiny", "tiny-decoder", "small", "hf"] = "tiny"
     model_path: str | None = None
     """Local checkpoint directory for the `hf` preset."""
-    max_length: int = 256
-    batch_size: int = 16
+    max_length: int = RMConfig.max_length
+    batch_size: int = RMConfig.batch_size
     lr: float | None = None
     """Learning rate; None takes the preset's default."""
-    epochs: int = 1
-    max_steps: int = -1
-    accumulate_grad_batches: int = 1
-    gradient_clip_val: float = 1.0
-    precision: str = "auto"
+    epochs: int = RMConfig.epochs
+    max_steps: int = RMConfig.max_steps
+    accumulate_grad_batches: int = RMConfig.accumulate_grad_batches
+    gradient_clip_val: float = RMConfig.gradient_clip_val
+    precision: str = RMConfig.precision
     """`auto`: bf16-mixed on GPU, 32-true on CPU."""
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"
-    devices: int = 1
-    seed: int = 0
-    margin: float = 0.0
-    use_soft_targets: bool = True
-    use_weights: bool = True
-    center_coef: float = 0.0
-    early_stopping_patience: int = 3
+    devices: int = RMConfig.devices
+    seed: int = RMConfig.seed
+    margin: float = RMConfig.margin
+    use_soft_targets: bool = RMConfig.use_soft_targets
+    use_weights: bool = RMConfig.use_weights
+    center_coef: float = RMConfig.center_coef
+    early_stopping_patience: int = RMConfig.early_stopping_patience
 
     def training_config(self) -> dict:
         return {k: v for k, v in self.model_dump().items() if v is not None}

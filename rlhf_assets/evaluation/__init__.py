@@ -1,0 +1,1 @@
+"""Off-policy evaluation (:mod:`.ope`) and deployment gates (:mod:`.gates`). No Dagster here."""

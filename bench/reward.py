@@ -8,8 +8,8 @@ batch size, max length and learning rate, fp32 on CPU, seed 0:
 
 - ours: ``RMConfig(preset="small", precision="32-true", ...)`` through ``train_reward_model`` (its own defaults
   otherwise: length-grouped batches with dynamic padding, prompt cut from the LEFT so the responses are kept, no
-  pair dropped for length, 10% warm-up). Its pairs reader refuses a pair with an empty response (the bundled data
-  has 4 in the train split; one fails the whole run), so those are left out and counted as dropped by ours. The
+  pair dropped for length, 10% warm-up). Every train pair is passed, the four with an empty response included (an
+  empty response is scored at its last real token like any other). The
   held-out pairs are its validation file (one validation at the end of the epoch, so the "best" checkpoint is the
   final one and the held-out set selects nothing).
 - TRL (``trl`` 1.x, a benchmark-only dependency): ``RewardTrainer`` + ``RewardConfig`` with TRL's defaults except

@@ -15,3 +15,17 @@ reward_pillar_job = dg.define_asset_job(
     partitions_def=release_partitions,
     description="preference_dataset → reward_model → rm_calibration, for one release.",
 )
+
+policy_pillar_job = dg.define_asset_job(
+    "policy_pillar",
+    selection=dg.AssetSelection.groups("policy"),
+    partitions_def=release_partitions,
+    description="sft_policy → ppo_policy, for one release (its reward model and calibration must exist).",
+)
+
+release_chain_job = dg.define_asset_job(
+    "release_chain",
+    selection=dg.AssetSelection.groups("reward", "policy", "release"),
+    partitions_def=release_partitions,
+    description="Everything of one release: dataset, reward model, calibration, policies, evaluation, decision.",
+)

@@ -163,3 +163,17 @@ def pairs_jsonl(table: pl.DataFrame, split: str) -> bytes:
     """A split as training pairs: {"prompt", "chosen", "rejected", "target", "weight"} per line."""
     rows = table.filter(pl.col("split") == split).select("prompt", "chosen", "rejected", "target", "weight")
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows.iter_rows(named=True)).encode()
+
+
+def sft_jsonl(table: pl.DataFrame, split: str) -> bytes:
+    """A split's preferred responses as SFT rows: {"prompt", "response"} per line (ties carry no preference and are
+    left out)."""
+    rows = table.filter((pl.col("split") == split) & (pl.col("target") != 0.5)).select(
+        "prompt", pl.col("chosen").alias("response"))
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows.iter_rows(named=True)).encode()
+
+
+def prompts_jsonl(table: pl.DataFrame, split: str) -> bytes:
+    """A split's distinct prompts, in first-seen order: {"prompt"} per line (PPO's rollout prompts)."""
+    prompts = table.filter(pl.col("split") == split).select("prompt").unique(maintain_order=True)
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in prompts.iter_rows(named=True)).encode()

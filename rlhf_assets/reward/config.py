@@ -8,11 +8,10 @@ Values that depend on the machine (``precision="auto"``) or on the preset (``lr=
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
-from dataclasses import dataclass, field, fields
-from pathlib import Path
-from typing import Any, Optional, Union
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Optional, Union
+
+from rlhf_assets.configfile import FileConfig, is_int, is_num
 
 PRESETS = ("tiny", "tiny-decoder", "small", "hf")
 STRATEGIES = ("auto", "ddp", "fsdp")
@@ -25,7 +24,7 @@ DEFAULT_LR = {"tiny": 1e-3, "tiny-decoder": 1e-3, "small": 2e-5, "hf": 2e-5}
 
 
 @dataclass(frozen=True)
-class RMConfig:
+class RMConfig(FileConfig):
     """Bradley–Terry reward-model training settings.
 
     Model: ``preset`` tiny (random-init 2-layer BERT, CPU, seconds) | tiny-decoder (random-init 2-layer Llama) |
@@ -98,6 +97,8 @@ class RMConfig:
 
     extra: dict[str, Any] = field(default_factory=dict)
 
+    CONFIG_LABEL: ClassVar[str] = "reward-model"
+
     def __post_init__(self) -> None:
         if isinstance(self.adam_betas, list):
             object.__setattr__(self, "adam_betas", tuple(self.adam_betas))
@@ -107,12 +108,6 @@ class RMConfig:
     def validate(self) -> None:
         def bad(name: str, why: str) -> ValueError:
             return ValueError(f"RMConfig.{name}={getattr(self, name)!r}: {why}")
-
-        def is_int(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        def is_num(v: Any) -> bool:
-            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
         if self.preset not in PRESETS:
             raise bad("preset", f"must be one of {', '.join(PRESETS)}")
@@ -170,51 +165,6 @@ class RMConfig:
             raise bad("val_check_interval", "must be a float in (0, 1] (fraction of an epoch) or an int >= 1 (batches)")
         if not isinstance(self.extra, dict):
             raise bad("extra", "must be a mapping")
-
-    # construction -------------------------------------------------------------------------------------------
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RMConfig":
-        if not isinstance(data, dict):
-            raise ValueError(f"reward-model config must be a mapping, got {type(data).__name__}")
-        unknown = sorted(set(data) - set(cls.field_names()))
-        if unknown:
-            raise ValueError(f"unknown reward-model config key(s): {', '.join(unknown)}; "
-                             f"known: {', '.join(cls.field_names())}")
-        return cls(**data)
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> "RMConfig":
-        """Load from ``.json`` or ``.yaml``/``.yml`` (a mapping of field names to values)."""
-        path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise ValueError(f"cannot read reward-model config {path}: {exc}") from exc
-        try:
-            if path.suffix.lower() in (".yaml", ".yml"):
-                import yaml
-
-                data = yaml.safe_load(text) or {}
-            else:
-                data = json.loads(text)
-        except Exception as exc:  # noqa: BLE001 - report any parse error with its file
-            raise ValueError(f"cannot parse reward-model config {path}: {exc}") from exc
-        try:
-            return cls.from_dict(data)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{path}: {exc}") from exc
-
-    def with_overrides(self, **overrides: Any) -> "RMConfig":
-        """A copy with the given fields replaced (None values are ignored, so CLI flags left out keep the file's)."""
-        overrides = {k: v for k, v in overrides.items() if v is not None}
-        unknown = sorted(set(overrides) - set(self.field_names()))
-        if unknown:
-            raise ValueError(f"unknown reward-model config key(s): {', '.join(unknown)}")
-        return dataclasses.replace(self, **overrides)
 
     # resolution ---------------------------------------------------------------------------------------------
     @property

@@ -17,62 +17,15 @@ artifact id). Exit codes: 0 success, 2 bad input (config, pairs file, unknown ar
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
-PIPES_ENV = "DAGSTER_PIPES_CONTEXT"
+from rlhf_assets.pipes_report import clean as _clean, meta as _meta, pipes as _pipes, rank as _rank
+
 DEFAULT_OUT = "runs/reward_model"
-
-
-def _rank() -> int:
-    for var in ("RANK", "LOCAL_RANK"):
-        value = os.environ.get(var, "").strip()
-        if value.isdigit() and int(value) != 0:
-            return int(value)
-    return 0
-
-
-def _clean(value: Any) -> Any:
-    """JSON-safe: NaN/inf → None, recursively."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
-
-
-def _meta(value: Any) -> Any:
-    """A Dagster Pipes metadata value with an explicit type."""
-    if isinstance(value, bool):
-        return {"raw_value": value, "type": "bool"}
-    if isinstance(value, int):
-        return {"raw_value": value, "type": "int"}
-    if isinstance(value, float):
-        return {"raw_value": value, "type": "float"} if math.isfinite(value) else {"raw_value": None, "type": "null"}
-    if value is None:
-        return {"raw_value": None, "type": "null"}
-    if isinstance(value, (dict, list, tuple)):
-        return {"raw_value": _clean(value), "type": "json"}
-    return {"raw_value": str(value), "type": "text"}
-
-
-@contextlib.contextmanager
-def _pipes() -> Iterator[Optional[Any]]:
-    """Dagster Pipes context on rank 0 of a Pipes-launched process, else None."""
-    if not os.environ.get(PIPES_ENV) or _rank() != 0:
-        yield None
-        return
-    from dagster_pipes import open_dagster_pipes
-
-    with open_dagster_pipes() as pipes:
-        yield pipes
 
 
 def _parser() -> argparse.ArgumentParser:

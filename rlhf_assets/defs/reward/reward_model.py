@@ -1,8 +1,4 @@
-import hashlib
 import json
-import os
-import sys
-from pathlib import Path
 from typing import Literal
 
 import dagster as dg
@@ -10,10 +6,9 @@ import polars as pl
 
 from rlhf_assets.defs.partitions import release_partitions
 from rlhf_assets.defs.resources import StorageResource
+from rlhf_assets.defs.training import numeric, run_entrypoint, work_dir
 from rlhf_assets.preference.snapshot import pairs_jsonl, pinned_dataset_id
 from rlhf_assets.reward.config import RMConfig
-
-WORK_DIR_ENV = "RLHF_WORK_DIR"
 
 
 class RewardModelConfig(dg.Config):
@@ -45,13 +40,6 @@ class RewardModelConfig(dg.Config):
         return {k: v for k, v in self.model_dump().items() if v is not None}
 
 
-def work_dir(storage_root: str, release: str, dataset_id: str, config: dict) -> Path:
-    """Stable per (release, dataset, config): a rerun after a crash finds its checkpoints and resumes."""
-    key = hashlib.sha256(json.dumps([dataset_id, config], sort_keys=True).encode()).hexdigest()[:12]
-    base = os.environ.get(WORK_DIR_ENV) or (storage_root if "://" not in storage_root else ".rlhf-work")
-    return Path(base).resolve() / "work" / "reward_model" / release / key
-
-
 @dg.asset(
     partitions_def=release_partitions,
     group_name="reward",
@@ -69,26 +57,16 @@ def reward_model(
     Dagster Pipes, so DDP/FSDP own their processes), stored as a content-addressed safetensors artifact."""
     dataset_id = pinned_dataset_id(storage.storage(), context.partition_key)  # the artifact's lineage
     training = config.training_config()
-    work = work_dir(storage.root, context.partition_key, dataset_id, training)
+    work = work_dir(storage.root, "reward_model", context.partition_key, dataset_id, training)
     work.mkdir(parents=True, exist_ok=True)
     for split, name in (("train", "train.jsonl"), ("validation", "val.jsonl")):
         (work / name).write_bytes(pairs_jsonl(preference_dataset, split))
     (work / "config.json").write_text(json.dumps(training, indent=2))
-    command = [
-        sys.executable, "-m", "rlhf_assets.reward.entrypoint", "train",
-        "--config", str(work / "config.json"), "--pairs", str(work / "train.jsonl"),
+    reported, metadata = run_entrypoint(context, pipes_subprocess_client, storage, "rlhf_assets.reward.entrypoint", [
+        "train", "--config", str(work / "config.json"), "--pairs", str(work / "train.jsonl"),
         "--val-pairs", str(work / "val.jsonl"), "--out", str(work), "--store", storage.root,
         "--dataset-id", dataset_id,
-    ]
-    env = {"RLHF_STORAGE_ROOT": storage.root}
-    if storage.s3_endpoint_url:
-        env["RLHF_S3_ENDPOINT_URL"] = storage.s3_endpoint_url
-    results = pipes_subprocess_client.run(command=command, context=context, env=env).get_results()
-    reported = {k: v.value for k, v in results[-1].metadata.items()} if results else {}
-    if "artifact_id" not in reported:
-        raise dg.Failure(f"training finished without reporting an artifact (work dir {work})")
+    ])
     reference = {"artifact_id": reported["artifact_id"], "uri": reported.get("artifact_uri"),
-                 "dataset_id": dataset_id, "metrics": {k: v for k, v in reported.items()
-                                                      if isinstance(v, (int, float)) and not isinstance(v, bool)}}
-    return dg.Output(reference, metadata={**results[-1].metadata, "work_dir": dg.MetadataValue.path(str(work))})
-
+                 "dataset_id": dataset_id, "metrics": numeric(reported)}
+    return dg.Output(reference, metadata={**metadata, "work_dir": dg.MetadataValue.path(str(work))})

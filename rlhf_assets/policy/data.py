@@ -1,0 +1,109 @@
+"""Prompts and responses as token ids, and the one batch layout used by SFT, rollouts and PPO updates.
+
+Layout of a batch of B (prompt, response) sequences::
+
+    [pad pad p p p p | r r r EOS pad pad]      prompt LEFT-padded to P, response RIGHT-padded to R
+     <------ P ----->  <------ R ------>
+
+so every response starts at column P (generation appends there) and the token predicting response token j sits
+at column P - 1 + j. ``positions`` restart at 0 on each row's first real token, so padding never shifts them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+
+def read_jsonl(path: str | os.PathLike, required: Sequence[str]) -> list[dict]:
+    """Rows of a JSONL file, each checked for the required string fields (line numbers in errors)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist")
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{n}: not JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{n}: expected an object")
+        for key in required:
+            if not isinstance(row.get(key), str):
+                raise ValueError(f"{path}:{n}: field {key!r} must be a string")
+        rows.append(row)
+    if not rows:
+        raise ValueError(f"{path} holds no rows")
+    return rows
+
+
+def encode_prompt(tokenizer: Any, prompt: str, max_tokens: int) -> list[int]:
+    """Prompt ids, keeping the END (the latest turns) when too long."""
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    return ids[-max_tokens:] if len(ids) > max_tokens else ids
+
+
+def encode_response(tokenizer: Any, response: str, max_tokens: int) -> list[int]:
+    """Response ids with EOS appended when it fits; a response cut at the cap has no EOS (it did not end)."""
+    ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+    if len(ids) < max_tokens:
+        return ids + [tokenizer.eos_token_id]
+    return ids[:max_tokens]
+
+
+@dataclass
+class SequenceBatch:
+    input_ids: torch.Tensor       # [B, P + R]
+    attention_mask: torch.Tensor  # [B, P + R]
+    response_mask: torch.Tensor   # [B, R] 1 on real response tokens (EOS included)
+    prompt_len: int               # P
+
+    @property
+    def response_ids(self) -> torch.Tensor:
+        return self.input_ids[:, self.prompt_len:]
+
+    def to(self, device: torch.device | str) -> "SequenceBatch":
+        return SequenceBatch(self.input_ids.to(device), self.attention_mask.to(device),
+                             self.response_mask.to(device), self.prompt_len)
+
+
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(1, max(len(s) for s in seqs))
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+            mask[i, width - len(s):] = 1
+    return ids, mask
+
+
+def right_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(1, max(len(s) for s in seqs))
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[i, :len(s)] = 1
+    return ids, mask
+
+
+def collate(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int) -> SequenceBatch:
+    p_ids, p_mask = left_pad(prompts, pad_id)
+    r_ids, r_mask = right_pad(responses, pad_id)
+    return SequenceBatch(torch.cat([p_ids, r_ids], 1), torch.cat([p_mask, r_mask], 1), r_mask, p_ids.shape[1])
+
+
+def join(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
+         response_mask: torch.Tensor) -> SequenceBatch:
+    """A batch from already padded tensors (a rollout)."""
+    return SequenceBatch(torch.cat([prompt_ids, response_ids], 1), torch.cat([prompt_mask, response_mask], 1),
+                         response_mask, prompt_ids.shape[1])

@@ -1,0 +1,49 @@
+"""The reward PPO optimises: the calibrated reward-model score of a (prompt, response) text.
+
+Calibration maps a score MARGIN to P(A ≻ B) (reward/calibration.py). On a single response the calibrated score is
+the margin's log-odds scale applied to the raw score: Platt's p = σ(a·(r_A − r_B) + b) makes a·r a reward whose
+differences are calibrated log-odds (b is the A/B position bias, which a single response does not have). For
+isotonic calibration, a is the slope of a least-squares fit of logit(p) on the margin over its breakpoints.
+Without a calibration the scale is 1 (the raw Bradley–Terry score).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+from rlhf_assets.reward.evaluate import RewardScorer
+
+
+def calibrated_scale(calibrator: Optional[Mapping[str, Any]]) -> float:
+    if not calibrator:
+        return 1.0
+    method = calibrator.get("method")
+    if method == "platt":
+        return float(calibrator["slope"])
+    if method == "isotonic":
+        x = np.asarray(calibrator["x_thresholds"], dtype=np.float64)
+        p = np.clip(np.asarray(calibrator["y_thresholds"], dtype=np.float64), 0.01, 0.99)
+        if x.size < 2 or np.ptp(x) == 0:
+            return 1.0
+        slope = float(np.polyfit(x, np.log(p / (1 - p)), 1)[0])
+        return slope if math.isfinite(slope) and slope > 0 else 1.0
+    raise ValueError(f"unknown calibration method {method!r}")
+
+
+class ProxyReward:
+    """``scale · r(prompt, response)``; ``no_eos_penalty`` is added when a response hit the length cap."""
+
+    def __init__(self, scorer: RewardScorer, calibrator: Optional[Mapping[str, Any]] = None,
+                 no_eos_penalty: float = 0.0, batch_size: int = 64):
+        self.scorer, self.scale = scorer, calibrated_scale(calibrator)
+        self.no_eos_penalty, self.batch_size = float(no_eos_penalty), batch_size
+
+    def raw(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+        return self.scale * self.scorer.score(list(prompts), list(responses), self.batch_size)
+
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str], ended: Sequence[bool]) -> np.ndarray:
+        scores = self.raw(prompts, responses)
+        return scores + self.no_eos_penalty * (~np.asarray(ended, dtype=bool))

@@ -1,0 +1,103 @@
+"""What SFT and PPO share at run time: device and precision, determinism, atomic resumable checkpoints,
+the optimizer and scheduler, and a metrics log."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+
+def device_for(precision: str) -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast on CUDA when asked for; a no-op otherwise (fp32)."""
+    if precision == "bf16-mixed" and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def make_deterministic(seed: int, device: torch.device) -> None:
+    """Seed everything; on CPU also force deterministic kernels (exact resume and reruns)."""
+    torch.manual_seed(seed)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+
+
+def adamw(params, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    # foreach=False: the same update order on every run (no multi-tensor fusion differences).
+    return torch.optim.AdamW([p for p in params if p.requires_grad], lr=lr, weight_decay=weight_decay,
+                             foreach=False)
+
+
+def warmup_linear(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float):
+    warmup = max(1, int(total_steps * warmup_ratio)) if warmup_ratio > 0 else 0
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write atomically (tmp + fsync + rename): a kill -9 leaves the previous checkpoint intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        torch.save(state, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> Optional[dict[str, Any]]:
+    """The checkpoint at ``path`` or None; ``weights_only=True``: tensors and plain values only, no pickled code."""
+    if not path.exists():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one JSON line per step, rewritten from the checkpoint's history on resume.
+    ``history`` is appended to in place (it is the caller's list, saved in its checkpoints)."""
+
+    def __init__(self, path: Path, history: list[dict]):
+        self.path, self.history = path, history
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(h, sort_keys=True) + "\n" for h in self.history))
+
+    def append(self, row: dict) -> None:
+        self.history.append(row)
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(row, sort_keys=True) + "\n")
+
+
+def store_policy(model, tokenizer, stage: str, train_config: dict, manifest: dict, store_root: Optional[str],
+                 work: Path):
+    """Save the policy payload into a temporary folder under ``work`` and put it in the artifact store."""
+    import tempfile
+
+    from rlhf_assets.policy.artifacts import save_policy
+    from rlhf_assets.registry.artifacts import ArtifactStore
+    from rlhf_assets.storage import storage_from_env
+
+    store = ArtifactStore(storage_from_env(store_root))
+    work.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=work, prefix=".export-") as tmp:
+        payload = save_policy(model, tokenizer, stage, train_config, Path(tmp) / "payload")
+        ref = store.put_dir(payload, kind=manifest["kind"], manifest=manifest)
+    return store, ref
+
+
+def versions() -> dict[str, str]:
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__}

@@ -16,6 +16,9 @@ bench_app = typer.Typer(help="Benchmarks against peers, on this machine, in one 
 app.add_typer(bench_app, name="bench")
 rm_app = typer.Typer(help="Reward model: train (its own process; DDP-capable) and evaluate.", no_args_is_help=True)
 app.add_typer(rm_app, name="rm")
+policy_app = typer.Typer(help="Policy: SFT start point and PPO (each its own process; resumable).",
+                         no_args_is_help=True)
+app.add_typer(policy_app, name="policy")
 release_app = typer.Typer(help="Releases: the partitions everything trained is keyed by.", no_args_is_help=True)
 app.add_typer(release_app, name="release")
 
@@ -181,6 +184,24 @@ def rm_eval(ctx: typer.Context):
     raise typer.Exit(entrypoint(["eval", *ctx.args]))
 
 
+@policy_app.command("sft", context_settings=_PASSTHROUGH, add_help_option=False)
+def policy_sft(ctx: typer.Context):
+    """Fine-tune the base policy on chosen responses: --data FILE --out DIR [--config FILE] [--preset tiny|small|hf]
+    [--val-data FILE] [--epochs N] … (--help for all). Rerun the same command to resume."""
+    from rlhf_assets.policy.entrypoint import main as entrypoint
+
+    raise typer.Exit(entrypoint(["sft", *ctx.args]))
+
+
+@policy_app.command("ppo", context_settings=_PASSTHROUGH, add_help_option=False)
+def policy_ppo(ctx: typer.Context):
+    """PPO against the calibrated reward model: --sft ID|DIR --reward-model ID|DIR --prompts FILE
+    --eval-prompts FILE --out DIR [--calibration FILE] [--config FILE] [--steps N] … (--help for all)."""
+    from rlhf_assets.policy.entrypoint import main as entrypoint
+
+    raise typer.Exit(entrypoint(["ppo", *ctx.args]))
+
+
 @release_app.command("create")
 def release_create(
     key: Annotated[Optional[str], typer.Option(help="Release key (default r<YYYYMMDD-HHMM>, UTC now).")] = None,
@@ -214,6 +235,18 @@ def bench_reward(
     """Reward model: ours (MiniLM, Lightning) vs TRL's RewardTrainer, same data, batch, length and lr."""
     module = _bench_module("reward")
     module.cli((["--quick"] if quick else []) + (["--skip-trl"] if skip_trl else []) + (["--json"] if as_json else []))
+
+
+@bench_app.command("overoptimization", context_settings=_PASSTHROUGH, add_help_option=False)
+def bench_overoptimization(ctx: typer.Context):
+    """Gao et al. 2022 set-up on the tiny preset: gold vs proxy reward against √KL, and where gold peaks."""
+    _bench_module("overoptimization").cli(list(ctx.args))
+
+
+@bench_app.command("ppo-stability", context_settings=_PASSTHROUGH, add_help_option=False)
+def bench_ppo_stability(ctx: typer.Context):
+    """PPO on the tiny preset over 10 seeds: how many collapse; rollout and training tokens/s. [--json]"""
+    _bench_module("ppo_stability").cli(list(ctx.args))
 
 
 def _bench_module(name: str):

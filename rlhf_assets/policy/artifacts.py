@@ -23,15 +23,16 @@ WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_DIR = "model.safetensors", "config.json", "
 
 
 def save_policy(model: PolicyModel, tokenizer: Any, stage: str, train_config: dict, out_dir: str | Path) -> Path:
-    from safetensors.torch import save_model
+    from safetensors.torch import save_file
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    state_device = next(model.parameters()).device
-    model.to("cpu")
-    # One metadata key only: safetensors writes a multi-key map in hash order (not byte-stable).
-    save_model(model, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
-    model.to(state_device)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    if model.lm.config.tie_word_embeddings:
+        # A tied output embedding is stored once (under the input embedding). Not via save_model: it would record
+        # the alias in a multi-key metadata map, which safetensors writes in hash order — not byte-stable.
+        state = {k: v for k, v in state.items() if not k.endswith("lm_head.weight")}
+    save_file(state, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
     doc = {"format": POLICY_FORMAT, "stage": stage, "lm_config": model.lm.config.to_dict(),
            "train_config": train_config}
     (out / CONFIG_FILE).write_text(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")

@@ -186,7 +186,7 @@ class PPOTrainer:
             ids, am = batch.input_ids[i:i + mb], batch.attention_mask[i:i + mb]
             with autocast(self.device, self.cfg.precision):
                 logits, values = model(ids, am, with_values=with_values)
-            logits = logits[:, P - 1:-1].float()
+            logits = logits[:, P - 1:-1].float() / self.cfg.temperature  # the distribution sampled from
             lps.append(token_logprobs(logits, ids[:, P:]))
             if with_values:
                 vals.append(values[:, P - 1:-1].float())
@@ -248,7 +248,7 @@ class PPOTrainer:
         P = b.prompt_len
         with autocast(self.device, cfg.precision):
             logits, values = self.policy(b.input_ids[idx], b.attention_mask[idx])
-        logits = logits[:, P - 1:-1].float()
+        logits = logits[:, P - 1:-1].float() / self.cfg.temperature  # the distribution sampled from
         new_lp = token_logprobs(logits, b.input_ids[idx, P:])
         parts = ppo_loss(new_lp, ro.logprobs[idx], adv[idx], values[:, P - 1:-1].float(), ro.values[idx], ret[idx],
                          entropy_from_logits(logits), ro.mask[idx], cfg.clip_range, cfg.clip_range_value,

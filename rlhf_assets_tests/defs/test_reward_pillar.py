@@ -94,19 +94,15 @@ def test_rematerializing_an_old_release_reads_its_own_snapshot(release, dagster_
 
 
 def test_failing_calibration_check_blocks_downstream(release, dagster_instance):
-    @dg.asset(partitions_def=dg.DynamicPartitionsDefinition(name="release"), group_name="reward",
-              deps=["rm_calibration"])
-    def downstream_policy() -> None:
-        """Stands in for the policy pillar: must not run on a reward model that failed its checks."""
-
-    base = defs()
-    with_downstream = dg.Definitions.merge(base, dg.Definitions(assets=[downstream_policy]))
-    result = run_release(dagster_instance, config(min_accuracy=1.01), definitions=with_downstream)
+    """The real policy pillar in the same run: ppo_policy must not train on a reward model that failed its checks."""
+    run_config = config(min_accuracy=1.01)
+    run_config["ops"]["sft_policy"] = {"config": {"epochs": 1, "max_prompt_tokens": 16, "max_response_tokens": 8}}
+    result = run_release(dagster_instance, run_config, job="release_chain")
     assert not result.success
     assert checks(result)["test_accuracy"] is False
     materialized = {e.event_specific_data.materialization.asset_key.to_user_string()
                     for e in result.get_asset_materialization_events()}
-    assert "downstream_policy" not in materialized and "reward_model" in materialized
+    assert "reward_model" in materialized and "ppo_policy" not in materialized
 
 
 def test_ddp_through_dagster_pipes_matches_one_process(release, dagster_instance):

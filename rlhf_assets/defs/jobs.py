@@ -29,3 +29,10 @@ release_chain_job = dg.define_asset_job(
     partitions_def=release_partitions,
     description="Everything of one release: dataset, reward model, calibration, policies, evaluation, decision.",
 )
+
+production_release_job = dg.define_asset_job(
+    "production_release",
+    selection=dg.AssetSelection.assets("production_release"),
+    partitions_def=release_partitions,
+    description="Apply one release's deployment decision (run it for an older release to roll back).",
+)

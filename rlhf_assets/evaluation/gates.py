@@ -39,9 +39,10 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
+from rlhf_assets.registry.decisions import VERDICTS
+
 __all__ = ["VERDICTS", "Decision", "GateInputs", "GateThresholds", "decide"]
 
-VERDICTS = ("promote", "canary", "reject", "escalate")
 NOT_MEASURED = "not measured"
 _QUALITY_GATES = ("upstream_checks", "rm_test_accuracy", "calibrated_ece", "human_rm_correlation")
 _SYMBOL = {">=": "≥", "<=": "≤", ">": ">", "==": "=", "none": ""}

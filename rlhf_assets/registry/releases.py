@@ -71,5 +71,6 @@ def get_release(storage: Storage, key: str) -> Release:
 
 def list_releases(storage: Storage) -> list[Release]:
     folder = storage.path("registry", "releases")
-    return sorted((Release(**storage.read_json(p)) for p in storage.list_files(folder) if p.name.endswith(".json")),
-                  key=lambda r: r.key)
+    records = [p for p in storage.list_files(folder)
+               if p.name.endswith(".json") and not p.name.endswith(".dataset.json")]  # not the snapshot pointers
+    return sorted((Release(**storage.read_json(p)) for p in records), key=lambda r: r.key)

@@ -53,6 +53,20 @@ def split_margins(scorer, table: pl.DataFrame, split: str, batch_size: int):
     return np.asarray(margin, dtype=np.float64), y, rows
 
 
+def store_calibration(storage: Storage, reward_model_id: str, calibrator: dict, report: dict) -> str:
+    """The calibrator as its own small content-addressed artifact (kind ``calibration``, parent = the reward
+    model), so a deployment can pin it by id like the models."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory(prefix="rlhf-calibration-") as tmp:
+        (Path(tmp) / "calibration.json").write_text(json.dumps({"calibrator": calibrator}, indent=2, sort_keys=True))
+        ref = ArtifactStore(storage).put_dir(tmp, kind="calibration", manifest={
+            "parent_ids": [reward_model_id], "method": calibrator.get("method"), "report": report})
+    return ref.id
+
+
 def calibrate_release(storage: Storage, artifact_id: str, dataset: pl.DataFrame,
                       settings: CalibrationSettings | None = None) -> ReleaseCalibration:
     settings = settings or CalibrationSettings()
@@ -86,6 +100,8 @@ def calibrate_release(storage: Storage, artifact_id: str, dataset: pl.DataFrame,
     }
     report = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in report.items()}
     png = reliability_diagram_png(margin_probability(test_m[test_ok]), p_after, test_y[test_ok])
-    record = {"artifact_id": artifact_id, "calibrator": full["calibrator"], "report": report, "calibration": full,
+    calibration_id = store_calibration(storage, artifact_id, full["calibrator"], report)
+    record = {"artifact_id": artifact_id, "calibration_artifact_id": calibration_id,
+              "calibrator": full["calibrator"], "report": report, "calibration": full,
               "human_correlation": correlation, "slices": slices, "settings": settings.__dict__}
     return ReleaseCalibration(record=record, report=report, reliability_png=png, nan_scores=nan_scores)

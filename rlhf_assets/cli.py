@@ -68,8 +68,20 @@ def demo(
         typer.echo(f"reward model:       artifact {release.get('artifact_id')}…, test accuracy "
                    f"{_fmt(release.get('test_accuracy'))}, AUC {_fmt(release.get('test_auc'))}, ECE "
                    f"{_fmt(release.get('ece_before'))} → {_fmt(release.get('ece_after'))} ({release.get('method')})")
-        typer.echo(f"release gates:      passed {', '.join(passed) or '-'}; failed {', '.join(failed) or '-'}"
-                   + ("  (blocking: nothing downstream of rm_calibration runs for this release)" if failed else ""))
+        typer.echo(f"release checks:     passed {', '.join(passed) or '-'}; failed {', '.join(failed) or '-'}"
+                   + ("  (blocking: nothing downstream of the failed check runs for this release)" if failed else ""))
+        if release.get("ppo_policy"):
+            typer.echo(f"policy:             SFT {release.get('sft_policy')}… → PPO {release.get('ppo_policy')}…, "
+                       f"kept step {release.get('ppo_selected_step')} (held-out proxy reward "
+                       f"{_fmt(release.get('ppo_selected_proxy_reward'))}, KL {_fmt(release.get('ppo_selected_kl'))})")
+        if release.get("verdict"):
+            typer.echo(f"off-policy eval:    uplift {_fmt(release.get('ope_uplift'))} "
+                       f"[{_fmt(release.get('ope_uplift_ci_low'))}, {_fmt(release.get('ope_uplift_ci_high'))}], "
+                       f"ESS share {_fmt(release.get('ope_ess_share'))}, k̂ {_fmt(release.get('ope_pareto_k'))}, "
+                       f"reliable {release.get('ope_reliable')}")
+            aliases = release.get("aliases", {})
+            typer.echo(f"decision:           {release['verdict']}; production → {aliases.get('production') or '-'}, "
+                       f"canary → {aliases.get('canary') or '-'}   (rlhf release list)")
     typer.echo(f"tables:             {summary['storage_root']}/tables/")
     typer.echo(f"Dagster instance:   {summary['dagster_home']}")
     typer.echo(f"open the UI:        DAGSTER_HOME={summary['dagster_home']} "
@@ -224,6 +236,121 @@ def release_create(
     ensure_dagster_home()
     dg.DagsterInstance.get().add_dynamic_partitions("release", [release.key])
     typer.echo(json.dumps({"release": release.key, "cutoff": release.cutoff}))
+
+
+@release_app.command("list")
+def release_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print {aliases, releases, history} as JSON.")] = False,
+    root: Annotated[Optional[str], typer.Option(help="Storage root (default $RLHF_STORAGE_ROOT or ./.rlhf).")] = None,
+):
+    """Releases with their verdicts, which release each alias points at, and the alias history."""
+    from rlhf_assets.registry.listing import format_listing, release_listing
+    from rlhf_assets.storage import storage_from_env
+
+    listing = release_listing(storage_from_env(root))
+    typer.echo(json.dumps(listing, indent=2) if as_json else format_listing(listing))
+
+
+def _materialize_production_release(release: str, run_config: dict) -> None:
+    """Run the production_release asset for one release partition on the Dagster instance (shows in the UI)."""
+    import dagster as dg
+
+    from rlhf_assets.definitions import defs
+    from rlhf_assets.instance import ensure_dagster_home
+    from rlhf_assets.registry.decisions import read_decision
+    from rlhf_assets.storage import storage_from_env
+
+    storage = storage_from_env(None)
+    if read_decision(storage, release) is None:
+        _fail(f"release {release} has no deployment decision yet: materialize its release chain first")
+    ensure_dagster_home()
+    instance = dg.DagsterInstance.get()
+    if release not in instance.get_dynamic_partitions("release"):
+        _fail(f"release {release} is not a partition on this Dagster instance ({os.environ.get('DAGSTER_HOME')})")
+    result = defs().resolve_job_def("production_release").execute_in_process(
+        partition_key=release, instance=instance, run_config=run_config, raise_on_error=False)
+    if not result.success:
+        _fail(f"the production_release run {result.run_id} failed; see it in the Dagster UI")
+    out = result.output_for_node("production_release")
+    typer.echo(json.dumps({"run_id": result.run_id, "action": out["action"], "reason": out["reason"],
+                           "aliases": out["aliases"]}, indent=2))
+
+
+@release_app.command("rollback")
+def release_rollback(release: Annotated[str, typer.Argument(help="The older release to put back in production.")]):
+    """Materialize production_release for RELEASE through Dagster: the aliases move back to its artifacts, nothing
+    retrains, and the registry history records the rollback. Prints the new aliases."""
+    _materialize_production_release(release, {})
+
+
+@release_app.command("promote")
+def release_promote(
+    release: Annotated[str, typer.Argument(help="Release whose decision to apply.")],
+    reason: Annotated[Optional[str], typer.Option(help="Override reason (needed for a reject/escalate verdict).")]
+    = None,
+    approver: Annotated[Optional[str], typer.Option(help="Who approves the override.")] = None,
+):
+    """Apply RELEASE's deployment decision through Dagster; with --reason and --approver a reject or escalate
+    verdict is promoted anyway and both are recorded."""
+    config = {k: v for k, v in (("override_reason", reason), ("approver", approver)) if v}
+    _materialize_production_release(release, {"ops": {"production_release": {"config": config}}} if config else {})
+
+
+@app.command()
+def ope(
+    target: Annotated[str, typer.Option(help="Target policy: artifact id, directory or 'latest' (a ppo_policy).")],
+    reward_model: Annotated[str, typer.Option(help="Reward model: artifact id, directory or 'latest'.")],
+    prompts: Annotated[Path, typer.Option(help="Held-out prompts JSONL ({\"prompt\"}) to simulate the log from.")],
+    simulate: Annotated[bool, typer.Option("--simulate", help="Simulate the behaviour log (the only source here).")]
+    = False,
+    behavior: Annotated[str, typer.Option(help="Behaviour policy: 'production' (the alias; else --sft), an id or "
+                                               "a directory.")] = "production",
+    sft: Annotated[Optional[str], typer.Option(help="SFT policy used as behaviour when nothing is in production.")]
+    = None,
+    calibration: Annotated[Optional[Path], typer.Option(help="rm_calibration record or calibrator JSON.")] = None,
+    samples_per_prompt: int = 2,
+    max_prompt_tokens: int = 96,
+    max_new_tokens: int = 24,
+    log_out: Annotated[Optional[Path], typer.Option(help="Write the simulated log here (Parquet).")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    root: Annotated[Optional[str], typer.Option(help="Storage root (default $RLHF_STORAGE_ROOT or ./.rlhf).")] = None,
+):
+    """Off-policy estimate of a target policy's value and uplift from a behaviour policy's log."""
+    from rlhf_assets.evaluation.logged import simulate_log
+    from rlhf_assets.evaluation.release_ope import behavior_policy_id
+    from rlhf_assets.evaluation.sequence_ope import evaluate_target, markdown_report
+    from rlhf_assets.policy.data import read_jsonl
+    from rlhf_assets.policy.reward_fn import ProxyReward
+    from rlhf_assets.registry.artifacts import ArtifactNotFound, ArtifactStore
+    from rlhf_assets.reward.evaluate import load_reward_model
+    from rlhf_assets.storage import storage_from_env
+
+    if not simulate:
+        _fail("only --simulate is supported from the command line; serving logs are read by the ope_report asset")
+    storage = storage_from_env(root)
+    store = ArtifactStore(storage)
+    try:
+        if behavior == "production":
+            fallback = store.resolve_id(sft, kind="sft_policy") if sft else None
+            behavior_id, _ = behavior_policy_id(storage, fallback or "")
+            if not behavior_id:
+                _fail("nothing is in production: pass --sft ID (the behaviour policy before any promotion)")
+            behavior_dir = store.get(behavior_id)
+        else:
+            behavior_dir = store.resolve(behavior)
+        target_dir = store.resolve(target, kind="ppo_policy")
+        reward = ProxyReward(load_reward_model(store.resolve(reward_model, kind="reward_model")),
+                             json.loads(calibration.read_text()).get("calibrator") if calibration else None)
+        rows = [r["prompt"] for r in read_jsonl(prompts, ("prompt",))]
+        log = simulate_log(behavior_dir, reward, rows, samples_per_prompt=samples_per_prompt,
+                           max_prompt_tokens=max_prompt_tokens, max_new_tokens=max_new_tokens)
+        report = evaluate_target(log, target_dir, reward)
+    except (ValueError, ArtifactNotFound) as exc:
+        _fail(str(exc))
+    report.pop("log_weights", None)
+    if log_out:
+        log.write_parquet(log_out)
+    typer.echo(json.dumps(report, indent=2) if as_json else markdown_report(report))
 
 
 @bench_app.command("reward")

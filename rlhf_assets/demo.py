@@ -64,8 +64,9 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 def run_demo(storage_root: str | None = None, dagster_home: str | None = None, *, n_pairs: int | None = None,
              reward_preset: str | None = "tiny", progress=print) -> dict[str, Any]:
-    """The data pillar for every demo day, then (unless ``reward_preset`` is None) the reward pillar for one
-    release: ``small`` trains the real pretrained MiniLM (minutes on a laptop CPU), ``tiny`` a random-init model."""
+    """The data pillar for every demo day, then (unless ``reward_preset`` is None) the whole release chain for one
+    release: ``small`` trains the real pretrained MiniLM reward model (minutes on a laptop CPU), ``tiny`` a
+    random-init one; the policies use the tiny preset."""
     import dagster as dg
 
     from rlhf_assets.instance import ensure_dagster_home
@@ -99,16 +100,28 @@ def run_demo(storage_root: str | None = None, dagster_home: str | None = None, *
     return summary
 
 
+#: The demo's tiny preset: random-init models on ~2k pairs cannot reach the production ECE gate of 0.05 (the test
+#: split holds ~260 pairs, where 15-bin ECE alone has noise of that order), so the demo's rm_calibration gate is
+#: 0.1; the deployment gates keep their production defaults and say what fails. The small preset uses defaults.
+TINY_DEMO_OPS = {"rm_calibration": {"config": {"max_calibrated_ece": 0.1}},
+                 "sft_policy": {"config": {"epochs": 1}},
+                 "ppo_policy": {"config": {"steps": 20, "eval_every": 5}}}
+
+
 def _run_release(definitions, instance, storage: Storage, preset: str, progress) -> dict[str, Any]:
+    from rlhf_assets.registry.listing import release_listing
     from rlhf_assets.registry.releases import create_release
 
     release = create_release(storage, key=DEMO_RELEASE, note="rlhf demo")
     instance.add_dynamic_partitions("release", [release.key])
-    progress(f"materializing the reward pillar for release {release.key} (preset {preset}; training in its own "
-             "process through Dagster Pipes) …")
-    config = QUIET | {"ops": {"reward_model": {"config": {"preset": preset}}}}
-    result = definitions.resolve_job_def("reward_pillar").execute_in_process(
-        partition_key=release.key, instance=instance, raise_on_error=False, run_config=config)
+    progress(f"materializing release {release.key}: dataset → reward model → calibration → SFT → PPO → OPE → "
+             f"decision → production alias (preset {preset}; training runs in its own processes through Dagster "
+             "Pipes) …")
+    ops = {"reward_model": {"config": {"preset": preset}}}
+    if preset == "tiny":
+        ops.update(TINY_DEMO_OPS)
+    result = definitions.resolve_job_def("release_chain").execute_in_process(
+        partition_key=release.key, instance=instance, raise_on_error=False, run_config=QUIET | {"ops": ops})
     out: dict[str, Any] = {"release": release.key, "run_id": result.run_id, "run_success": result.success}
     checks = result.get_asset_check_evaluations()
     out["checks"] = {c.check_name: c.passed for c in checks}
@@ -124,6 +137,18 @@ def _run_release(definitions, instance, storage: Storage, preset: str, progress)
                        val_accuracy=values.get("val_accuracy"), tokens_per_s=values.get("tokens_per_s"))
         elif name == "rm_calibration":
             out.update({k: values.get(k) for k in ("method", "test_accuracy", "test_auc", "ece_before", "ece_after")})
+        elif name == "sft_policy":
+            out.update(sft_policy=str(values.get("artifact_id", ""))[:16], sft_val_nll=values.get("val_nll"))
+        elif name == "ppo_policy":
+            out.update(ppo_policy=str(values.get("artifact_id", ""))[:16], ppo_selected_step=values.get("selected_step"),
+                       ppo_selected_kl=values.get("selected_kl"),
+                       ppo_selected_proxy_reward=values.get("selected_proxy_reward"))
+        elif name == "ope_report":
+            out.update({f"ope_{k}": values.get(k) for k in ("uplift", "uplift_ci_low", "uplift_ci_high", "ess_share",
+                                                              "pareto_k", "reliable")})
+        elif name == "deployment_decision":
+            out.update(verdict=values.get("verdict"))
+    out["aliases"] = release_listing(storage)["aliases"]
     progress("  " + json.dumps(out, default=str))
     return out
 

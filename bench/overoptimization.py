@@ -2,7 +2,8 @@
 
     python -m bench.overoptimization [--quick] [--json] [--plot PATH] [--steps N] [--lr LR]
 
-What runs (CPU, one torch thread per spawned child, two children at a time; a few minutes on 2 cores):
+What runs (CPU, one torch thread per spawned child, two children at a time; a few minutes on 2 cores; ``--quick``
+runs a miniature of it in this process, one trainer after another):
 
 1. Data: the bundled HH-RLHF harmless pairs (2,312), the seeded 80/20 split of bench/reward.py
    (``default_rng(seed).permutation``; 1,850 train / 462 held-out pairs).
@@ -41,10 +42,11 @@ Scales — read the numbers honestly:
   improvement the peak reached over the SFT policy (gold peak − gold at step 0). Pass: gold peak − selected gold
   ≤ margin. The peak is the maximum over ~2 × (steps / eval_every) noisy evaluations, so it is biased upwards by
   roughly one or two standard errors (printed next to it); that makes the test stricter, not looser.
-- "Over-optimisation visible" in the loose run means: after the gold peak, the proxy kept rising while gold
-  fell by more than two standard errors of the final gold mean. With tiny models on this data the gold curve often
-  rises and then flattens rather than falls (both reward models learned that short, refusal-like answers win in
-  HH harmless data, and that is where PPO goes); the benchmark reports what it measured either way.
+- "Over-optimisation visible" in the loose run means: at some evaluation after the gold peak the proxy is higher
+  than at the peak while gold is lower by more than 3 standard errors (of the difference of the two means). With
+  tiny models on this data the gold curve rises, then sags or flattens rather than collapsing (both reward models
+  learned that short, refusal-like answers win in HH harmless data, and that is where PPO goes); the benchmark
+  reports what it measured either way.
 
 Timings (tokens/s of rollouts and PPO updates) are those ``train_ppo`` reports for each run; the two PPO runs
 share the machine's two cores (one thread each), and the machine may be shared with other work.
@@ -122,17 +124,27 @@ def analyse(runs: dict[str, dict], margin_fraction: float = MARGIN_FRACTION) -> 
     lpeak = max(loose, key=lambda e: e["gold_reward"])
     final = loose[-1]
     after = [e for e in loose if e["step"] > lpeak["step"]]
-    drop = lpeak["gold_reward"] - final["gold_reward"]
-    se = final.get("gold_se") or 0.0
-    proxy_gain_after = final["proxy_reward"] - lpeak["proxy_reward"]
+    trough = min(after, key=lambda e: e["gold_reward"]) if after else lpeak
+
+    def point(e: dict) -> dict:
+        return {"step": e["step"], "sqrt_kl": e["sqrt_kl"], "gold": e["gold_reward"], "gold_se": e.get("gold_se"),
+                "proxy": e["proxy_reward"]}
+
+    def se2(e: dict) -> float:
+        se = e.get("gold_se")
+        return se * se if isinstance(se, (int, float)) and math.isfinite(se) else 0.0
+
+    drop = lpeak["gold_reward"] - trough["gold_reward"]
+    noise = math.sqrt(se2(lpeak) + se2(trough))
     out["loose"] = {
-        "gold_peak": {"step": lpeak["step"], "sqrt_kl": lpeak["sqrt_kl"], "gold": lpeak["gold_reward"],
-                      "proxy": lpeak["proxy_reward"]},
-        "final": {"step": final["step"], "sqrt_kl": final["sqrt_kl"], "gold": final["gold_reward"],
-                  "gold_se": final.get("gold_se"), "proxy": final["proxy_reward"]},
-        "gold_drop_after_peak": drop, "proxy_gain_after_gold_peak": proxy_gain_after,
-        "max_sqrt_kl": max(e["sqrt_kl"] for e in loose),
-        "overoptimization_visible": bool(after and proxy_gain_after > 0 and drop > 2 * se),
+        "gold_peak": point(lpeak), "trough_after_peak": point(trough), "final": point(final),
+        "gold_drop_to_trough": drop, "gold_drop_to_final": lpeak["gold_reward"] - final["gold_reward"],
+        "proxy_gain_to_trough": trough["proxy_reward"] - lpeak["proxy_reward"],
+        "proxy_gain_to_final": final["proxy_reward"] - lpeak["proxy_reward"],
+        "drop_noise_se": noise, "max_sqrt_kl": max(e["sqrt_kl"] for e in loose),
+        # after the gold peak, a later evaluation where the proxy is higher and gold lower by > 3 standard errors
+        "overoptimization_visible": bool(after and trough["proxy_reward"] > lpeak["proxy_reward"]
+                                         and drop > 3 * noise),
         # what checkpoint selection would keep with no budget: the best held-out proxy reward anywhere
         "selected_without_budget": {"step": runs["loose"]["selected_step"],
                                     "gold": next(e["gold_reward"] for e in loose
@@ -166,35 +178,41 @@ def print_table(runs: dict[str, dict], figures: dict) -> None:
 
 
 def plot_png(runs: dict[str, dict], figures: dict, path: str | os.PathLike) -> str:
-    """Proxy (left axis) and gold (right axis) held-out reward against √KL, both runs; budget line, selected
-    checkpoint and gold peak marked. Separate axes: the two reward models' scales are not comparable."""
+    """Two panels, proxy (left axis, blue) and gold (right axis, orange) held-out reward of both runs: against √KL
+    (the budget line, the selected checkpoint and the gold peak marked) and against the step. Separate y axes: the
+    two reward models' scales are not comparable."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7.0, 4.2))
+    fig = Figure(figsize=(11.0, 4.6))
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    ax2 = ax.twinx()
-    styles = {"loose": ("-", "no KL penalty / budget"), "budget": ("--", "default β + budget")}
-    for name, r in runs.items():
-        ls, label = styles.get(name, ("-", name))
-        x = [e["sqrt_kl"] for e in r["evals"]]
-        ax.plot(x, [e["proxy_reward"] for e in r["evals"]], ls, marker="o", ms=3, color="tab:blue",
-                label=f"proxy, {label}")
-        ax2.plot(x, [e["gold_reward"] for e in r["evals"]], ls, marker="s", ms=3, color="tab:orange",
-                 label=f"gold, {label}")
-    budget = figures["selected"]["kl_budget"]
-    ax.axvline(math.sqrt(budget), color="red", ls=":", label=f"KL budget ({budget:g} nats)")
+    styles = {"loose": ("-", "no KL penalty, no budget"), "budget": ("--", "default β + KL budget")}
     sel, peak = figures["selected"], figures["gold_peak"]
-    ax2.plot([sel["sqrt_kl"]], [sel["gold"]], "*", ms=15, color="gold", mec="black", label="selected checkpoint")
-    ax2.plot([peak["sqrt_kl"]], [peak["gold"]], "v", ms=10, color="tab:red", mec="black", label="gold peak")
-    ax.set_xlabel("√KL(π ‖ π_SFT) on held-out prompts  [√nats]")
-    ax.set_ylabel("proxy reward (optimised)", color="tab:blue")
-    ax2.set_ylabel("gold reward (raw score, own scale)", color="tab:orange")
-    ax.set_title("held-out proxy and gold reward vs √KL (tiny preset, HH-RLHF harmless)", fontsize=9)
-    ax.grid(alpha=0.3)
-    lines = ax.get_lines() + ax2.get_lines()
-    ax.legend(lines, [ln.get_label() for ln in lines], fontsize=7, loc="lower right")
+    budget = sel["kl_budget"]
+    for i, xkey in enumerate(("sqrt_kl", "step")):
+        ax = fig.add_subplot(1, 2, i + 1)
+        ax2 = ax.twinx()
+        for name, r in runs.items():
+            ls, label = styles.get(name, ("-", name))
+            x = [e[xkey] for e in r["evals"]]
+            ax.plot(x, [e["proxy_reward"] for e in r["evals"]], ls, marker="o", ms=3, lw=1, color="tab:blue",
+                    alpha=0.8, label=f"proxy, {label}")
+            ax2.plot(x, [e["gold_reward"] for e in r["evals"]], ls, marker="s", ms=3, lw=1, color="tab:orange",
+                     alpha=0.8, label=f"gold, {label}")
+        if xkey == "sqrt_kl":
+            ax.axvline(math.sqrt(budget), color="red", ls=":", label=f"KL budget ({budget:g} nats)")
+        ax2.plot([sel[xkey]], [sel["gold"]], "*", ms=15, color="gold", mec="black", label="selected checkpoint")
+        ax2.plot([peak[xkey]], [peak["gold"]], "v", ms=10, color="tab:red", mec="black", label="gold peak")
+        ax.set_xlabel("√KL(π ‖ π_SFT) on the held-out prompts  [√nats]" if xkey == "sqrt_kl" else "PPO step")
+        ax.set_ylabel("proxy reward (optimised)", color="tab:blue")
+        ax2.set_ylabel("gold reward (raw score, its own scale)", color="tab:orange")
+        ax.grid(alpha=0.3)
+        if i == 0:
+            lines = ax.get_lines() + ax2.get_lines()
+            fig.legend(lines, [ln.get_label() for ln in lines], fontsize=8, loc="lower center", ncol=4,
+                       bbox_to_anchor=(0.5, -0.08))
+    fig.suptitle("held-out proxy and gold reward (tiny preset, HH-RLHF harmless): vs √KL and vs step", fontsize=10)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, format="png", dpi=100, bbox_inches="tight")
@@ -208,7 +226,8 @@ def main(quick: bool = False, json_out: bool = False, plot: Optional[str] = DEFA
          lr: Optional[float] = None, seed: int = SEED, proxy_fraction: Optional[float] = None,
          margin_fraction: float = MARGIN_FRACTION) -> dict:
     """Train gold + proxy RMs and the SFT policy, run PPO twice on the proxy, print the report, return the figures."""
-    ps.child_env()
+    if not quick:
+        ps.child_env()
     t_all = time.perf_counter()
     gold_rm, proxy_rm, sft = dict(GOLD_RM), dict(PROXY_RM), dict(SFT)
     ppo = dict(PPO)
@@ -243,25 +262,19 @@ def main(quick: bool = False, json_out: bool = False, plot: Optional[str] = DEFA
         proxy_path = ps.write_pairs(tmp / "proxy.jsonl", proxy_pairs)
         sft_rows = [{"prompt": p["prompt"], "response": p["chosen"]} for p in train]
         t0 = time.perf_counter()
-        with ps.pool(2) as pool:
-            gold_f = pool.submit(ps.train_rm_child, "gold RM", gold_rm, train_path, heldout_path, heldout_path,
-                                 str(tmp / "gold"), store)
-            other_f = pool.submit(ps.rm_then_sft_child,
-                                  ("proxy RM", proxy_rm, proxy_path, proxy_path, heldout_path, str(tmp / "proxy"),
-                                   store),
-                                  ("SFT", sft, sft_rows, str(tmp / "sft"), store))
-            gold, (proxy, sft_r) = gold_f.result(), other_f.result()
+        gold, (proxy, sft_r) = ps.run_all([
+            (ps.train_rm_child, "gold RM", gold_rm, train_path, heldout_path, heldout_path, str(tmp / "gold"), store),
+            (ps.rm_then_sft_child, ("proxy RM", proxy_rm, proxy_path, proxy_path, heldout_path, str(tmp / "proxy"),
+                                    store), ("SFT", sft, sft_rows, str(tmp / "sft"), store))], 2, in_process=quick)
         setup_s = time.perf_counter() - t0
 
         prompts = [p["prompt"] for p in train]
         eval_prompts = [p["prompt"] for p in held]
         t0 = time.perf_counter()
-        with ps.pool(2) as pool:
-            futures = {name: pool.submit(ps.ppo_child, f"ppo {name}", {**ppo, **RUNS[name], "seed": seed},
-                                         sft_r["artifact_dir"], proxy["artifact_dir"], prompts, eval_prompts,
-                                         str(tmp / f"ppo-{name}"), gold["artifact_dir"])
-                       for name in RUNS}
-            runs = {name: f.result() for name, f in futures.items()}
+        results = ps.run_all([(ps.ppo_child, f"ppo {name}", {**ppo, **RUNS[name], "seed": seed},
+                               sft_r["artifact_dir"], proxy["artifact_dir"], prompts, eval_prompts,
+                               str(tmp / f"ppo-{name}"), gold["artifact_dir"]) for name in RUNS], 2, in_process=quick)
+        runs = dict(zip(RUNS, results))
         ppo_s = time.perf_counter() - t0
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -288,12 +301,16 @@ def main(quick: bool = False, json_out: bool = False, plot: Optional[str] = DEFA
           f"√KL {sel['sqrt_kl']:.2f}, gold {sel['gold']:+.3f} ± {ps.fmt(sel['gold_se'], '.3f')}")
     print(f"gap       : gold peak - selected gold = {figures['gap']:+.3f}; margin {figures['margin']:.3f} "
           f"({figures['margin_rule']}) -> {'PASS' if figures['pass'] else 'FAIL'}")
+    tr, fi = lo["trough_after_peak"], lo["final"]
     print(f"loose run : gold peaks at step {lo['gold_peak']['step']} (√KL {lo['gold_peak']['sqrt_kl']:.2f}, "
-          f"{lo['gold_peak']['gold']:+.3f}); at the end (step {lo['final']['step']}, √KL {lo['final']['sqrt_kl']:.2f}) "
-          f"gold {lo['final']['gold']:+.3f} ± {ps.fmt(lo['final']['gold_se'], '.3f')}, proxy "
-          f"{lo['proxy_gain_after_gold_peak']:+.3f} since the gold peak; over-optimisation (proxy up, gold down "
-          f"> 2 se) {'VISIBLE' if lo['overoptimization_visible'] else 'not visible'}; selection without a budget "
-          f"keeps step {lo['selected_without_budget']['step']} (gold {lo['selected_without_budget']['gold']:+.3f})")
+          f"{lo['gold_peak']['gold']:+.3f}); lowest after it at step {tr['step']} (√KL {tr['sqrt_kl']:.2f}, gold "
+          f"{tr['gold']:+.3f}, {lo['gold_drop_to_trough']:.3f} below the peak = "
+          f"{lo['gold_drop_to_trough'] / lo['drop_noise_se'] if lo['drop_noise_se'] else float('nan'):.1f} se, "
+          f"while the proxy rose {lo['proxy_gain_to_trough']:+.3f}); final step {fi['step']} (√KL "
+          f"{fi['sqrt_kl']:.2f}): gold {fi['gold']:+.3f}, proxy {lo['proxy_gain_to_final']:+.3f} since the gold peak")
+    print(f"            over-optimisation (after the gold peak: proxy up, gold down > 3 se): "
+          f"{'VISIBLE' if lo['overoptimization_visible'] else 'not visible'}; selection without a budget keeps step "
+          f"{lo['selected_without_budget']['step']} (gold {lo['selected_without_budget']['gold']:+.3f})")
     for name, r in runs.items():
         print(f"ppo {name:<6}: {r['wall_s']:.0f} s, rollout {r['rollout_tokens_per_s']:,.0f} tok/s, update "
               f"{r['train_tokens_per_s']:,.0f} tok/s, {len(r['events'])} KL-budget events"
@@ -333,8 +350,8 @@ def cli(argv: list[str] | None = None) -> dict:
 
 def _parse(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m bench.overoptimization", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a smoke test in well under a minute (meaningless "
-                                                            "figures)")
+    parser.add_argument("--quick", action="store_true", help="a smoke test in well under a minute, in this process "
+                                                            "(meaningless figures)")
     parser.add_argument("--json", action="store_true", help="also print every figure as one JSON object, last")
     parser.add_argument("--plot", default=DEFAULT_PLOT, help=f"PNG path (default {DEFAULT_PLOT}); '' for none")
     parser.add_argument("--steps", type=int, default=None, help=f"PPO steps per run (default {PPO['steps']})")

@@ -8,6 +8,7 @@ oversubscribes them. Progress goes to stderr; figures come back as plain dicts.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -37,7 +38,11 @@ def say(msg: str) -> None:
 
 
 def _child_init() -> None:
-    """First thing in a spawned child: one torch thread, quiet libraries."""
+    """First thing in a spawned child: one torch thread, quiet libraries (nothing in-process: see run_all)."""
+    import multiprocessing
+
+    if multiprocessing.parent_process() is None:
+        return
     child_env()
     import torch
 
@@ -64,6 +69,32 @@ def pool(workers: int) -> ProcessPoolExecutor:
 def in_child(fn: Callable, *args: Any) -> Any:
     with pool(1) as p:
         return p.submit(fn, *args).result()
+
+
+@contextlib.contextmanager
+def _one_thread_here():
+    """In-process runs: one torch thread and torch's determinism flags restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    det = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(det[0], warn_only=det[1])
+
+
+def run_all(calls: Sequence[tuple], workers: int = 2, in_process: bool = False) -> list:
+    """``[fn(*args) for fn, *args in calls]``: each call in a spawned child, ``workers`` at a time; or, with
+    ``in_process`` (the --quick smoke tests: a spawned child costs seconds of imports), one after another here."""
+    if in_process:
+        with _one_thread_here():
+            return [fn(*args) for fn, *args in calls]
+    with pool(workers) as p:
+        futures = [p.submit(fn, *args) for fn, *args in calls]
+        return [f.result() for f in futures]
 
 
 # data -------------------------------------------------------------------------------------------------------------

@@ -267,10 +267,11 @@ def _materialize_production_release(release: str, run_config: dict) -> None:
     instance = dg.DagsterInstance.get()
     if release not in instance.get_dynamic_partitions("release"):
         _fail(f"release {release} is not a partition on this Dagster instance ({os.environ.get('DAGSTER_HOME')})")
-    result = defs().resolve_job_def("production_release").execute_in_process(
-        partition_key=release, instance=instance, run_config=run_config, raise_on_error=False)
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    result = defs().resolve_job_def("apply_release_decision").execute_in_process(
+        partition_key=release, instance=instance, run_config=quiet | run_config, raise_on_error=False)
     if not result.success:
-        _fail(f"the production_release run {result.run_id} failed; see it in the Dagster UI")
+        _fail(f"the apply_release_decision run {result.run_id} failed; see it in the Dagster UI")
     out = result.output_for_node("production_release")
     typer.echo(json.dumps({"run_id": result.run_id, "action": out["action"], "reason": out["reason"],
                            "aliases": out["aliases"]}, indent=2))

@@ -30,8 +30,8 @@ release_chain_job = dg.define_asset_job(
     description="Everything of one release: dataset, reward model, calibration, policies, evaluation, decision.",
 )
 
-production_release_job = dg.define_asset_job(
-    "production_release",
+apply_release_decision_job = dg.define_asset_job(
+    "apply_release_decision",
     selection=dg.AssetSelection.assets("production_release"),
     partitions_def=release_partitions,
     description="Apply one release's deployment decision (run it for an older release to roll back).",

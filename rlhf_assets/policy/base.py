@@ -42,4 +42,7 @@ def _smollm2_base(store_root: Optional[str], log: Callable[[str], None]):
     with tempfile.TemporaryDirectory(prefix="rlhf-gguf-") as tmp:
         payload = save_policy(model, tok, "base", {"source": gguf.name}, Path(tmp) / "payload")
         ref = store.put_dir(payload, kind=BASE_KIND, manifest={"source": gguf.name, "source_sha256": source_sha})
+    # Start from the stored bytes, as every later run will (the in-memory GGUF model can differ from them, e.g. an
+    # untied output embedding that the artifact stores tied).
+    model, tok, _ = load_policy(store.get(ref.id))
     return model, tok, [ref.id]

@@ -92,7 +92,7 @@ def test_rollback_is_rematerializing_an_older_production_release(storage_root, d
         arts = {"policy": _artifact(store, tmp_path, f"{key}-policy"), "reward_model": _artifact(store, tmp_path, f"{key}-rm")}
         storage.write_json(storage.table_path("deployment_decision", key).with_suffix(".json"),
                            {"release": key, "verdict": "promote", "reasons": [], "artifacts": arts})
-    job = defs().resolve_job_def("production_release")
+    job = defs().resolve_job_def("apply_release_decision")
     for key in (r1, r2, r1):
         assert job.execute_in_process(partition_key=key, instance=dagster_instance).success
     reg = Registry(storage)
@@ -101,5 +101,5 @@ def test_rollback_is_rematerializing_an_older_production_release(storage_root, d
     assert reg.current("production")["artifacts"] == r1_arts
     assert [h["action"] for h in reg.history()] == ["promote", "promote", "rollback"]
     assert all(store.exists(i) for i in r2_arts.values())
-    runs = dagster_instance.get_runs(dg.RunsFilter(job_name="production_release"))
+    runs = dagster_instance.get_runs(dg.RunsFilter(job_name="apply_release_decision"))
     assert len(runs) == 3  # each move is a run the UI shows

@@ -32,8 +32,12 @@ A run COLLAPSED when any of these holds (``classify``; each is reported by name)
 - ``kl_blowup``: any rollout's mean sequence KL(π‖π_ref) above ``KL_BLOWUP_FACTOR`` (5) × ``kl_target`` (i.e.
   20 nats), rejected updates included (the budget rejects them, but the policy got there);
 - ``entropy_collapse``: any rollout's mean per-token policy entropy below ``ENTROPY_FLOOR`` = 0.05 nats (the SFT
-  policy starts near 5 nats; 0.05 nats means the policy samples one token almost surely at every position);
+  policy starts at several nats; 0.05 nats means the policy samples one token almost surely at every position);
 - ``reward_drop``: the final held-out proxy reward below the step-0 one (the last evaluation vs the first).
+
+Not collapsed is not the same as good: a run can pass every criterion while it reward-hacks. On this data the
+tiny policy's answers shrink to a few tokens (the reward model prefers short, refusal-like answers); the table's
+``len`` column (mean response tokens of the last rollout) shows it.
 
 Separately, ``kl_over_budget`` counts the runs with any KL-budget event (a rejected update or a stop): the budget
 doing its job, not a collapse by itself. ``proxy_reward_gain`` is the median over seeds of (final − initial)

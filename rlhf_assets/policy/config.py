@@ -125,8 +125,10 @@ class PPOConfig(FileConfig):
     after ``max_rejections`` in a row), "stop" ends training. Every reason is recorded.
 
     Checkpoint selection: every ``eval_every`` steps (and at step 0) ``n_eval_prompts`` held-out prompts are
-    sampled with a fixed seed and scored; the artifact keeps the step with the best held-out proxy reward whose
-    held-out KL is within the budget, not the last step.
+    sampled with a fixed seed and scored; the artifact keeps the step whose held-out KL is within the budget and
+    whose ``select_by`` is best, not the last step: "objective" (default) = proxy reward − β·KL, the KL-regularised
+    objective PPO optimises (it prefers the cheaper of two similar rewards — a proxy-only choice lands on
+    overoptimised checkpoints, see bench/overoptimization.py); "proxy_reward" = the proxy alone.
     """
 
     preset: str = "tiny"
@@ -162,6 +164,7 @@ class PPOConfig(FileConfig):
 
     eval_every: int = 5
     n_eval_prompts: int = 32
+    select_by: str = "objective"
     checkpoint_every: int = 1
     precision: str = "auto"
     seed: int = 0
@@ -177,6 +180,8 @@ class PPOConfig(FileConfig):
                           "kl_budget"),
                numbers=("no_eos_penalty", "vf_coef", "ent_coef", "init_kl_coef"),
                bools=("whiten_advantages", "normalize_reward", "adaptive_kl"))
+        if self.select_by not in ("objective", "proxy_reward"):
+            raise ValueError(f"PPOConfig.select_by={self.select_by!r}: must be 'objective' or 'proxy_reward'")
         if self.on_kl_over_budget not in ("reject", "stop"):
             raise ValueError(f"PPOConfig.on_kl_over_budget={self.on_kl_over_budget!r}: must be 'reject' or 'stop'")
         if self.init_kl_coef < 0 or self.vf_coef < 0 or self.ent_coef < 0:

@@ -12,7 +12,9 @@ One step:
 4. Update — ``ppo_epochs`` passes of shuffled minibatches (gradient accumulation over micro-batches), clipped
    surrogate + clipped value loss − entropy bonus (+ the SFT mix's NLL), gradient clipping.
 5. Every ``eval_every`` steps (and at step 0, the SFT policy itself) the held-out prompts are sampled with a fixed
-   seed and scored; the best held-out proxy reward whose held-out KL is within budget is kept as ``best.pt``.
+   seed and scored; the step with the best held-out objective (``select_by``: by default the KL-regularised
+   objective PPO optimises, proxy reward − β·KL; or the proxy reward alone) whose held-out KL is within budget is
+   kept.
 6. A checkpoint after each ``checkpoint_every`` steps: weights, optimizer, β, reward statistics, sampling
    generator, RNG, step, history, best, the pre-update snapshot for "reject". A rerun of the same command
    resumes from it; on CPU the result is bit-identical to an uninterrupted run.
@@ -103,7 +105,7 @@ class PPOTrainer:
         self.cfg = cfg
         self.say = log or (lambda msg: None)
         self.device = device_for(cfg.precision)
-        make_deterministic(cfg.seed, self.device)
+        self.deterministic_before = make_deterministic(cfg.seed, self.device)
         self.policy, self.tok, _ = load_policy(sft_dir, self.device)
         self.ref, _, _ = load_policy(sft_dir, self.device)
         self.ref.eval().requires_grad_(False)
@@ -235,7 +237,9 @@ class PPOTrainer:
         ref_lp, _, _ = self._forward_chunks(self.ref, batch, False)
         self.policy.train()
         kl = float(((lp - ref_lp) * batch.response_mask).sum(-1).mean())
+        beta = self.kl_ctl.value
         row = {"step": self.step, "proxy_reward": float(np.mean(scores)), "kl": kl, "sqrt_kl": math.sqrt(max(kl, 0)),
+               "beta": beta, "objective": float(np.mean(scores)) - beta * kl,
                "response_length": float(batch.response_mask.sum(-1).float().mean()),
                "no_eos_share": float(1 - ended.mean())}
         for name, scorer in self.extra_scorers.items():
@@ -363,8 +367,9 @@ class PPOTrainer:
 
     def _record_eval(self, row: dict) -> None:
         self.evals.append(row)
-        within = row["kl"] <= self.cfg.kl_budget and math.isfinite(row["proxy_reward"])
-        if within and (not self.best or row["proxy_reward"] > self.best["proxy_reward"]):
+        key = self.cfg.select_by
+        within = row["kl"] <= self.cfg.kl_budget and math.isfinite(row[key])
+        if within and (not self.best or row[key] > self.best[key]):
             self.best = {**row, "model": copy.deepcopy(self.policy.state_dict())}
         self.say(f"eval @ {row['step']}: held-out reward {row['proxy_reward']:+.3f} kl {row['kl']:.3f}"
                  + (" (best)" if self.best.get("step") == row["step"] else ""))
@@ -394,6 +399,9 @@ def train_ppo(config: PPOConfig, sft_dir: str | Path, reward_dir: str | Path, pr
         stop_reason = trainer.run(ckpt_path, work / "metrics.jsonl")
         if stop_reason is not None:
             save_checkpoint(ckpt_path, trainer.state_dict())
+    if not trainer.best:
+        raise ValueError("no held-out evaluation was finite and inside the KL budget (not even the SFT policy's at "
+                         "step 0): check the reward model's scores for NaN")
     best = dict(trainer.best)
     trainer.policy.load_state_dict(best.pop("model"))
     rollout_tps = trainer.gen_tokens / trainer.gen_time if trainer.gen_time else 0.0
@@ -416,4 +424,5 @@ def train_ppo(config: PPOConfig, sft_dir: str | Path, reward_dir: str | Path, pr
         result.manifest = st.manifest(ref.id)
         trainer.say(f"artifact {ref.id} (step {result.selected_step}) at {ref.uri}")
     result.wall_time_s = round(time.perf_counter() - t0, 3)
+    torch.use_deterministic_algorithms(trainer.deterministic_before)
     return result

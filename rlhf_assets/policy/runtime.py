@@ -23,11 +23,14 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
-def make_deterministic(seed: int, device: torch.device) -> None:
-    """Seed everything; on CPU also force deterministic kernels (exact resume and reruns)."""
+def make_deterministic(seed: int, device: torch.device) -> bool:
+    """Seed everything; on CPU also force deterministic kernels (exact resume and reruns). Returns the previous
+    deterministic-algorithms flag, which callers restore when they finish (in-process callers keep theirs)."""
+    before = torch.are_deterministic_algorithms_enabled()
     torch.manual_seed(seed)
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True)
+    return before
 
 
 def adamw(params, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:

@@ -87,7 +87,7 @@ def train_sft(config: SFTConfig, rows: Sequence[dict], out_dir: str | Path, *, v
         raise ValueError("SFT needs at least one (prompt, response) example")
     work = Path(out_dir)
     device = device_for(cfg.precision)
-    make_deterministic(cfg.seed, device)
+    deterministic_before = make_deterministic(cfg.seed, device)
     model, tokenizer, parents = base_policy(cfg, store_root, say)
     model.to(device).train()
     pad_id = tokenizer.pad_token_id
@@ -159,5 +159,6 @@ def train_sft(config: SFTConfig, rows: Sequence[dict], out_dir: str | Path, *, v
     }
     store, ref = store_policy(model, tokenizer, "sft", cfg.to_dict(), manifest, store_root, work)
     say(f"artifact {ref.id} at {ref.uri}")
+    torch.use_deterministic_algorithms(deterministic_before)
     return SFTResult(ref.id, ref.uri, str(store.get(ref.id)), metrics, total, resumed_from, tokens_per_s,
                      round(time.perf_counter() - t0, 3), store.manifest(ref.id))

@@ -38,8 +38,9 @@ def test_tiny_ppo_raises_proxy_reward_within_the_kl_budget(tiny_setup, tmp_path)
     assert selected["proxy_reward"] > start["proxy_reward"] + 0.3, r.evals
     assert all(h["kl"] <= PPOConfig.kl_budget for h in r.history)
     assert selected["kl"] <= PPOConfig.kl_budget
-    # the kept checkpoint is the best held-out one, not simply the last
-    assert selected["proxy_reward"] == max(e["proxy_reward"] for e in r.evals if e["kl"] <= PPOConfig.kl_budget)
+    # the kept checkpoint is the best held-out one by the regularised objective, not simply the last
+    assert selected["objective"] == max(e["objective"] for e in r.evals if e["kl"] <= PPOConfig.kl_budget)
+    assert all(e["objective"] == pytest.approx(e["proxy_reward"] - e["beta"] * e["kl"]) for e in r.evals)
     assert r.selected_step == selected["step"]
     for key in ("proxy_reward", "kl", "kl_per_token", "beta", "entropy", "clip_frac", "approx_kl", "value_loss",
                 "explained_variance", "response_length", "no_eos_share", "rollout_tokens_per_s",
@@ -62,6 +63,11 @@ def test_kl_over_budget_rejects_steps_then_stops_with_a_recorded_reason(tiny_set
     assert r.selected_step == 0  # nothing later was inside the budget: the SFT policy itself is kept
     stopped = _run(tiny_setup, tmp_path / "stop", kl_budget=1e-3, lr=5e-3, on_kl_over_budget="stop")
     assert [e["action"] for e in stopped.events] == ["stop"]
+
+
+def test_selection_by_proxy_reward_alone_is_available(tiny_setup, tmp_path):
+    r = _run(tiny_setup, tmp_path, select_by="proxy_reward", steps=4, eval_every=2)
+    assert r.selected["proxy_reward"] == max(e["proxy_reward"] for e in r.evals)
 
 
 def test_sft_mix_adds_its_loss(tiny_setup, tmp_path):

@@ -35,6 +35,8 @@ class PPOPolicyConfig(dg.Config):
     """Hard budget on the mean sequence KL to the reference (nats); the deployment gate uses it too."""
     on_kl_over_budget: Literal["reject", "stop"] = "reject"
     eval_every: int = PPOConfig.eval_every
+    select_by: Literal["objective", "proxy_reward"] = "objective"
+    """Checkpoint kept: best held-out proxy reward − β·KL (default), or best proxy reward alone."""
     n_eval_prompts: int = PPOConfig.n_eval_prompts
     precision: str = PPOConfig.precision
     seed: int = PPOConfig.seed

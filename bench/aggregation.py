@@ -20,11 +20,11 @@ import json
 import resource
 import time
 import tracemalloc
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 
 import numpy as np
 import pandas as pd
+
+from bench.children import child_pool
 
 LABELS = np.array(["a", "b", "tie"], dtype=object)
 METHODS = ("crowd-kit", "ours")
@@ -95,7 +95,7 @@ def _child(method: str, rows: int, n_items: int, n_annotators: int, n_iter: int,
 
 
 def _in_child(*args) -> dict:
-    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+    with child_pool(1) as pool:
         return pool.submit(_child, *args).result()
 
 

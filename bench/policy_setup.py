@@ -17,7 +17,6 @@ import sys
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -61,9 +60,11 @@ def _child_init() -> None:
 
 
 def pool(workers: int) -> ProcessPoolExecutor:
-    """Spawned worker processes (a fresh interpreter each: no state leaks between runs)."""
+    """Spawned worker processes (a fresh interpreter each: no state leaks between runs) that exit with us."""
+    from bench.children import child_pool
+
     child_env()
-    return ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
+    return child_pool(workers)
 
 
 def in_child(fn: Callable, *args: Any) -> Any:

@@ -54,12 +54,12 @@ import shutil
 import tempfile
 import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
+
+from bench.children import child_pool
 
 BATCH_SIZE = 16
 MAX_LENGTH = 256
@@ -403,7 +403,7 @@ def _ours_child(train: list[dict], held: list[dict], max_length: int, batch_size
 
 
 def _in_child(fn, *args) -> dict:
-    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+    with child_pool(1) as pool:
         return pool.submit(fn, *args).result()
 
 

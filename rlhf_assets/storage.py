@@ -39,6 +39,23 @@ def storage_options_from_env() -> dict[str, Any]:
     return {"endpoint_url": endpoint} if endpoint else {}
 
 
+
+def synced_temp_beside(target: str, data: bytes) -> str:
+    """Write ``data`` to a fresh hidden temporary file next to ``target`` and fsync it; returns its path. The
+    caller renames (replace) or links (exclusive create) it into place, so readers never see a partial file."""
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    tmp = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.tmp-{uuid.uuid4().hex}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return tmp
+
 class Storage:
     """Paths under one storage root plus the few operations the pipeline needs, for local and s3 roots alike."""
 
@@ -86,13 +103,8 @@ class Storage:
         """
         if self.is_local:
             target = os.fspath(path)
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            tmp = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.tmp-{uuid.uuid4().hex}")
+            tmp = synced_temp_beside(target, data)
             try:
-                with open(tmp, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
                 os.replace(tmp, target)
             finally:
                 if os.path.exists(tmp):

@@ -212,6 +212,7 @@ def teacher_forced_logprobs(model: Any, prompt_ids: Sequence[Sequence[int]], res
     """log-softmax(logits / T) of each response token given its prompt and the response before it, one fp32 forward
     pass per batch (policy/data.py layout: prompt left-padded, response right-padded). One array per row."""
     from rlhf_assets.policy.data import collate
+    from rlhf_assets.policy.model import response_outputs
     from rlhf_assets.policy.ppo_core import token_logprobs
 
     if not temperature > 0 or not math.isfinite(temperature):
@@ -220,9 +221,8 @@ def teacher_forced_logprobs(model: Any, prompt_ids: Sequence[Sequence[int]], res
     out: list[np.ndarray] = []
     for i in range(0, len(prompt_ids), batch_size):
         batch = collate(prompt_ids[i:i + batch_size], response_ids[i:i + batch_size], pad_id).to(device)
-        P = batch.prompt_len
-        logits, _ = model(batch.input_ids, batch.attention_mask, with_values=False)
-        lp = token_logprobs(logits[:, P - 1:-1].float() / temperature, batch.response_ids).double().cpu().numpy()
+        logits, _ = response_outputs(model, batch, temperature)
+        lp = token_logprobs(logits, batch.response_ids).double().cpu().numpy()
         lens = batch.response_mask.sum(-1).tolist()
         out.extend(row[:n] for row, n in zip(lp, lens))
     return out

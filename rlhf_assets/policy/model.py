@@ -50,6 +50,15 @@ class PolicyModel(nn.Module):
         return logits, values
 
 
+def response_outputs(model: PolicyModel, batch: Any, temperature: float = 1.0, with_values: bool = False):
+    """(logits / temperature in fp32, values) at the positions that predict each response token of ``batch``
+    (policy/data.py layout: the token at column P − 1 + j predicts response token j). One place for SFT, PPO and
+    off-policy scoring to agree on the alignment."""
+    logits, values = model(batch.input_ids, batch.attention_mask, with_values=with_values)
+    P = batch.prompt_len
+    return logits[:, P - 1:-1].float() / temperature, (values[:, P - 1:-1].float() if with_values else None)
+
+
 def positions(attention_mask: torch.Tensor) -> torch.Tensor:
     """Position ids that start at 0 on the first real token of each row (left padding gets 0)."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

@@ -41,12 +41,13 @@ from rlhf_assets.policy.artifacts import load_policy
 from rlhf_assets.policy.config import PPOConfig
 from rlhf_assets.policy.data import collate, encode_prompt, encode_response, join, left_pad
 from rlhf_assets.policy.generation import sample
-from rlhf_assets.policy.model import PolicyModel
+from rlhf_assets.policy.model import PolicyModel, response_outputs
 from rlhf_assets.policy.ppo_core import (
     AdaptiveKLController, FixedKLController, RunningMoments, compute_gae, entropy_from_logits, explained_variance,
     masked_mean, masked_whiten, per_token_rewards, ppo_loss, token_logprobs,
 )
 from rlhf_assets.policy.reward_fn import ProxyReward
+from rlhf_assets.policy.sft import response_nll
 from rlhf_assets.policy.runtime import (
     MetricsLog, adamw, autocast, device_for, load_checkpoint, make_deterministic, save_checkpoint, store_policy,
     versions,
@@ -104,7 +105,7 @@ class PPOTrainer:
                  log: Optional[Callable[[str], None]] = None):
         self.cfg = cfg
         self.say = log or (lambda msg: None)
-        self.device = device_for(cfg.precision)
+        self.device = device_for()
         self.deterministic_before = make_deterministic(cfg.seed, self.device)
         self.policy, self.tok, _ = load_policy(sft_dir, self.device)
         self.ref, _, _ = load_policy(sft_dir, self.device)
@@ -182,16 +183,15 @@ class PPOTrainer:
     @torch.no_grad()
     def _forward_chunks(self, model: PolicyModel, batch, with_values: bool):
         """Response log-probs (+ values, entropy) over the batch, in micro-batches."""
-        P, mb = batch.prompt_len, self.cfg.micro_batch_size
+        mb = self.cfg.micro_batch_size
         lps, vals, ents = [], [], []
         for i in range(0, batch.input_ids.shape[0], mb):
-            ids, am = batch.input_ids[i:i + mb], batch.attention_mask[i:i + mb]
-            with autocast(self.device, self.cfg.precision):
-                logits, values = model(ids, am, with_values=with_values)
-            logits = logits[:, P - 1:-1].float() / self.cfg.temperature  # the distribution sampled from
-            lps.append(token_logprobs(logits, ids[:, P:]))
+            part = batch.rows(slice(i, i + mb))
+            with autocast(self.device, self.cfg.precision):  # logits / T: the distribution sampled from
+                logits, values = response_outputs(model, part, self.cfg.temperature, with_values)
+            lps.append(token_logprobs(logits, part.response_ids))
             if with_values:
-                vals.append(values[:, P - 1:-1].float())
+                vals.append(values)
                 ents.append(entropy_from_logits(logits))
         cat = torch.cat
         return cat(lps), (cat(vals) if with_values else None), (cat(ents) if with_values else None)
@@ -248,17 +248,15 @@ class PPOTrainer:
 
     def _minibatch_loss(self, ro: Rollout, adv: torch.Tensor, ret: torch.Tensor, idx: torch.Tensor,
                         weight: float) -> dict:
-        cfg, b = self.cfg, ro.batch
-        P = b.prompt_len
-        with autocast(self.device, cfg.precision):
-            logits, values = self.policy(b.input_ids[idx], b.attention_mask[idx])
-        logits = logits[:, P - 1:-1].float() / self.cfg.temperature  # the distribution sampled from
-        new_lp = token_logprobs(logits, b.input_ids[idx, P:])
-        parts = ppo_loss(new_lp, ro.logprobs[idx], adv[idx], values[:, P - 1:-1].float(), ro.values[idx], ret[idx],
+        cfg, b = self.cfg, ro.batch.rows(idx)
+        with autocast(self.device, cfg.precision):  # logits / T: the distribution sampled from
+            logits, values = response_outputs(self.policy, b, cfg.temperature, with_values=True)
+        new_lp = token_logprobs(logits, b.response_ids)
+        parts = ppo_loss(new_lp, ro.logprobs[idx], adv[idx], values, ro.values[idx], ret[idx],
                          entropy_from_logits(logits), ro.mask[idx], cfg.clip_range, cfg.clip_range_value,
                          cfg.vf_coef, cfg.ent_coef)
         (parts.loss * weight).backward()
-        self.train_tokens += int(b.attention_mask[idx].sum())
+        self.train_tokens += int(b.attention_mask.sum())
         return {"pg_loss": float(parts.pg_loss), "value_loss": float(parts.vf_loss),
                 "clip_frac": float(parts.clip_frac), "approx_kl": float(parts.approx_kl),
                 "value_clip_frac": float(parts.value_clip_frac)}
@@ -267,11 +265,8 @@ class PPOTrainer:
         """PPO-ptx: the NLL of ``n`` SFT examples joins the minibatch's loss (guards against reward hacking)."""
         pick = torch.randint(len(self.sft_examples), (n,), generator=self.gen).tolist()
         batch = collate([self.sft_examples[i][0] for i in pick], [self.sft_examples[i][1] for i in pick],
-                        self.tok.pad_token_id).to(self.device)
-        P = batch.prompt_len
-        with autocast(self.device, self.cfg.precision):
-            logits, _ = self.policy(batch.input_ids, batch.attention_mask, with_values=False)
-        nll = -masked_mean(token_logprobs(logits[:, P - 1:-1].float(), batch.response_ids), batch.response_mask)
+                        self.tok.pad_token_id)
+        nll = response_nll(self.policy, batch, self.device, self.cfg.precision)  # the SFT loss itself
         nll.backward()
         return nll.item()
 
@@ -411,7 +406,7 @@ def train_ppo(config: PPOConfig, sft_dir: str | Path, reward_dir: str | Path, pr
     if store:
         manifest = {
             "kind": PPO_KIND, "stage": "ppo", "dataset_id": dataset_id, "code_version": code_version(),
-            "config": {k: v for k, v in cfg.to_dict().items()}, "seed": cfg.seed, "parent_ids": list(parent_ids),
+            "config": cfg.to_dict(), "seed": cfg.seed, "parent_ids": list(parent_ids),
             "metrics": {f"selected_{k}": v for k, v in best.items() if isinstance(v, (int, float))},
             "selected_step": int(best["step"]), "stop_reason": stop_reason, "events": trainer.events,
             "evals": trainer.evals, "versions": versions(),

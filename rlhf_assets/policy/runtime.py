@@ -12,7 +12,7 @@ from typing import Any, Optional
 import torch
 
 
-def device_for(precision: str) -> torch.device:
+def device_for() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 

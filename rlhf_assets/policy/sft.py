@@ -23,7 +23,7 @@ from rlhf_assets.manifest import code_version
 from rlhf_assets.policy.base import base_policy
 from rlhf_assets.policy.config import SFTConfig
 from rlhf_assets.policy.data import collate, encode_prompt, encode_response
-from rlhf_assets.policy.model import PolicyModel
+from rlhf_assets.policy.model import PolicyModel, response_outputs
 from rlhf_assets.policy.ppo_core import masked_mean, token_logprobs
 from rlhf_assets.policy.runtime import (
     MetricsLog, adamw, autocast, device_for, load_checkpoint, make_deterministic, save_checkpoint, store_policy,
@@ -55,10 +55,8 @@ def encode_examples(tokenizer: Any, rows: Sequence[dict], cfg: SFTConfig) -> tup
 def response_nll(model: PolicyModel, batch, device: torch.device, precision: str) -> torch.Tensor:
     batch = batch.to(device)
     with autocast(device, precision):
-        logits, _ = model(batch.input_ids, batch.attention_mask, with_values=False)
-    P = batch.prompt_len
-    logp = token_logprobs(logits[:, P - 1:-1], batch.response_ids)
-    return -masked_mean(logp, batch.response_mask)
+        logits, _ = response_outputs(model, batch)
+    return -masked_mean(token_logprobs(logits, batch.response_ids), batch.response_mask)
 
 
 @torch.no_grad()
@@ -86,7 +84,7 @@ def train_sft(config: SFTConfig, rows: Sequence[dict], out_dir: str | Path, *, v
     if not rows:
         raise ValueError("SFT needs at least one (prompt, response) example")
     work = Path(out_dir)
-    device = device_for(cfg.precision)
+    device = device_for()
     deterministic_before = make_deterministic(cfg.seed, device)
     model, tokenizer, parents = base_policy(cfg, store_root, say)
     model.to(device).train()

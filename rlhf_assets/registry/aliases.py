@@ -43,7 +43,7 @@ from datetime import datetime, timezone
 from typing import Any, Iterator, Optional
 
 from rlhf_assets.registry.releases import validate_key
-from rlhf_assets.storage import Storage
+from rlhf_assets.storage import Storage, synced_temp_beside
 
 ALIASES = ("production", "canary")
 ACTIONS = ("promote", "canary", "rollback", "override")  # what set_alias records; clear_alias records "clear"
@@ -283,13 +283,8 @@ class Registry:
 
 def _create_exclusive_local(target: str, data: bytes) -> bool:
     """Write a temporary file, fsync it, then link(2) it to ``target``: atomic, and fails if ``target`` exists."""
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    tmp = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.tmp-{uuid.uuid4().hex}")
+    tmp = synced_temp_beside(target, data)
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
         os.link(tmp, target)
         return True
     except FileExistsError:

@@ -5,7 +5,7 @@ from pathlib import Path
 import dagster as dg
 
 from rlhf_assets.defs.io_manager import PolarsTableIOManager
-from rlhf_assets.defs.resources import storage_resource_from_env
+from rlhf_assets.defs.resources import ReleaseThresholdsResource, storage_resource_from_env
 
 
 @dg.definitions
@@ -16,6 +16,7 @@ def defs() -> dg.Definitions:
         dg.Definitions(
             resources={
                 "storage": storage,
+                "release_thresholds": ReleaseThresholdsResource(),
                 "table_io_manager": PolarsTableIOManager(root=storage.root, s3_endpoint_url=storage.s3_endpoint_url),
                 # Training runs as its own process (Lightning's launcher owns DDP ranks); rank 0 reports back.
                 "pipes_subprocess_client": dg.PipesSubprocessClient(),

@@ -1,36 +1,43 @@
-"""Deployment decision for a release: gates over the measured quality of its reward model and policy, then one
-verdict — ``promote``, ``canary``, ``reject`` or ``escalate`` — with its reasons.
+"""Deployment decision for a release: gates over the measured quality of its reward model and policy, each with an
+interval and one of three outcomes, then one verdict — ``promote``, ``canary``, ``reject`` or ``escalate`` — with
+its reasons.
 
-Gates (one row each, in this order; thresholds from :class:`GateThresholds`):
+Gates (one row each, in this order; limits from :class:`~rlhf_assets.evaluation.thresholds.ReleaseThresholds`):
 
-- ``upstream_checks``       no blocking upstream asset check failed
-- ``rm_test_accuracy``      reward-model pairwise accuracy on the test split ≥ min_rm_test_accuracy
-- ``calibrated_ece``        expected calibration error after calibration ≤ max_calibrated_ece
-- ``human_rm_correlation``  Spearman of calibrated RM preference with human agreement ≥ min_human_rm_correlation
-- ``kl``                    KL(policy ‖ reference) in nats ≤ max_kl, the PPO KL budget
-- ``ope_reliable``          the off-policy estimate is reliable (ESS and Pareto k̂; see :mod:`.ope`)
-- ``uplift``                estimated uplift over the behaviour policy > min_uplift_lower_bound
-- ``uplift_ci_low``         the lower end of its confidence interval > min_uplift_lower_bound
+===================== ====================================================================== =========================
+gate                  measured                                                               pass when
+===================== ====================================================================== =========================
+upstream_checks       latest evaluation of every blocking check on this release's partition  all passed
+rm_test_accuracy      reward-model pairwise accuracy on the test split, bootstrap interval   interval ≥ min
+calibrated_ece        ECE of the calibrated RM on the test split, bias-corrected bootstrap    interval ≤ max
+human_rm_correlation  Spearman of the calibrated preference with human agreement, interval    interval ≥ min
+kl                    KL(policy ‖ reference), measured afresh by the kl_within_budget check   interval ≤ limit
+ope_reliable          the off-policy weights can support an estimate (ESS, PSIS k̂)           reliable
+uplift                the independent JUDGE's off-policy uplift over the behaviour policy     interval > min
+===================== ====================================================================== =========================
 
-A measurement that is None (or NaN) fails its gate with the reason "not measured".
+Outcomes: ``pass`` (the whole interval is on the right side of the limit), ``fail`` (the whole interval is on the
+wrong side), ``inconclusive`` (it straddles), ``not measured`` (no value or no interval: fails closed). The upstream
+checks fail when one failed and are not measured when one has no passing evaluation of the release's latest
+materialization. KL is a hard budget: the point estimate over the limit is ``fail``; an interval reaching over it is
+``inconclusive``. An unreliable OPE is ``inconclusive`` (the logs cannot measure the policy) and so is the uplift
+measured with it, whatever its interval says. The proxy uplift (measured with the reward model PPO optimised) is
+reported beside the judge's and never gates: PPO is trained to raise it.
 
 Verdict — the first rule that applies:
 
-1. ``reject``    something was not measured: there is no evidence to act on (rerun the missing step).
-2. ``reject``    a quality gate failed (upstream checks, RM accuracy, ECE, human correlation): the reward signal
-   the policy was optimised against cannot be trusted, so neither can any uplift measured with it.
-3. KL over budget: ``escalate`` when the OPE is reliable and the uplift's lower bound ≥ escalate_min_uplift — a
-   large, well-measured gain may be worth a person's look at a policy that drifted far from its reference (reward
-   hacking is the usual cause); otherwise ``reject``.
-4. ``canary``    the OPE is unreliable (and ``require_ope_reliable``): the logged data cannot measure this policy,
-   only live traffic can. We canary rather than reject because every other gate passed and the KL budget bounds how
-   far the policy moved; ``canary_share`` bounds the exposure.
-5. ``reject``    the uplift's point estimate ≤ min_uplift_lower_bound: the best guess is no gain.
-6. ``canary``    the uplift's lower bound ≤ min_uplift_lower_bound: probably better, not yet shown; measure it live.
-7. ``promote``   every gate passes.
+1. ``reject``    some gate is not measured: there is no evidence to act on (rerun the missing step).
+2. ``reject``    a quality gate failed (upstream checks, RM accuracy, ECE, human correlation, uplift): there is
+   evidence the release is bad.
+3. KL over the limit: ``escalate`` when everything else passes and the judge's uplift lower bound ≥
+   ``escalate_min_uplift`` — a large, well-measured gain may be worth a person's look at a policy that drifted far
+   from its reference (reward hacking is the usual cause); otherwise ``reject``.
+4. ``canary``    some gate is inconclusive: nothing shows the release is bad, not everything shows it is good; it
+   needs live evidence, so it serves ``canary_share`` of the traffic.
+5. ``promote``   every gate passes.
 
-Pure Python; the ``deployment_decision`` asset builds :class:`GateInputs` from its upstream assets and calls
-:func:`decide`.
+Pure Python; the ``deployment_decision`` asset builds :class:`GateInputs` with :func:`gate_inputs` from its upstream
+records and calls :func:`decide`.
 """
 
 from __future__ import annotations
@@ -39,118 +46,83 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
+from rlhf_assets.evaluation.evidence import FAIL, INCONCLUSIVE, NOT_MEASURED, PASS, outcome
+from rlhf_assets.evaluation.thresholds import ReleaseThresholds
 from rlhf_assets.registry.decisions import VERDICTS
 
-__all__ = ["VERDICTS", "Decision", "GateInputs", "GateThresholds", "decide"]
+__all__ = ["VERDICTS", "Decision", "DecisionSettings", "GateInputs", "Measured", "decide", "gate_inputs"]
 
-NOT_MEASURED = "not measured"
-_QUALITY_GATES = ("upstream_checks", "rm_test_accuracy", "calibrated_ece", "human_rm_correlation")
-_SYMBOL = {">=": "≥", "<=": "≤", ">": ">", "==": "=", "none": ""}
+GATE_NAMES = ("upstream_checks", "rm_test_accuracy", "calibrated_ece", "human_rm_correlation", "kl", "ope_reliable",
+              "uplift")
+_QUALITY_GATES = ("upstream_checks", "rm_test_accuracy", "calibrated_ece", "human_rm_correlation", "uplift")
+_SYMBOL = {">=": "≥", "<=": "≤", ">": ">"}
+_NEGATION = {">=": "<", "<=": ">", ">": "≤"}
 
 
 @dataclass(frozen=True)
-class GateThresholds:
-    """What a release must show to be promoted. Every threshold is reported next to its measured value."""
+class DecisionSettings:
+    """How verdicts act on the gates' outcomes (not thresholds on a measurement: those are ReleaseThresholds)."""
 
-    min_uplift_lower_bound: float = 0.0    # the uplift CI's lower bound (and point estimate) must be > this
-    require_ope_reliable: bool = True      # an unreliable OPE means canary, not promote (rule 4)
-    max_kl: float = 10.0                   # nats: KL(policy ‖ reference), the PPO KL budget
-    min_rm_test_accuracy: float = 0.6      # reward-model pairwise accuracy on the held-out test split
-    max_calibrated_ece: float = 0.05       # expected calibration error of the calibrated RM probabilities
-    min_human_rm_correlation: float = 0.3  # Spearman: calibrated RM preference vs human agreement share
-    canary_share: float = 0.1              # share of traffic a canary gets
-    escalate_min_uplift: float = 0.1       # uplift lower bound that turns a KL-over-budget reject into escalate
+    canary_share: float = 0.1
+    """Share of traffic a canary gets."""
+    escalate_min_uplift: float = 0.1
+    """The judge's uplift lower bound that turns a KL-over-limit reject into an escalation to a person."""
+    require_ope_reliable: bool = True
+    """False: an unreliable OPE is reported but its interval is taken at face value (not recommended)."""
 
     def __post_init__(self) -> None:
-        for name in ("min_uplift_lower_bound", "max_kl", "min_rm_test_accuracy", "max_calibrated_ece",
-                     "min_human_rm_correlation", "canary_share", "escalate_min_uplift"):
-            if not isinstance(getattr(self, name), (int, float)) or math.isnan(getattr(self, name)):
-                raise ValueError(f"{name} must be a number; got {getattr(self, name)!r}")
-        if not 0.0 < self.canary_share < 1.0:
-            raise ValueError(f"canary_share must be in (0, 1); got {self.canary_share}")
-        if self.max_kl <= 0.0:
-            raise ValueError(f"max_kl must be > 0 nats; got {self.max_kl}")
-        if not 0.0 <= self.min_rm_test_accuracy <= 1.0 or not 0.0 <= self.max_calibrated_ece <= 1.0:
-            raise ValueError("min_rm_test_accuracy and max_calibrated_ece must be in [0, 1]")
-        if not -1.0 <= self.min_human_rm_correlation <= 1.0:
-            raise ValueError(f"min_human_rm_correlation must be in [-1, 1]; got {self.min_human_rm_correlation}")
-        if self.escalate_min_uplift < self.min_uplift_lower_bound:
-            raise ValueError(f"escalate_min_uplift ({self.escalate_min_uplift}) must be ≥ min_uplift_lower_bound "
-                             f"({self.min_uplift_lower_bound}): escalation needs more evidence than promotion")
+        if isinstance(self.canary_share, bool) or not isinstance(self.canary_share, (int, float)) \
+                or not 0.0 < self.canary_share < 1.0:
+            raise ValueError(f"canary_share must be in (0, 1); got {self.canary_share!r}")
+        if isinstance(self.escalate_min_uplift, bool) or not isinstance(self.escalate_min_uplift, (int, float)) \
+                or math.isnan(self.escalate_min_uplift):
+            raise ValueError(f"escalate_min_uplift must be a number; got {self.escalate_min_uplift!r}")
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A measured value with its interval; any of them None means "not measured"."""
+
+    value: Optional[float] = None
+    ci_low: Optional[float] = None
+    ci_high: Optional[float] = None
+
+    @classmethod
+    def of(cls, value: Any, ci_low: Any = None, ci_high: Any = None) -> "Measured":
+        def num(x: Any) -> Optional[float]:
+            return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
+        return cls(num(value), num(ci_low), num(ci_high))
+
+    @property
+    def complete(self) -> bool:
+        return None not in (self.value, self.ci_low, self.ci_high)
 
 
 @dataclass(frozen=True)
 class GateInputs:
-    """The measured values a decision rests on; None means "not measured" (and fails that gate)."""
+    """The measurements a decision rests on. None (or an incomplete :class:`Measured`) fails closed."""
 
-    uplift: Optional[float] = None
-    uplift_ci_low: Optional[float] = None
-    uplift_ci_high: Optional[float] = None
+    upstream_checks: Optional[list[dict[str, Any]]] = None  # [{"check", "status", "detail"}, ...]
+    rm_test_accuracy: Measured = Measured()
+    calibrated_ece: Measured = Measured()
+    human_rm_correlation: Measured = Measured()
+    kl: Measured = Measured()
+    kl_budget: Optional[float] = None                       # the release's PPO budget (nats)
     ope_reliable: Optional[bool] = None
     ope_reason: Optional[str] = None
-    kl: Optional[float] = None
-    rm_test_accuracy: Optional[float] = None
-    calibrated_ece: Optional[float] = None
-    human_rm_correlation: Optional[float] = None
-    failed_upstream_checks: Optional[list[str]] = None
+    uplift: Measured = Measured()                           # the independent judge's uplift: gates
+    proxy_uplift: Measured = Measured()                     # the optimised reward model's uplift: reported only
 
     def __post_init__(self) -> None:
-        checks = self.failed_upstream_checks
-        if checks is not None:
-            if isinstance(checks, str) or not all(isinstance(c, str) for c in checks):
-                raise ValueError(f"failed_upstream_checks must be a list of check names; got {checks!r}")
-            object.__setattr__(self, "failed_upstream_checks", list(checks))
+        checks = self.upstream_checks
+        if checks is not None and (isinstance(checks, (str, dict)) or not all(
+                isinstance(c, dict) and {"check", "status"} <= set(c) for c in checks)):
+            raise ValueError(f"upstream_checks must be a list of {{'check', 'status'}} dicts; got {checks!r}")
         if self.ope_reliable is not None and not isinstance(self.ope_reliable, bool):
             raise ValueError(f"ope_reliable must be True, False or None; got {self.ope_reliable!r}")
-
-
-def _measured(x: Any) -> bool:
-    return x is not None and not (isinstance(x, float) and math.isnan(x))
-
-
-def _gate(name: str, value: Any, threshold: Any, comparison: str, label: str) -> dict[str, Any]:
-    """One gate row. ``label`` names the quantity in the failure reason."""
-    if not _measured(value):
-        return {"name": name, "value": None, "threshold": threshold, "comparison": comparison, "passed": False,
-                "reason": NOT_MEASURED}
-    if not isinstance(value, bool):
-        value = float(value)
-    passed = {">=": value >= threshold, "<=": value <= threshold, ">": value > threshold,
-              "==": value == threshold}[comparison]
-    negation = {">=": "<", "<=": ">", ">": "≤", "==": "≠"}[comparison]
-    reason = None if passed else f"{label} {_fmt(value)} {negation} {_fmt(threshold)}"
-    return {"name": name, "value": value, "threshold": threshold, "comparison": comparison, "passed": bool(passed),
-            "reason": reason}
-
-
-def _gates(x: GateInputs, t: GateThresholds) -> list[dict[str, Any]]:
-    if x.failed_upstream_checks is None:
-        upstream = {"name": "upstream_checks", "value": None, "threshold": None, "comparison": "none",
-                    "passed": False, "reason": NOT_MEASURED}
-    else:
-        failed = x.failed_upstream_checks
-        upstream = {"name": "upstream_checks", "value": failed, "threshold": None, "comparison": "none",
-                    "passed": not failed,
-                    "reason": f"blocking upstream check(s) failed: {', '.join(failed)}" if failed else None}
-    if t.require_ope_reliable:
-        ope = _gate("ope_reliable", x.ope_reliable, True, "==", "OPE reliable")
-        if x.ope_reliable is False:
-            ope["reason"] = f"OPE unreliable: {x.ope_reason or 'no reason given'}"
-    else:
-        ope = {"name": "ope_reliable", "value": x.ope_reliable, "threshold": None, "comparison": "none",
-               "passed": True, "reason": None}
-    lb = t.min_uplift_lower_bound
-    return [
-        upstream,
-        _gate("rm_test_accuracy", x.rm_test_accuracy, t.min_rm_test_accuracy, ">=", "RM test accuracy"),
-        _gate("calibrated_ece", x.calibrated_ece, t.max_calibrated_ece, "<=", "calibrated ECE"),
-        _gate("human_rm_correlation", x.human_rm_correlation, t.min_human_rm_correlation, ">=",
-              "human–RM Spearman correlation"),
-        _gate("kl", x.kl, t.max_kl, "<=", "KL (nats)"),
-        ope,
-        _gate("uplift", x.uplift, lb, ">", "estimated uplift"),
-        _gate("uplift_ci_low", x.uplift_ci_low, lb, ">", "uplift CI lower bound"),
-    ]
+        for name in ("rm_test_accuracy", "calibrated_ece", "human_rm_correlation", "kl", "uplift", "proxy_uplift"):
+            if not isinstance(getattr(self, name), Measured):
+                raise ValueError(f"{name} must be a Measured(value, ci_low, ci_high); got {getattr(self, name)!r}")
 
 
 def _fmt(v: Any) -> str:
@@ -160,9 +132,88 @@ def _fmt(v: Any) -> str:
         return "yes" if v else "no"
     if isinstance(v, float):
         return f"{v:.4g}"
-    if isinstance(v, (list, tuple)):
-        return ", ".join(map(str, v)) or "none"
     return str(v)
+
+
+def _interval(m: Measured) -> str:
+    return f"[{_fmt(m.ci_low)}, {_fmt(m.ci_high)}]" if m.ci_low is not None and m.ci_high is not None else "—"
+
+
+def _row(name: str, m: Optional[Measured], threshold: Any, comparison: Optional[str], result: str,
+         reason: Optional[str]) -> dict[str, Any]:
+    m = m or Measured()
+    return {"name": name, "value": m.value, "ci_low": m.ci_low, "ci_high": m.ci_high, "threshold": threshold,
+            "comparison": comparison, "outcome": result, "passed": result == PASS, "reason": reason}
+
+
+def _interval_gate(name: str, label: str, m: Measured, threshold: float, comparison: str) -> dict[str, Any]:
+    result = outcome(m.ci_low, m.ci_high, threshold, comparison) if m.value is not None else NOT_MEASURED
+    sym, neg = _SYMBOL[comparison], _NEGATION[comparison]
+    reason = {PASS: None, NOT_MEASURED: NOT_MEASURED,
+              FAIL: f"{label} {_fmt(m.value)}, interval {_interval(m)} entirely {neg} {_fmt(threshold)}",
+              INCONCLUSIVE: f"{label} {_fmt(m.value)}, interval {_interval(m)} straddles {sym} {_fmt(threshold)}: "
+                            f"needs more evidence"}[result]
+    return _row(name, m, threshold, comparison, result, reason)
+
+
+def _upstream_gate(checks: Optional[list[dict[str, Any]]]) -> dict[str, Any]:
+    if checks is None:
+        return _row("upstream_checks", None, None, None, NOT_MEASURED, NOT_MEASURED)
+    failed = [c["check"] for c in checks if c["status"] == "failed"]
+    missing = [c["check"] for c in checks if c["status"] not in ("passed", "failed")]
+    m = Measured()
+    row = _row("upstream_checks", m, None, None, PASS, None)
+    row["value"] = [f"{c['check']}: {c['status']}" for c in checks]
+    if failed:
+        row.update(outcome=FAIL, passed=False, reason=f"blocking upstream check(s) failed: {', '.join(failed)}")
+    elif missing or not checks:
+        details = "; ".join(f"{c['check']} ({c.get('detail', c['status'])})" for c in checks
+                            if c["check"] in missing) or "no blocking checks were looked up"
+        row.update(outcome=NOT_MEASURED, passed=False, reason=f"{NOT_MEASURED}: {details}")
+    return row
+
+
+def _kl_gate(m: Measured, limit: Optional[float]) -> dict[str, Any]:
+    if limit is None or not m.complete:
+        return _row("kl", m, limit, "<=", NOT_MEASURED, NOT_MEASURED)
+    if m.value > limit:
+        result, reason = FAIL, f"KL {_fmt(m.value)} nats is over the limit of {_fmt(limit)}"
+    elif m.ci_high > limit:
+        result, reason = INCONCLUSIVE, (f"KL {_fmt(m.value)} nats, interval {_interval(m)} reaches over the limit "
+                                        f"of {_fmt(limit)}: needs more evidence")
+    else:
+        result, reason = PASS, None
+    return _row("kl", m, limit, "<=", result, reason)
+
+
+def _ope_gate(x: GateInputs, s: DecisionSettings) -> dict[str, Any]:
+    if x.ope_reliable is None:
+        return _row("ope_reliable", None, True, None, NOT_MEASURED, NOT_MEASURED)
+    row = _row("ope_reliable", None, True, None, PASS, None)
+    row["value"] = x.ope_reliable
+    if not x.ope_reliable:
+        why = f"OPE unreliable: {x.ope_reason or 'no reason given'}"
+        row.update(outcome=INCONCLUSIVE if s.require_ope_reliable else PASS,
+                   passed=not s.require_ope_reliable, reason=why if s.require_ope_reliable else None)
+    return row
+
+
+def _gates(x: GateInputs, t: ReleaseThresholds, s: DecisionSettings) -> list[dict[str, Any]]:
+    uplift = _interval_gate("uplift", "judge uplift", x.uplift, t.min_uplift, ">")
+    if x.ope_reliable is False and s.require_ope_reliable and uplift["outcome"] != NOT_MEASURED:
+        uplift.update(outcome=INCONCLUSIVE, passed=False,
+                      reason=f"judge uplift {_fmt(x.uplift.value)} is not supported by the importance weights "
+                             f"(OPE unreliable): needs live evidence")
+    return [
+        _upstream_gate(x.upstream_checks),
+        _interval_gate("rm_test_accuracy", "RM test accuracy", x.rm_test_accuracy, t.min_rm_test_accuracy, ">="),
+        _interval_gate("calibrated_ece", "calibrated ECE", x.calibrated_ece, t.max_calibrated_ece, "<="),
+        _interval_gate("human_rm_correlation", "human–RM Spearman", x.human_rm_correlation,
+                       t.min_human_rm_correlation, ">="),
+        _kl_gate(x.kl, t.kl_limit(x.kl_budget)),
+        _ope_gate(x, s),
+        uplift,
+    ]
 
 
 def _json_safe(v: Any) -> Any:
@@ -177,67 +228,106 @@ def _json_safe(v: Any) -> Any:
 
 @dataclass
 class Decision:
-    """The verdict, the gate rows behind it, and the reasons (failed gates first, then the rule that decided)."""
+    """The verdict, the gate rows behind it, and the reasons (gates that did not pass first, then the rule)."""
 
     verdict: str
     canary_share: Optional[float]
     gates: list[dict[str, Any]]
     reasons: list[str]
-    thresholds: GateThresholds = field(default_factory=GateThresholds)
+    thresholds: ReleaseThresholds = field(default_factory=ReleaseThresholds)
+    settings: DecisionSettings = field(default_factory=DecisionSettings)
     inputs: GateInputs = field(default_factory=GateInputs)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe (non-finite floats → None)."""
         return _json_safe({"verdict": self.verdict, "canary_share": self.canary_share, "gates": self.gates,
                            "reasons": self.reasons, "thresholds": asdict(self.thresholds),
-                           "inputs": asdict(self.inputs)})
+                           "settings": asdict(self.settings), "inputs": asdict(self.inputs)})
 
     def markdown_table(self) -> str:
-        """The gates as a markdown table: gate | value | threshold | passed."""
-        lines = ["| gate | value | threshold | passed |", "|---|---|---|---|"]
+        """The gates as a markdown table: gate | value | interval | threshold | outcome."""
+        lines = ["| gate | value | interval | threshold | outcome |", "|---|---|---|---|---|"]
         for g in self.gates:
-            if g["comparison"] == "none":
-                threshold = "none failed" if g["name"] == "upstream_checks" else "not required"
+            value = g["value"]
+            value = "; ".join(value) or "none" if isinstance(value, list) else _fmt(value)
+            interval = _interval(Measured(g["value"] if isinstance(g["value"], float) else None, g["ci_low"],
+                                          g["ci_high"]))
+            if g["name"] == "upstream_checks":
+                threshold = "all passed"
+            elif g["name"] == "ope_reliable":
+                threshold = "reliable" if self.settings.require_ope_reliable else "not required"
             else:
                 threshold = f"{_SYMBOL[g['comparison']]} {_fmt(g['threshold'])}"
-            cells = [g["name"], _fmt(g["value"]), threshold, "yes" if g["passed"] else "**no**"]
+            shown = g["outcome"] if g["outcome"] == PASS else f"**{g['outcome']}**"
+            cells = [g["name"], value, interval, threshold, shown]
             lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        if self.inputs.proxy_uplift.value is not None:
+            lines.append(f"\nProxy uplift (the reward model PPO optimised; reported, never gates): "
+                         f"{_fmt(self.inputs.proxy_uplift.value)} {_interval(self.inputs.proxy_uplift)}")
         return "\n".join(lines)
 
 
-def _verdict(x: GateInputs, t: GateThresholds, by_name: dict[str, dict[str, Any]]) -> tuple[str, str]:
+def _verdict(x: GateInputs, s: DecisionSettings, by_name: dict[str, dict[str, Any]]) -> tuple[str, str]:
     """(verdict, the sentence that explains it), by the rules in the module docstring."""
-    missing = [name for name, g in by_name.items() if g["reason"] == NOT_MEASURED]
+    missing = [n for n, g in by_name.items() if g["outcome"] == NOT_MEASURED]
     if missing:
-        return "reject", f"reject: not measured: {', '.join(missing)} — no evidence to act on"
-    failed_quality = [name for name in _QUALITY_GATES if not by_name[name]["passed"]]
-    if failed_quality:
-        return "reject", f"reject: quality gate(s) failed: {', '.join(failed_quality)}"
-    ope_ok = by_name["ope_reliable"]["passed"]
-    if not by_name["kl"]["passed"]:
-        over = f"KL {_fmt(x.kl)} nats is over the budget of {_fmt(t.max_kl)}"
-        if ope_ok and x.uplift_ci_low >= t.escalate_min_uplift:
-            return "escalate", (f"escalate: {over}, but the uplift lower bound {_fmt(x.uplift_ci_low)} ≥ "
-                                f"{_fmt(t.escalate_min_uplift)}; a person should check for reward hacking")
-        why = ("the OPE is unreliable" if not ope_ok else
-               f"the uplift lower bound {_fmt(x.uplift_ci_low)} < {_fmt(t.escalate_min_uplift)}")
+        return "reject", f"reject: not measured: {', '.join(missing)} — no evidence to act on (fails closed)"
+    failed = [n for n in _QUALITY_GATES if by_name[n]["outcome"] == FAIL]
+    if failed:
+        return "reject", f"reject: evidence that the release is bad: {', '.join(failed)}"
+    inconclusive = [n for n, g in by_name.items() if g["outcome"] == INCONCLUSIVE]
+    if by_name["kl"]["outcome"] == FAIL:
+        over = by_name["kl"]["reason"]
+        if not inconclusive and x.uplift.ci_low >= s.escalate_min_uplift:
+            return "escalate", (f"escalate: {over}, but the judge's uplift lower bound {_fmt(x.uplift.ci_low)} ≥ "
+                                f"{_fmt(s.escalate_min_uplift)}; a person should check for reward hacking")
+        why = (f"inconclusive: {', '.join(inconclusive)}" if inconclusive else
+               f"the judge's uplift lower bound {_fmt(x.uplift.ci_low)} < {_fmt(s.escalate_min_uplift)}")
         return "reject", f"reject: {over} and {why}, which does not justify an escalation"
-    if not ope_ok:
-        return "canary", (f"canary at {t.canary_share:.0%}: every quality gate passes and KL is within budget, "
-                          f"but the logged data cannot measure this policy — live traffic will")
-    if not by_name["uplift"]["passed"]:
-        return "reject", f"reject: estimated uplift {_fmt(x.uplift)} ≤ {_fmt(t.min_uplift_lower_bound)}"
-    if not by_name["uplift_ci_low"]["passed"]:
-        return "canary", (f"canary at {t.canary_share:.0%}: estimated uplift {_fmt(x.uplift)} > "
-                          f"{_fmt(t.min_uplift_lower_bound)} but its lower bound {_fmt(x.uplift_ci_low)} is not")
+    if inconclusive:
+        return "canary", (f"canary at {s.canary_share:.0%}: needs live evidence — inconclusive: "
+                          f"{', '.join(inconclusive)}; nothing shows the release is bad")
     return "promote", "promote: every gate passes"
 
 
-def decide(inputs: GateInputs, thresholds: Optional[GateThresholds] = None) -> Decision:
+def decide(inputs: GateInputs, thresholds: Optional[ReleaseThresholds] = None,
+           settings: Optional[DecisionSettings] = None) -> Decision:
     """Run every gate and pick the verdict (see the module docstring for the rules)."""
-    t = thresholds if thresholds is not None else GateThresholds()
-    gates = _gates(inputs, t)
-    verdict, why = _verdict(inputs, t, {g["name"]: g for g in gates})
-    reasons = [f"{g['name']}: {g['reason']}" for g in gates if not g["passed"]] + [why]
-    return Decision(verdict=verdict, canary_share=t.canary_share if verdict == "canary" else None, gates=gates,
-                    reasons=reasons, thresholds=t, inputs=inputs)
+    t = thresholds if thresholds is not None else ReleaseThresholds()
+    s = settings if settings is not None else DecisionSettings()
+    if s.escalate_min_uplift < t.min_uplift:
+        raise ValueError(f"escalate_min_uplift ({s.escalate_min_uplift}) must be ≥ min_uplift ({t.min_uplift}): "
+                         f"escalation needs more evidence than promotion")
+    gates = _gates(inputs, t, s)
+    verdict, why = _verdict(inputs, s, {g["name"]: g for g in gates})
+    reasons = [f"{g['name']}: {g['reason']}" for g in gates if g["outcome"] != PASS and g["reason"]] + [why]
+    return Decision(verdict=verdict, canary_share=s.canary_share if verdict == "canary" else None, gates=gates,
+                    reasons=reasons, thresholds=t, settings=s, inputs=inputs)
+
+
+def _ci(d: Optional[dict], value: str = "value", low: str = "ci_low", high: str = "ci_high") -> Measured:
+    d = d or {}
+    return Measured.of(d.get(value), d.get(low), d.get(high))
+
+
+def _pair(value: Any, ci: Any) -> Measured:
+    lo, hi = (ci if isinstance(ci, (list, tuple)) and len(ci) == 2 else (None, None))
+    return Measured.of(value, lo, hi)
+
+
+def gate_inputs(ope: dict, ppo: dict, calibration: dict, upstream_checks: Optional[list[dict]]) -> GateInputs:
+    """GateInputs from the stored records of ope_report, ppo_policy and rm_calibration (missing keys → not
+    measured, so a record from an older code version fails closed instead of passing)."""
+    report = calibration.get("report") or {}
+    human = calibration.get("human_correlation") or {}
+    return GateInputs(
+        upstream_checks=upstream_checks,
+        rm_test_accuracy=_pair(report.get("accuracy"), report.get("accuracy_ci")),
+        calibrated_ece=_pair(report.get("ece_after_debiased"), report.get("ece_after_ci")),
+        human_rm_correlation=_ci(human, "spearman", "spearman_ci_low", "spearman_ci_high"),
+        kl=_ci(ppo.get("measured_kl")), kl_budget=ppo.get("kl_budget"),
+        ope_reliable=ope["reliable"] if isinstance(ope.get("reliable"), bool) else None,
+        ope_reason=ope.get("reason"),
+        uplift=_ci((ope.get("judge") or {}).get("uplift")),
+        proxy_uplift=_ci((ope.get("proxy") or {}).get("uplift")),
+    )

@@ -3,6 +3,7 @@ from typing import Literal
 import dagster as dg
 import polars as pl
 
+from rlhf_assets.defs.check_names import AGGREGATION_CONVERGED
 from rlhf_assets.defs.partitions import daily_partitions
 from rlhf_assets.preference.labels import AggregationSettings, aggregate_comparisons
 
@@ -42,7 +43,7 @@ def _table_md(frame: pl.DataFrame, limit: int = 50) -> str:
             description="Cohen's kappa for each annotator pair with enough shared items.",
         ),
     },
-    check_specs=[dg.AssetCheckSpec("aggregation_converged", asset="aggregated_labels")],
+    check_specs=[dg.AssetCheckSpec(AGGREGATION_CONVERGED, asset="aggregated_labels", partitions_def=daily_partitions)],
 )
 def aggregated_labels(context: dg.AssetExecutionContext, config: AggregationConfig, validated_pairs: pl.DataFrame):
     """Aggregate every annotator's judgement of a pair into one label (Dawid–Skene by default)."""
@@ -79,7 +80,7 @@ def aggregated_labels(context: dg.AssetExecutionContext, config: AggregationConf
                   "table": dg.MetadataValue.md(_table_md(result.agreement.sort("kappa")))},
     )
     yield dg.AssetCheckResult(
-        check_name="aggregation_converged",
+        check_name=AGGREGATION_CONVERGED,
         asset_key="aggregated_labels",
         passed=bool(stats.get("converged", True)),
         severity=dg.AssetCheckSeverity.WARN,

@@ -1,0 +1,24 @@
+"""Asset-check names: one constant each, shared by the ``check_specs``, the deployment gate's list and the tests."""
+
+# data pillar (daily partitions)
+ALL_FILES_READABLE = "all_files_readable"      # raw_comparisons, WARN
+QUARANTINE_RATE = "quarantine_rate"            # validated_pairs, blocking
+ROWS_CONSERVED = "rows_conserved"              # validated_pairs, blocking
+AGGREGATION_CONVERGED = "aggregation_converged"  # aggregated_labels, WARN
+
+# release partitions
+TEST_ACCURACY = "test_accuracy"                # rm_calibration, blocking
+CALIBRATED_ECE = "calibrated_ece"              # rm_calibration, blocking
+NO_NAN_SCORES = "no_nan_scores"                # rm_calibration, blocking
+KL_WITHIN_BUDGET = "kl_within_budget"          # ppo_policy, blocking
+
+#: (asset, check) pairs PPO must see passing on its release's partition before it trains.
+CALIBRATION_BLOCKING_CHECKS: tuple[tuple[str, str], ...] = (
+    ("rm_calibration", TEST_ACCURACY), ("rm_calibration", CALIBRATED_ECE), ("rm_calibration", NO_NAN_SCORES),
+)
+#: (asset, check) pairs a release's deployment must see passing on that release's partition.
+RELEASE_BLOCKING_CHECKS: tuple[tuple[str, str], ...] = (*CALIBRATION_BLOCKING_CHECKS, ("ppo_policy", KL_WITHIN_BUDGET))
+#: (asset, check) pairs that block a day's data from flowing downstream.
+DATA_BLOCKING_CHECKS: tuple[tuple[str, str], ...] = (
+    ("validated_pairs", QUARANTINE_RATE), ("validated_pairs", ROWS_CONSERVED),
+)

@@ -1,0 +1,91 @@
+"""Three-outcome verdicts on a measured value with an interval: ``pass`` (the whole interval is on the right side
+of the threshold), ``fail`` (the whole interval is on the wrong side), ``inconclusive`` (it straddles).
+
+A point estimate against a threshold is a coin toss when the estimate's noise is as large as the margin; acting on
+the interval instead means a release is only rejected on evidence that it is bad and only promoted on evidence
+that it is good. Missing evidence (no value or no interval) is ``not measured``, which the gates treat as failing
+closed. Also: a seeded percentile bootstrap that every interval in the release path uses.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Literal, Optional, Sequence
+
+import numpy as np
+
+PASS, FAIL, INCONCLUSIVE, NOT_MEASURED = "pass", "fail", "inconclusive", "not measured"
+Outcome = Literal["pass", "fail", "inconclusive", "not measured"]
+#: ``>=`` / ``>``: higher is better (accuracy, correlation, uplift); ``<=``: lower is better (ECE, KL).
+Comparison = Literal[">=", ">", "<="]
+
+
+def _finite(x: Any) -> bool:
+    return x is not None and not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def outcome(ci_low: Optional[float], ci_high: Optional[float], threshold: float, comparison: Comparison) -> Outcome:
+    """The outcome of an interval [ci_low, ci_high] against ``threshold``."""
+    if not (_finite(ci_low) and _finite(ci_high)):
+        return NOT_MEASURED
+    lo, hi = float(min(ci_low, ci_high)), float(max(ci_low, ci_high))
+    if comparison == ">=":
+        return PASS if lo >= threshold else FAIL if hi < threshold else INCONCLUSIVE
+    if comparison == ">":
+        return PASS if lo > threshold else FAIL if hi <= threshold else INCONCLUSIVE
+    if comparison == "<=":
+        return PASS if hi <= threshold else FAIL if lo > threshold else INCONCLUSIVE
+    raise ValueError(f"comparison must be one of >=, >, <=; got {comparison!r}")
+
+
+def bootstrap_ci(statistic: Callable[..., float], arrays: Sequence[Any], *, n_boot: int = 1000, seed: int = 0,
+                 confidence: float = 0.95) -> tuple[float, float]:
+    """Seeded percentile-bootstrap interval of ``statistic(*arrays)``, resampling rows (the same index for every
+    array). Resamples where the statistic is not finite are dropped; (nan, nan) when fewer than half survive or
+    there are fewer than 2 rows."""
+    data = [np.asarray(a) for a in arrays]
+    n = len(data[0]) if data else 0
+    if any(len(a) != n for a in data):
+        raise ValueError("bootstrap_ci: arrays differ in length")
+    if n < 2 or n_boot < 1:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    stats = np.empty(n_boot)
+    for b in range(n_boot):
+        idx = rng.integers(0, n, n)
+        stats[b] = statistic(*(a[idx] for a in data))
+    stats = stats[np.isfinite(stats)]
+    if stats.size < n_boot / 2:
+        return float("nan"), float("nan")
+    alpha = (1.0 - confidence) / 2.0
+    return float(np.quantile(stats, alpha)), float(np.quantile(stats, 1.0 - alpha))
+
+
+def bias_corrected_ci(statistic: Callable[..., float], arrays: Sequence[Any], *, n_boot: int = 1000, seed: int = 0,
+                      confidence: float = 0.95, floor: Optional[float] = None) -> tuple[float, float, float]:
+    """(bias-corrected estimate, interval low, interval high) of a statistic whose plug-in estimate is biased, by
+    the bootstrap's own estimate of that bias: estimate = 2θ̂ − mean(θ*), interval = the basic (reverse-percentile)
+    bootstrap [2θ̂ − q_hi, 2θ̂ − q_lo]; ``floor`` clips all three (ECE cannot be negative).
+
+    Why: binned ECE adds up absolute gaps, so noise alone makes it positive. On 289 perfectly calibrated pairs the
+    15-bin plug-in ECE averages ≈ 0.07, and a percentile interval (which resamples that noise once more) lies wholly
+    above 0.05 in most samples — a gate on it would fail every honest model at that size. The corrected interval
+    fails none of them and still fails clearly miscalibrated ones (rlhf_assets_tests/evaluation/test_evidence.py).
+    """
+    data = [np.asarray(a) for a in arrays]
+    n = len(data[0]) if data else 0
+    nan = float("nan")
+    if n < 2 or n_boot < 1:
+        return nan, nan, nan
+    point = float(statistic(*data))
+    rng = np.random.default_rng(seed)
+    stats = np.array([statistic(*(a[idx] for a in data)) for idx in (rng.integers(0, n, n) for _ in range(n_boot))])
+    stats = stats[np.isfinite(stats)]
+    if not math.isfinite(point) or stats.size < n_boot / 2:
+        return nan, nan, nan
+    alpha = (1.0 - confidence) / 2.0
+    q_lo, q_hi = np.quantile(stats, [alpha, 1.0 - alpha])
+    out = [2 * point - float(stats.mean()), 2 * point - float(q_hi), 2 * point - float(q_lo)]
+    if floor is not None:
+        out = [max(floor, x) for x in out]
+    return out[0], out[1], out[2]

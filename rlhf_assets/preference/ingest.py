@@ -1,9 +1,10 @@
 """Read annotation files (JSONL, JSONL.gz, Parquet) into the record schema, losing nothing.
 
-Every non-blank line (or Parquet row) becomes exactly one record. A line that cannot be decoded or parsed, or
-a field of the wrong type, still becomes a record: its ``ingest_error`` says what was wrong and ``raw`` keeps
-what was there, so validation can quarantine it with the reason. A file that cannot be read *at all* (empty,
-binary, not gzip, not Parquet, a JSON array, no JSON object on any line) yields no records and a report with
+Every non-blank line (or Parquet row) becomes exactly one record; a blank line (only ASCII whitespace) is no
+row, the same rule ``landing.count_lines`` counts by. A line that cannot be decoded or parsed, or a field of the
+wrong type, still becomes a record: its ``ingest_error`` says what was wrong and ``raw`` keeps what was there,
+so validation can quarantine it with the reason. A file that cannot be read *at all* (empty, binary, not gzip,
+not Parquet, a JSON array, no JSON object on any line) yields no records and a report with
 ``status="unreadable"`` and the reason; callers move it to quarantine.
 """
 
@@ -39,6 +40,10 @@ class FileReport:
     error: str | None = None
     unknown_columns: list[str] = field(default_factory=list)
     schema_version: str = SCHEMA_VERSION
+    # The file's rows as counted from its bytes by ``landing.count_rows``, independently of this parser (None
+    # until counted, or when the bytes cannot be counted: then ``landing_rows_error`` says why).
+    landing_rows: int | None = None
+    landing_rows_error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhf_assets.preference.ingest import read_comparison_file
+from rlhf_assets.preference.landing import count_rows
 from rlhf_assets.preference.validation import ValidationRules, validate
 
 
@@ -35,6 +36,7 @@ def _validate_one(path: Path, day: str | None, quarantine_dir: Path | None, out_
     except OSError as exc:
         return report | {"error": f"cannot read: {exc.strerror or exc}"}
     records, file_report = read_comparison_file(str(path), data)
+    file_report.landing_rows, file_report.landing_rows_error = count_rows(path.name, data)  # as in the pipeline
     if file_report.status != "ok":
         if quarantine_dir is not None:
             quarantine_dir.mkdir(parents=True, exist_ok=True)

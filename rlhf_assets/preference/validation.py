@@ -1,7 +1,9 @@
 """The comparison expectation suite (Great Expectations 1.x, run directly on an ephemeral context).
 
 ``validate(records, rules)`` splits a batch into valid rows and quarantined rows; each quarantined row lists
-every expectation it failed. Conservation always holds: rows_in == rows_valid + rows_quarantined.
+every expectation it failed. ``rows_in`` is the height of the batch it was given, not the sum of the two parts;
+whether every row of the landing zone came out as exactly one of them is the ``rows_conserved`` check of
+``validated_pairs``, which counts the landing files themselves (``landing.count_landing``).
 
 A few expectations need a derived column that GE can check row by row (GE has no "two columns differ" or
 "timestamp parses" expectation that works on every backend): ``created_at_epoch`` is the parsed timestamp in
@@ -42,11 +44,8 @@ class ValidationResult:
     valid: pl.DataFrame
     quarantined: pl.DataFrame  # the record columns + failed_expectations (list[str])
     failures: dict[str, int]  # expectation -> rows failing it
+    rows_in: int  # rows handed to validate()
     expectations: list[dict[str, Any]] = field(default_factory=list)  # one summary per GE result
-
-    @property
-    def rows_in(self) -> int:
-        return self.valid.height + self.quarantined.height
 
     @property
     def rows_valid(self) -> int:
@@ -147,7 +146,7 @@ def validate(records: pl.DataFrame, rules: ValidationRules | None = None) -> Val
     records = records.select(list(RECORD_SCHEMA))
     if records.height == 0:
         empty = records.with_columns(pl.lit(None, pl.List(pl.String)).alias("failed_expectations"))
-        return ValidationResult(valid=records, quarantined=empty, failures={})
+        return ValidationResult(valid=records, quarantined=empty, failures={}, rows_in=0)
 
     checked = records.with_row_index(ROW).with_columns(
         pl.col("created_at").map_elements(parse_timestamp, return_dtype=pl.Float64).alias(EPOCH)
@@ -178,4 +177,5 @@ def validate(records: pl.DataFrame, rules: ValidationRules | None = None) -> Val
     indexed = records.with_row_index(ROW)
     quarantined = indexed.join(bad, on=ROW, how="inner").sort(ROW).drop(ROW)
     valid = indexed.join(bad, on=ROW, how="anti").drop(ROW)
-    return ValidationResult(valid=valid, quarantined=quarantined, failures=failures, expectations=summaries)
+    return ValidationResult(valid=valid, quarantined=quarantined, failures=failures, rows_in=records.height,
+                            expectations=summaries)

@@ -1,5 +1,7 @@
 """The data pillar through real Dagster runs on a temporary instance and storage root."""
 
+import gzip
+import io
 import json
 
 import dagster as dg
@@ -31,6 +33,14 @@ def run_day(instance, day=DAY):
 def checks(result):
     return {e.check_name: e.passed
             for e in result.get_asset_check_evaluations()}
+
+
+def check_metadata(result, name):
+    (evaluation,) = [e for e in result.get_asset_check_evaluations() if e.check_name == name]
+    return {k: v.value for k, v in evaluation.metadata.items()}
+
+
+DOWNSTREAM = {"aggregated_labels", "annotator_reliability", "annotator_agreement"}
 
 
 def materialized(result):
@@ -82,10 +92,60 @@ def test_bad_batch_fails_blocking_check_and_stops_downstream(storage_root, dagst
     assert not result.success
     assert checks(result)["quarantine_rate"] is False
     assert checks(result)["rows_conserved"] is True
-    assert "aggregated_labels" not in materialized(result)
+    assert materialized(result) == {"raw_comparisons", "validated_pairs"}  # nothing downstream of the gate
+    assert not DOWNSTREAM & materialized(result)
     quarantined = storage.read_parquet(storage.quarantine_dir(DAY).joinpath("rows.parquet"))
     raw = storage.read_parquet(storage.table_path("raw_comparisons", DAY))
     assert quarantined.height >= batch.n_bad and raw.height == len(batch.records)
+
+
+def _drop_last(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.head(frame.height - 1)
+
+
+def _duplicate_first(frame: pl.DataFrame) -> pl.DataFrame:
+    return pl.concat([frame, frame.head(1)])
+
+
+@pytest.mark.parametrize("where", ["ingest", "validation"])
+@pytest.mark.parametrize("bug, difference", [(_drop_last, 1), (_duplicate_first, -1)], ids=["drop", "duplicate"])
+def test_rows_lost_or_duplicated_after_landing_fail_rows_conserved_and_block(
+        storage_root, dagster_instance, monkeypatch, where, bug, difference):
+    """A bug between the landing zone and the validated table (here: in ingest, or in validate's split) that
+    drops or duplicates one row makes rows_conserved fail, and nothing downstream materializes."""
+    import rlhf_assets.defs.data.raw_comparisons as raw_module
+    import rlhf_assets.defs.data.validated_pairs as validated_module
+
+    if where == "ingest":
+        real = raw_module.ingest_landing
+
+        def buggy(storage, day):
+            batch = real(storage, day)
+            batch.records = bug(batch.records)
+            return batch
+
+        monkeypatch.setattr(raw_module, "ingest_landing", buggy)
+    else:
+        real = validated_module.validate
+
+        def buggy(records, rules):
+            result = real(records, rules)
+            result.valid = bug(result.valid)
+            return result
+
+        monkeypatch.setattr(validated_module, "validate", buggy)
+    lay(storage_root)  # 60 pairs x 5 labels, all clean
+    result = run_day(dagster_instance)
+    assert not result.success
+    assert checks(result)["rows_conserved"] is False
+    assert checks(result)["quarantine_rate"] is True  # the gate that stops it is rows_conserved
+    assert not DOWNSTREAM & materialized(result)
+    meta = check_metadata(result, "rows_conserved")
+    assert meta["rows_landing"] == 300 and meta["rows_in_quarantined_files"] == 0
+    assert meta["difference"] == difference
+    assert meta["rows_landing"] - meta["rows_valid"] - meta["rows_quarantined"] == difference
+    (bad_file,) = meta["mismatched_files"].values()
+    assert bad_file["landing"] - bad_file["valid_or_quarantined"] == difference
 
 
 def test_threshold_is_config(storage_root, dagster_instance):
@@ -128,8 +188,9 @@ def test_majority_vote_config(storage_root, dagster_instance, method):
 
 
 def test_conservation_on_a_batch_mixing_many_kinds_of_bad_input(storage_root, dagster_instance):
-    """Every line of every file is accounted for: rows_in = rows_valid + rows_quarantined, and unreadable files
-    are moved aside with a reason; 31 kinds of bad row plus clean rows, and two unreadable files."""
+    """Every line of every file is accounted for: rows counted in landing = valid + quarantined + in quarantined
+    files, and unreadable files are moved aside with a reason; 31 kinds of bad row plus clean rows, a Parquet
+    file, and three unreadable files (one of them a truncated gzip that cannot be counted)."""
     from rlhf_assets_tests.preference.test_validation import BAD, DAY as BAD_DAY, line, rec
 
     storage = Storage(storage_root)
@@ -138,6 +199,10 @@ def test_conservation_on_a_batch_mixing_many_kinds_of_bad_input(storage_root, da
     storage.write_bytes(storage.landing_dir(BAD_DAY).joinpath("mixed.jsonl"), b"\n".join(clean + bad) + b"\n")
     storage.write_bytes(storage.landing_dir(BAD_DAY).joinpath("array.jsonl"), b'[{"comparison_id": "x"}]')
     storage.write_bytes(storage.landing_dir(BAD_DAY).joinpath("empty.jsonl.gz"), b"")
+    storage.write_bytes(storage.landing_dir(BAD_DAY).joinpath("cut.jsonl.gz"), gzip.compress(b"\n".join(clean))[:999])
+    parquet = io.BytesIO()
+    pl.DataFrame([rec(i) for i in range(3000, 3040)]).write_parquet(parquet)
+    storage.write_bytes(storage.landing_dir(BAD_DAY).joinpath("more.parquet"), parquet.getvalue())
     bounds = {"max_prompt_chars": 200, "max_response_chars": 100}  # the bounds the BAD rows were written for
     result = defs().resolve_job_def("data_pillar").execute_in_process(
         partition_key=BAD_DAY, instance=dagster_instance, raise_on_error=False,
@@ -145,18 +210,28 @@ def test_conservation_on_a_batch_mixing_many_kinds_of_bad_input(storage_root, da
     assert result.success, "under the 5% threshold, the batch passes"
     assert checks(result)["rows_conserved"] is True
     assert checks(result)["all_files_readable"] is False
+    conserved = check_metadata(result, "rows_conserved")
+    # the array file is one line; the empty gzip none; the truncated gzip cannot be counted: it is one whole file
+    assert conserved["rows_landing"] == len(clean) + len(bad) + 40 + 1
+    assert conserved["rows_in_quarantined_files"] == 1 and conserved["difference"] == 0
+    assert conserved["rows_valid"] + conserved["rows_quarantined"] == len(clean) + len(bad) + 40
+    assert list(conserved["files_uncountable"]) == ["cut.jsonl.gz"] and conserved["files_quarantined"] == 3
+    assert conserved["mismatched_files"] == {}
     meta = {e.event_specific_data.materialization.asset_key.to_user_string():
             {k: v.value for k, v in e.event_specific_data.materialization.metadata.items()}
             for e in result.get_asset_materialization_events()}
     validated = meta["validated_pairs"]
-    assert validated["rows_in"] == len(clean) + len(bad)
+    assert validated["rows_in"] == len(clean) + len(bad) + 40
     assert validated["rows_valid"] + validated["rows_quarantined"] == validated["rows_in"]
     assert validated["rows_quarantined"] == len(bad) + 1  # the duplicated id fails on both copies
-    assert meta["raw_comparisons"]["files_unreadable"] == 2
+    assert meta["raw_comparisons"]["files_unreadable"] == 3
     quarantine = storage.quarantine_dir(BAD_DAY)
     assert storage.read_parquet(quarantine.joinpath("rows.parquet")).height == validated["rows_quarantined"]
     assert sorted(p.name for p in storage.list_files(quarantine.joinpath("files"))) == [
-        "array.jsonl", "array.jsonl.reason.json", "empty.jsonl.gz", "empty.jsonl.gz.reason.json"]
+        "array.jsonl", "array.jsonl.reason.json", "cut.jsonl.gz", "cut.jsonl.gz.reason.json", "empty.jsonl.gz",
+        "empty.jsonl.gz.reason.json"]
+    reason = storage.read_json(quarantine.joinpath("files", "cut.jsonl.gz.reason.json"))
+    assert reason["landing_rows"] is None and "gunzip" in reason["landing_rows_error"]
 
 
 def test_data_pillar_on_an_s3_storage_root(s3_storage, monkeypatch, dagster_instance):

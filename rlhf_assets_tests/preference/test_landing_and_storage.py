@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import io
 import json
 import os
 
 import polars as pl
 import pytest
 
-from rlhf_assets.preference.landing import ingest_landing
+from rlhf_assets.preference.ingest import read_comparison_file
+from rlhf_assets.preference.landing import conservation, count_landing, count_rows, ingest_landing
 from rlhf_assets.storage import Storage, sha256_bytes
 
 DAY = "2024-05-01"
@@ -132,6 +135,7 @@ def _check_ingest_landing(storage: Storage) -> None:
     assert reason["status"] == "unreadable" and reason["error"] == bad.error
     assert reason["sha256"] == sha256_bytes(BAD_BYTES)
     assert reason["moved_from"].endswith("broken.jsonl")
+    assert (reason["landing_rows"], reason["landing_rows_error"]) == (1, None)  # one non-blank line of bytes
     assert [p.name for p in storage.list_files(landing)] == ["good.jsonl"]
 
     # A second run no longer sees the unreadable file.
@@ -197,3 +201,111 @@ def test_s3_ingest_landing_quarantines_unreadable_files(s3_storage):
         f"prefix/quarantine/date={DAY}/files/broken.jsonl",
         f"prefix/quarantine/date={DAY}/files/broken.jsonl.reason.json",
     ]
+
+
+# counting the landing zone apart from ingest ----------------------------------------------------------------
+
+
+def _parquet(frame: pl.DataFrame, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    frame.write_parquet(buf, **kwargs)
+    return buf.getvalue()
+
+
+# Blank lines (only ASCII whitespace) are no rows; CRLF, a missing final newline and a leading BOM change nothing.
+JSONL_LINES = b"\xef\xbb\xbf" + GOOD_BYTES + b"\n  \n\t\r\n\x0c\n{broken\r\n" + GOOD_BYTES.rstrip(b"\n")
+COUNTED = {
+    "jsonl": ("a.jsonl", JSONL_LINES, 7),
+    "ndjson": ("a.NDJSON", JSONL_LINES, 7),
+    "jsonl.gz": ("a.jsonl.gz", gzip.compress(JSONL_LINES), 7),
+    "multi-member gzip": ("a.jsonl.gz", gzip.compress(GOOD_BYTES) + gzip.compress(GOOD_BYTES), 6),
+    "parquet": ("a.parquet", _parquet(pl.DataFrame([rec(i) for i in range(5)])), 5),
+    "parquet, row groups": ("a.parquet", _parquet(pl.DataFrame([rec(i) for i in range(50)]), row_group_size=7), 50),
+    "empty parquet": ("a.parquet", _parquet(pl.DataFrame(schema={"comparison_id": pl.String})), 0),
+    "binary named jsonl": ("b.jsonl", b"\x00\x01\n\n\x02", 2),  # unreadable, yet its lines count
+    "empty file": ("e.jsonl", b"", 0),
+    "empty gzip": ("e.jsonl.gz", gzip.compress(b" \n"), 0),
+}
+
+
+@pytest.mark.parametrize("case", list(COUNTED), ids=list(COUNTED))
+def test_count_rows_from_the_bytes(case):
+    name, data, rows = COUNTED[case]
+    assert count_rows(name, data) == (rows, None)
+    assert count_rows(name, io.BytesIO(data)) == (rows, None)  # an open file (Parquet: only its footer is read)
+    frame, report = read_comparison_file(name, data)
+    if report.status == "ok":  # the counter and ingest agree on what a row is
+        assert frame.height == report.rows == rows
+
+
+UNCOUNTABLE = {
+    "corrupt gzip": ("c.jsonl.gz", b"\x1f\x8b\x08\x00garbage", "gunzip"),
+    "not gzip at all": ("c.jsonl.gz", GOOD_BYTES, "gunzip"),
+    "truncated gzip": ("c.jsonl.gz", gzip.compress(GOOD_BYTES * 50)[:-12], "gunzip"),
+    "corrupt parquet": ("c.parquet", b"PAR1" + b"\x13" * 64 + b"PAR1", "Parquet footer"),
+    "jsonl named parquet": ("c.parquet", GOOD_BYTES, "Parquet footer"),
+}
+
+
+@pytest.mark.parametrize("case", list(UNCOUNTABLE), ids=list(UNCOUNTABLE))
+def test_uncountable_bytes_say_why(case):
+    name, data, why = UNCOUNTABLE[case]
+    rows, error = count_rows(name, data)
+    assert rows is None and why in error
+    assert read_comparison_file(name, data)[1].status == "unreadable"  # so it can only be quarantined whole
+
+
+def test_count_landing_covers_landing_and_quarantined_files(tmp_path):
+    storage = Storage(tmp_path)
+    landing = storage.landing_dir(DAY)
+    storage.write_bytes(landing / "good.jsonl", GOOD_BYTES + b"\n\n")
+    storage.write_bytes(landing / "good.parquet", _parquet(pl.DataFrame([rec(i) for i in range(10, 14)])))
+    storage.write_bytes(landing / "good.jsonl.gz", gzip.compress(b"\n".join(json.dumps(rec(i)).encode()
+                                                                            for i in range(20, 22))))
+    storage.write_bytes(landing / "broken.jsonl", BAD_BYTES + b"\n\x00\n")  # 2 lines, unreadable
+    storage.write_bytes(landing / "cut.jsonl.gz", gzip.compress(GOOD_BYTES)[:-12])  # uncountable, unreadable
+    storage.write_bytes(landing / "x.reason.json", b"{}\n")  # a landed file that merely looks like a reason file
+
+    batch = ingest_landing(storage, DAY)
+    assert batch.records.height == 3 + 4 + 2
+    assert {f.path.rsplit("/", 1)[-1]: f.landing_rows for f in batch.files} == {
+        "good.jsonl": 3, "good.parquet": 4, "good.jsonl.gz": 2, "broken.jsonl": 2, "cut.jsonl.gz": None,
+        "x.reason.json": 1}
+    cut = storage.read_json(storage.quarantine_dir(DAY) / "files" / "cut.jsonl.gz.reason.json")
+    assert cut["landing_rows"] is None and "gunzip" in cut["landing_rows_error"]
+
+    count = count_landing(storage, DAY)
+    by_name = {f.name: f for f in count.files}
+    assert {n: (f.rows, f.quarantined) for n, f in by_name.items()} == {
+        "good.jsonl": (3, False), "good.parquet": (4, False), "good.jsonl.gz": (2, False),
+        "broken.jsonl": (2, True), "cut.jsonl.gz": (None, True), "x.reason.json": (1, True)}
+    assert (count.rows_landing, count.rows_in_landing_zone, count.rows_in_quarantined_files) == (12, 9, 3)
+    assert [f.name for f in count.uncountable] == ["cut.jsonl.gz"] and "gunzip" in by_name["cut.jsonl.gz"].error
+    assert all(f.recorded for f in count.files)
+
+    # The balance: every counted row is valid, quarantined, or in a file quarantined whole; per file too.
+    records = batch.records
+    none = records.head(0)
+    ok = conservation(count, records.head(5), records.tail(records.height - 5))
+    assert ok["conserved"] and (ok["rows_landing"], ok["rows_in_quarantined_files"], ok["difference"]) == (12, 3, 0)
+    assert ok["files_uncountable"] == {"cut.jsonl.gz": by_name["cut.jsonl.gz"].error} and ok["mismatched_files"] == {}
+    dropped = conservation(count, records.tail(records.height - 1), none)
+    assert not dropped["conserved"] and dropped["difference"] == 1
+    assert dropped["mismatched_files"] == {"good.jsonl": {"landing": 3, "valid_or_quarantined": 2, "error": None}}
+    assert conservation(count, pl.concat([records, records.head(1)]), none)["difference"] == -1
+    swapped = conservation(count, pl.concat([records.tail(records.height - 1), records.tail(1)]), none)
+    assert swapped["difference"] == 0 and not swapped["conserved"]  # totals balance, two files do not
+    assert set(swapped["mismatched_files"]) == {"good.jsonl", records["source_file"][-1]}
+    stray = records.with_columns(pl.lit("elsewhere.jsonl").alias("source_file"))
+    assert not conservation(count, stray, none)["conserved"]
+
+    # The count of a quarantined file is the one recorded, not recomputed; without a record it is recounted.
+    files = storage.quarantine_dir(DAY) / "files"
+    storage.write_json(files / "broken.jsonl.reason.json", {"landing_rows": 40})
+    assert {f.name: f.rows for f in count_landing(storage, DAY).files}["broken.jsonl"] == 40
+    storage.write_json(files / "broken.jsonl.reason.json", {"error": "written before rows were counted"})
+    recount = {f.name: f for f in count_landing(storage, DAY).files}["broken.jsonl"]
+    assert (recount.rows, recount.recorded) == (2, False)
+    # Rows added to a landing file after ingest show in the count: it reads the bytes, not the table.
+    storage.write_bytes(landing / "good.jsonl", GOOD_BYTES * 2)
+    assert count_landing(storage, DAY).rows_in_landing_zone == 6 + 4 + 2

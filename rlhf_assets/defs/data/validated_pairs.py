@@ -1,8 +1,10 @@
 import dagster as dg
 import polars as pl
 
+from rlhf_assets.defs.check_names import QUARANTINE_RATE, ROWS_CONSERVED
 from rlhf_assets.defs.partitions import daily_partitions
 from rlhf_assets.defs.resources import StorageResource
+from rlhf_assets.preference.landing import conservation, count_landing
 from rlhf_assets.preference.validation import ValidationRules, validate
 
 
@@ -20,10 +22,12 @@ class ValidationConfig(dg.Config):
     kinds={"polars", "great_expectations"},
     io_manager_key="table_io_manager",
     check_specs=[
-        dg.AssetCheckSpec("quarantine_rate", asset="validated_pairs", blocking=True,
+        dg.AssetCheckSpec(QUARANTINE_RATE, asset="validated_pairs", blocking=True, partitions_def=daily_partitions,
                           description="Share of quarantined rows is at most config.max_quarantine_rate."),
-        dg.AssetCheckSpec("rows_conserved", asset="validated_pairs", blocking=True,
-                          description="rows_in == rows_valid + rows_quarantined."),
+        dg.AssetCheckSpec(ROWS_CONSERVED, asset="validated_pairs", blocking=True, partitions_def=daily_partitions,
+                          description="Every row counted in the day's landing files (non-blank lines, Parquet "
+                                      "num_rows; read apart from ingest) is exactly one valid or quarantined row, "
+                                      "or lies in a file quarantined whole; per file and in total."),
     ],
 )
 def validated_pairs(
@@ -40,6 +44,7 @@ def validated_pairs(
     )
     result = validate(raw_comparisons, rules)
     store = storage.storage()
+    landing = count_landing(store, day)
     quarantine_path = store.quarantine_dir(day).joinpath("rows.parquet")
     store.write_parquet(quarantine_path, result.quarantined)
     summary = result.summary()
@@ -60,14 +65,15 @@ def validated_pairs(
         },
     )
     yield dg.AssetCheckResult(
-        check_name="quarantine_rate",
+        check_name=QUARANTINE_RATE,
         passed=result.quarantine_rate <= config.max_quarantine_rate,
         metadata={"rate": summary["quarantine_rate"], "threshold": config.max_quarantine_rate,
                   "rows_quarantined": summary["rows_quarantined"], "rows_in": summary["rows_in"]},
     )
+    balance = conservation(landing, result.valid, result.quarantined)  # counted from the landing files
     yield dg.AssetCheckResult(
-        check_name="rows_conserved",
-        passed=raw_comparisons.height == result.rows_valid + result.rows_quarantined,
-        metadata={"rows_in": raw_comparisons.height, "rows_valid": result.rows_valid,
-                  "rows_quarantined": result.rows_quarantined},
+        check_name=ROWS_CONSERVED,
+        passed=balance.pop("conserved"),
+        metadata={k: dg.MetadataValue.json(v) if isinstance(v, dict) else v for k, v in balance.items()}
+        | {"rows_ingested": raw_comparisons.height},
     )

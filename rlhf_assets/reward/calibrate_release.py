@@ -2,6 +2,9 @@
 
 Pairs are scored in their canonical orientation (response_a, response_b): margin = r(A) − r(B), y = 1 when the
 aggregated label is A (0.5 for ties kept with target 0.5), so both classes occur and AUC / ECE are meaningful.
+The method is chosen by cross-validation on the validation split; the test split is only measured. Every gated
+quantity (test accuracy, calibrated ECE, human correlation) carries a seeded bootstrap interval whose resamples,
+confidence and seed come from :class:`rlhf_assets.evaluation.thresholds.ReleaseThresholds`.
 """
 
 from __future__ import annotations
@@ -12,12 +15,15 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from rlhf_assets.evaluation.thresholds import ReleaseThresholds
 from rlhf_assets.registry.artifacts import ArtifactStore
 from rlhf_assets.reward.calibration import (
+    N_FOLDS,
     agreement_level,
     fit_and_select,
     human_correlation,
     length_bucket,
+    metric_intervals,
     reliability_diagram_png,
     slice_accuracy,
 )
@@ -28,19 +34,24 @@ from rlhf_assets.storage import Storage
 
 @dataclass(frozen=True)
 class CalibrationSettings:
-    min_test_accuracy: float = 0.6
-    max_calibrated_ece: float = 0.05
-    n_bootstrap: int = 1000
+    """How to calibrate (not what to accept: the limits are ReleaseThresholds')."""
+
     batch_size: int = 64
-    seed: int = 0
+    n_folds: int = N_FOLDS  # K of the cross-validation that picks Platt or isotonic on the validation split
+    fold_seed: int = 0
+
+
+#: The report's measured keys besides the intervals (all None when the scores are not finite).
+MEASURED = ("method", "cv_log_loss", "accuracy", "auc", "ece_before", "ece_after", "brier_before", "brier_after",
+            "log_loss_before", "log_loss_after")
 
 
 @dataclass
 class ReleaseCalibration:
     record: dict[str, Any]  # JSON: calibrator, report, correlation, slices (the asset's stored value)
     report: dict[str, Any]
-    reliability_png: bytes
-    nan_scores: int
+    reliability_png: bytes | None  # None when nothing could be measured
+    nan_scores: int  # non-finite scores (NaN or ±inf) over the validation and test splits
 
 
 def split_margins(scorer, table: pl.DataFrame, split: str, batch_size: int):
@@ -68,40 +79,63 @@ def store_calibration(storage: Storage, reward_model_id: str, calibrator: dict, 
 
 
 def calibrate_release(storage: Storage, artifact_id: str, dataset: pl.DataFrame,
-                      settings: CalibrationSettings | None = None) -> ReleaseCalibration:
+                      settings: CalibrationSettings | None = None,
+                      thresholds: ReleaseThresholds | None = None) -> ReleaseCalibration:
+    """Score the validation and test splits, calibrate and measure.
+
+    A reward model that gives any pair a non-finite score is not calibrated at all: its accuracy and ECE are left
+    unmeasured (None, with a ``reason``) rather than measured on the pairs it happened to score, so every gate on
+    them fails closed.
+    """
     settings = settings or CalibrationSettings()
+    thresholds = thresholds or ReleaseThresholds()
+    boot = {"n_boot": thresholds.n_bootstrap, "seed": thresholds.seed, "confidence": thresholds.confidence}
     scorer = load_reward_model(ArtifactStore(storage).get(artifact_id))
     val_m, val_y, _ = split_margins(scorer, dataset, "validation", settings.batch_size)
     test_m, test_y, test_rows = split_margins(scorer, dataset, "test", settings.batch_size)
     nan_scores = int((~np.isfinite(val_m)).sum() + (~np.isfinite(test_m)).sum())
-    val_ok, test_ok = np.isfinite(val_m), np.isfinite(test_m)
-    calibration = fit_and_select(val_m[val_ok], val_y[val_ok], test_m[test_ok], test_y[test_ok])
-    p_after = calibration.predict(test_m[test_ok])
-    share_a = test_rows["share_a"].to_numpy()[test_ok]
+    base = {"n_validation": int(val_m.size), "n_test": int(test_m.size), "nan_scores": nan_scores,
+            "n_folds": settings.n_folds, "fold_seed": settings.fold_seed, "n_bootstrap": thresholds.n_bootstrap,
+            "confidence": thresholds.confidence, "bootstrap_seed": thresholds.seed}
+    record = {"artifact_id": artifact_id, "settings": settings.__dict__}
+    if nan_scores:
+        report = base | dict.fromkeys(MEASURED, None) | {
+            "accuracy_ci": [None, None], "ece_after_debiased": None, "ece_after_ci": [None, None],
+            "reason": f"{nan_scores} non-finite reward-model score(s): not calibrated, not measured"}
+        record |= {"calibration_artifact_id": None, "calibrator": None, "report": report, "calibration": None,
+                   "human_correlation": None, "slices": []}
+        return ReleaseCalibration(record=record, report=report, reliability_png=None, nan_scores=nan_scores)
+
+    calibration = fit_and_select(val_m, val_y, test_m, test_y, n_folds=settings.n_folds, seed=settings.fold_seed)
+    p_after = calibration.predict(test_m)
+    intervals = metric_intervals(p_after, test_y, **boot)
+    share_a = test_rows["share_a"].to_numpy()
     lengths = (test_rows["response_a"].str.len_chars() + test_rows["response_b"].str.len_chars()).to_numpy() / 2
-    correlation = human_correlation(p_after, share_a, n_boot=settings.n_bootstrap, seed=settings.seed)
-    slices = slice_accuracy(p_after, test_y[test_ok], {
+    correlation = human_correlation(p_after, share_a, **boot)
+    slices = slice_accuracy(p_after, test_y, {
         "agreement_level": agreement_level(share_a),
-        "response_length": length_bucket(lengths[test_ok]),
+        "response_length": length_bucket(lengths),
     })
     full = calibration.to_dict()
-    report = {
+    report = base | {
         "method": calibration.method,
+        "cv_log_loss": full["cv_log_loss"],
         "accuracy": calibration.after["accuracy"],
+        "accuracy_ci": intervals["accuracy_ci"],
         "auc": calibration.after["auc"],
         "ece_before": calibration.ece_before,
         "ece_after": calibration.ece_after,
+        "ece_after_debiased": intervals["ece_debiased"],  # what the check and the gate act on, with its interval
+        "ece_after_ci": intervals["ece_ci"],
         "brier_before": calibration.before["brier"],
         "brier_after": calibration.after["brier"],
         "log_loss_before": calibration.before["log_loss"],
         "log_loss_after": calibration.after["log_loss"],
-        "n_validation": int(val_ok.sum()),
-        "n_test": int(test_ok.sum()),
+        "reason": None,
     }
     report = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in report.items()}
-    png = reliability_diagram_png(margin_probability(test_m[test_ok]), p_after, test_y[test_ok])
+    png = reliability_diagram_png(margin_probability(test_m), p_after, test_y)
     calibration_id = store_calibration(storage, artifact_id, full["calibrator"], report)
-    record = {"artifact_id": artifact_id, "calibration_artifact_id": calibration_id,
-              "calibrator": full["calibrator"], "report": report, "calibration": full,
-              "human_correlation": correlation, "slices": slices, "settings": settings.__dict__}
+    record |= {"calibration_artifact_id": calibration_id, "calibrator": full["calibrator"], "report": report,
+               "calibration": full, "human_correlation": correlation, "slices": slices}
     return ReleaseCalibration(record=record, report=report, reliability_png=png, nan_scores=nan_scores)

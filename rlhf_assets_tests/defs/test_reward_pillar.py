@@ -1,12 +1,17 @@
 """preference_dataset → reward_model (Lightning through Dagster Pipes) → rm_calibration on a tiny release."""
 
 import json
+import shutil
 
 import dagster as dg
+import polars as pl
 import pytest
 
+from rlhf_assets.defs.check_names import CALIBRATED_ECE, NO_NAN_SCORES, TEST_ACCURACY
 from rlhf_assets.definitions import defs
+from rlhf_assets.evaluation.thresholds import ReleaseThresholds
 from rlhf_assets.preference.simulator import landing_files, simulate_comparisons
+from rlhf_assets.preference.snapshot import SnapshotSettings, prompt_bucket, split_of
 from rlhf_assets.registry.artifacts import ArtifactStore
 from rlhf_assets.registry.releases import create_release
 from rlhf_assets.storage import Storage
@@ -23,16 +28,36 @@ def learnable_pairs(n=240, start=0):
              "rejected": f"no, go away, that is a stupid question about topic {k % 13}"} for k in range(start, start + n)]
 
 
-@pytest.fixture
-def release(storage_root, dagster_instance):
+def land_release(storage_root, instance, pairs):
     storage = Storage(storage_root)
-    batch = simulate_comparisons(learnable_pairs(), dates=[DAY], labels_per_pair=3, seed=3)
+    batch = simulate_comparisons(pairs, dates=[DAY], labels_per_pair=3, seed=3)
     for day, (name, data) in landing_files(batch).items():
         storage.write_bytes(storage.landing_dir(day).joinpath(name), data)
-    assert defs().resolve_job_def("data_pillar").execute_in_process(partition_key=DAY, instance=dagster_instance).success
+    assert defs().resolve_job_def("data_pillar").execute_in_process(partition_key=DAY, instance=instance).success
     create_release(storage, key=RELEASE)
-    dagster_instance.add_dynamic_partitions("release", [RELEASE])
+    instance.add_dynamic_partitions("release", [RELEASE])
     return storage
+
+
+@pytest.fixture
+def release(storage_root, dagster_instance):
+    return land_release(storage_root, dagster_instance, learnable_pairs())
+
+
+def on_test_split(pairs):
+    splits = pl.DataFrame({"prompt": [p["prompt"] for p in pairs]}).select(
+        split_of(prompt_bucket(pl.col("prompt")), SnapshotSettings()))[:, 0]
+    return (splits == "test").to_list()
+
+
+@pytest.fixture
+def release_test_humans_disagree(storage_root, dagster_instance):
+    """The humans of the test split prefer the rude response: to them the trained reward model is inverted (a
+    globally inverted model would not do — Platt, fitted on the validation split, would just flip its sign)."""
+    pairs = learnable_pairs()
+    flipped = [p | {"chosen": p["rejected"], "rejected": p["chosen"]} if on_test else p
+               for p, on_test in zip(pairs, on_test_split(pairs))]
+    return land_release(storage_root, dagster_instance, flipped)
 
 
 def run_release(instance, run_config, definitions=None, job="reward_pillar"):
@@ -45,16 +70,52 @@ def checks(result):
     return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
 
 
-def config(min_accuracy=0.6, max_ece=0.5):
-    return {"ops": {"reward_model": {"config": TINY},
-                    "rm_calibration": {"config": {"min_test_accuracy": min_accuracy, "max_calibrated_ece": max_ece,
-                                                  "n_bootstrap": 200}}}}
+def check_metadata(result, name):
+    (evaluation,) = [e for e in result.get_asset_check_evaluations() if e.check_name == name]
+    return {k: v.value for k, v in evaluation.metadata.items()}
+
+
+def materialized(result):
+    return {e.event_specific_data.materialization.asset_key.to_user_string()
+            for e in result.get_asset_materialization_events()}
+
+
+def config(min_accuracy=ReleaseThresholds.min_rm_test_accuracy, max_ece=0.5):
+    """Tiny data cannot reach the production ECE limit (34 test pairs): the shared thresholds are relaxed."""
+    return {"ops": {"reward_model": {"config": TINY}},
+            "resources": {"release_thresholds": {"config": {
+                "min_rm_test_accuracy": min_accuracy, "max_calibrated_ece": max_ece, "n_bootstrap": 200}}}}
+
+
+#: rm_calibration and what follows it up to PPO: sft_policy is in the selection, so ppo_policy has every input and
+#: only rm_calibration's blocking checks can keep it from running.
+THROUGH_PPO = [dg.AssetKey(k) for k in ("preference_dataset", "reward_model", "rm_calibration", "sft_policy",
+                                        "ppo_policy")]
+POLICY_OPS = {"sft_policy": {"config": {"epochs": 1, "max_prompt_tokens": 16, "max_response_tokens": 8}},
+              "ppo_policy": {"config": {"steps": 2, "rollout_prompts": 8, "minibatch_size": 8, "micro_batch_size": 8,
+                                        "max_new_tokens": 8, "max_prompt_tokens": 16, "eval_every": 1,
+                                        "n_eval_prompts": 8}}}
+
+
+def run_through_ppo(instance, run_config, selection=THROUGH_PPO):
+    run_config["ops"].update(POLICY_OPS)
+    return defs().resolve_job_def("release_chain").execute_in_process(
+        partition_key=RELEASE, instance=instance, run_config=run_config, asset_selection=selection,
+        raise_on_error=False)
+
+
+def assert_ppo_blocked(result):
+    assert not result.success
+    done = materialized(result)
+    assert "rm_calibration" in done and "sft_policy" in done  # the record is stored; PPO had all its inputs
+    assert "ppo_policy" not in done
+    assert not [e for e in result.all_events if e.step_key == "ppo_policy" and e.event_type_value == "STEP_START"]
 
 
 def test_reward_pillar_materializes_a_tiny_release(release, dagster_instance):
     result = run_release(dagster_instance, config())
     assert result.success, [e.message for e in result.all_events if e.is_failure]
-    assert checks(result) == {"test_accuracy": True, "calibrated_ece": True, "no_nan_scores": True}
+    assert checks(result) == {TEST_ACCURACY: True, CALIBRATED_ECE: True, NO_NAN_SCORES: True}
     storage = release
     reference = json.loads(storage.table_path("reward_model", RELEASE).with_suffix(".json").read_text())
     manifest = ArtifactStore(storage).manifest(reference["artifact_id"])
@@ -63,6 +124,14 @@ def test_reward_pillar_materializes_a_tiny_release(release, dagster_instance):
     calibration = json.loads(storage.table_path("rm_calibration", RELEASE).with_suffix(".json").read_text())
     assert calibration["artifact_id"] == reference["artifact_id"]
     assert calibration["calibrator"]["method"] in ("platt", "isotonic")
+    report = calibration["report"]
+    assert report["method"] == min(report["cv_log_loss"], key=report["cv_log_loss"].get)
+    for key, ci in (("accuracy", "accuracy_ci"), ("ece_after_debiased", "ece_after_ci")):
+        assert report[ci][0] <= report[key] <= report[ci][1]
+    assert report["n_bootstrap"] == 200 and calibration["human_correlation"]["n_boot"] == 200
+    accuracy = check_metadata(result, TEST_ACCURACY)
+    assert accuracy["outcome"] in ("pass", "inconclusive") and accuracy["threshold"] == 0.6
+    assert [accuracy["ci_low"], accuracy["ci_high"]] == report["accuracy_ci"]
     events = {e.event_specific_data.materialization.asset_key.to_user_string(): e.event_specific_data.materialization
               for e in result.get_asset_materialization_events()}
     rm_meta = events["reward_model"].metadata
@@ -93,16 +162,85 @@ def test_rematerializing_an_old_release_reads_its_own_snapshot(release, dagster_
     assert meta(second)["reused_pinned_snapshot"] is True and meta(first)["reused_pinned_snapshot"] is False
 
 
-def test_failing_calibration_check_blocks_downstream(release, dagster_instance):
-    """The real policy pillar in the same run: ppo_policy must not train on a reward model that failed its checks."""
-    run_config = config(min_accuracy=1.01)
-    run_config["ops"]["sft_policy"] = {"config": {"epochs": 1, "max_prompt_tokens": 16, "max_response_tokens": 8}}
-    result = run_release(dagster_instance, run_config, job="release_chain")
-    assert not result.success
-    assert checks(result)["test_accuracy"] is False
-    materialized = {e.event_specific_data.materialization.asset_key.to_user_string()
-                    for e in result.get_asset_materialization_events()}
-    assert "reward_model" in materialized and "ppo_policy" not in materialized
+def test_interval_check_fails_only_on_evidence_or_nothing_measured():
+    from rlhf_assets.defs.reward.rm_calibration import interval_check
+
+    cases = [([0.65, 0.8], ">=", "pass", True), ([0.5, 0.7], ">=", "inconclusive", True),
+             ([0.3, 0.55], ">=", "fail", False), ([None, None], ">=", "not measured", False),
+             ([0.01, 0.04], "<=", "pass", True), ([0.06, 0.09], "<=", "fail", False)]
+    for ci, comparison, expected, passed in cases:
+        threshold = 0.6 if comparison == ">=" else 0.05
+        result = interval_check(TEST_ACCURACY, 0.5, ci, threshold, comparison)
+        meta = {k: v.value for k, v in result.metadata.items()}
+        assert (result.passed, meta["outcome"]) == (passed, expected), (ci, comparison)
+        assert meta == {"value": 0.5, "ci_low": ci[0], "ci_high": ci[1], "threshold": threshold, "outcome": expected}
+
+
+def test_inaccurate_reward_model_fails_test_accuracy_and_blocks_ppo(release_test_humans_disagree,
+                                                                   dagster_instance):
+    """Accuracy's interval wholly below the limit fails the check, and ppo_policy in the same run does not train on
+    that reward model. The ECE limit is opened wide so test_accuracy alone blocks."""
+    result = run_through_ppo(dagster_instance, config(max_ece=1.0))
+    assert checks(result) == {TEST_ACCURACY: False, CALIBRATED_ECE: True, NO_NAN_SCORES: True}
+    meta = check_metadata(result, TEST_ACCURACY)
+    assert meta["outcome"] == "fail" and meta["threshold"] == ReleaseThresholds.min_rm_test_accuracy
+    assert meta["ci_low"] <= meta["value"] <= meta["ci_high"] < meta["threshold"]
+    assert_ppo_blocked(result)
+
+
+def test_tight_ece_threshold_fails_calibrated_ece_and_blocks_ppo(release, dagster_instance):
+    """The limit comes from the release_thresholds resource (not the asset's config): tightened there, the ECE
+    interval lies wholly above it and the check fails."""
+    result = run_through_ppo(dagster_instance, config(max_ece=0.01))
+    assert checks(result) == {TEST_ACCURACY: True, CALIBRATED_ECE: False, NO_NAN_SCORES: True}
+    meta = check_metadata(result, CALIBRATED_ECE)
+    assert meta["outcome"] == "fail" and meta["threshold"] == 0.01
+    assert meta["threshold"] < meta["ci_low"] <= meta["value"] <= meta["ci_high"]
+    assert_ppo_blocked(result)
+    # A later run of PPO alone (Dagster blocks only within the run that evaluated the check) refuses as well.
+    later = run_through_ppo(dagster_instance, config(max_ece=0.01), selection=[dg.AssetKey("ppo_policy")])
+    assert not later.success and "ppo_policy" not in materialized(later)
+    failure = next(e for e in later.all_events if e.is_step_failure)
+    assert "rm_calibration:calibrated_ece failed" in failure.event_specific_data.error.message
+
+
+def nan_weights_artifact(storage, artifact_id, tmp_path):
+    """A copy of a reward-model artifact whose head weights are NaN (what a diverged run would store)."""
+    from safetensors.torch import load_file, save_file
+
+    store = ArtifactStore(storage)
+    work = tmp_path / "nan_reward_model"
+    shutil.copytree(store.get(artifact_id), work, ignore=shutil.ignore_patterns("manifest.json"))
+    weights = load_file(work / "model.safetensors")
+    for name in [n for n in weights if n.startswith("head.")]:
+        weights[name] = weights[name].clone().fill_(float("nan"))
+    save_file(weights, work / "model.safetensors", metadata={"format": "pt"})
+    manifest = {k: v for k, v in store.manifest(artifact_id).items() if k not in ("id", "kind", "files", "created_at")}
+    return store.put_dir(work, kind=store.manifest(artifact_id)["kind"], manifest=manifest).id
+
+
+def test_nan_reward_model_fails_no_nan_scores_and_blocks_ppo(release, dagster_instance, tmp_path):
+    """The stored reward model is swapped for one whose weights are NaN: every score is NaN, nothing can be
+    calibrated, and rm_calibration still reports — no_nan_scores fails and accuracy / ECE fail closed as not
+    measured — so ppo_policy does not run."""
+    storage = release
+    first = run_through_ppo(dagster_instance, config(), selection=THROUGH_PPO[:2])
+    assert first.success
+    reference_path = storage.table_path("reward_model", RELEASE).with_suffix(".json")
+    reference = json.loads(reference_path.read_text())
+    reference["artifact_id"] = nan_weights_artifact(storage, reference["artifact_id"], tmp_path)
+    storage.write_json(reference_path, reference)
+
+    result = run_through_ppo(dagster_instance, config(max_ece=1.0), selection=THROUGH_PPO[2:])
+    assert checks(result) == {TEST_ACCURACY: False, CALIBRATED_ECE: False, NO_NAN_SCORES: False}
+    assert check_metadata(result, NO_NAN_SCORES)["nan_scores"] > 0
+    for name in (TEST_ACCURACY, CALIBRATED_ECE):
+        meta = check_metadata(result, name)
+        assert meta["outcome"] == "not measured" and meta["value"] is None
+    record = json.loads(storage.table_path("rm_calibration", RELEASE).with_suffix(".json").read_text())
+    assert record["calibrator"] is None and record["report"]["nan_scores"] == check_metadata(
+        result, NO_NAN_SCORES)["nan_scores"]
+    assert_ppo_blocked(result)
 
 
 def test_ddp_through_dagster_pipes_matches_one_process(release, dagster_instance):

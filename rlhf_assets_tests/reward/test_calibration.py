@@ -1,4 +1,4 @@
-"""Calibration of reward-model margins: Platt / isotonic, selection, human correlation, slices, the plot."""
+"""Calibration of reward-model margins: Platt / isotonic, CV selection, intervals, human correlation, slices, plot."""
 
 from __future__ import annotations
 
@@ -15,13 +15,17 @@ from rlhf_assets.reward.calibration import (
     PlattCalibrator,
     agreement_level,
     calibrator_from_dict,
+    cross_validated_log_loss,
     fit_and_select,
     human_correlation,
     length_bucket,
+    metric_intervals,
     reliability_diagram_png,
+    select_method,
     slice_accuracy,
 )
-from rlhf_assets.reward.metrics import expected_calibration_error, log_loss, margin_probability, oriented
+from rlhf_assets.evaluation.evidence import bootstrap_ci
+from rlhf_assets.reward.metrics import accuracy, expected_calibration_error, log_loss, margin_probability, oriented
 
 
 def _bernoulli(rng: np.random.Generator, p: np.ndarray) -> np.ndarray:
@@ -168,9 +172,10 @@ def test_calibration_fixes_overconfident_scores():
     assert report.after["brier"] < report.before["brier"]
     assert report.before["ece"] == pytest.approx(expected_calibration_error(margin_probability(test_m), test_y))
     assert report.after["ece"] == pytest.approx(expected_calibration_error(report.predict(test_m), test_y))
-    assert report.n_val == report.n_test == 4_000 and report.n_bins == 15
+    assert report.n_val == report.n_test == 4_000 and report.n_bins == 15 and report.n_folds == 5
     d = report.to_dict()
     json.dumps(d, allow_nan=False)
+    assert set(d["cv_log_loss"]) == {"platt", "isotonic"} and d["method"] == report.method
     assert set(d["before"]) == {"n", "accuracy", "auc", "ece", "log_loss", "brier"}
     restored = calibrator_from_dict(d["calibrator"])
     np.testing.assert_allclose(restored.predict(test_m), report.predict(test_m))
@@ -193,26 +198,114 @@ def _step_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return m, _bernoulli(rng, np.where(m > 0, 0.9, 0.1))
 
 
-def test_selection_picks_lower_test_log_loss():
-    # isotonic should win: plenty of data, a step-shaped truth
-    val_m, val_y = _step_data(4_000, seed=20)
-    test_m, test_y = _step_data(4_000, seed=21)
-    iso_report = fit_and_select(val_m, val_y, test_m, test_y)
-    # platt should win: a tiny validation split makes isotonic overconfident (0/1 steps) on the test split
-    val_m2, val_y2 = _overconfident(30, seed=22)
-    test_m2, test_y2 = _overconfident(2_000, seed=23)
-    platt_report = fit_and_select(val_m2, val_y2, test_m2, test_y2)
+def test_cross_validation_with_one_pair_per_fold_is_leave_one_out():
+    """K = n: each pair is scored by calibrators fitted on all the others — checkable without the fold logic."""
+    m, y = _overconfident(24, seed=24)
+    cv = cross_validated_log_loss(m, y, n_folds=m.size, seed=3)
+    for name, cls in (("platt", PlattCalibrator), ("isotonic", IsotonicCalibrator)):
+        held_out = [log_loss(cls().fit(np.delete(m, i), np.delete(y, i)).predict(m[i:i + 1]), y[i:i + 1])
+                    for i in range(m.size)]
+        assert cv[name] == pytest.approx(np.mean(held_out))
 
-    for report, test_m_, test_y_, val in ((iso_report, test_m, test_y, (val_m, val_y)),
-                                          (platt_report, test_m2, test_y2, (val_m2, val_y2))):
-        expected = {"platt": log_loss(PlattCalibrator().fit(*val).predict(test_m_), test_y_),
-                    "isotonic": log_loss(IsotonicCalibrator().fit(*val).predict(test_m_), test_y_)}
-        assert report.candidate_log_loss == pytest.approx(expected)
-        assert report.method == min(expected, key=expected.get)
-        assert report.after["log_loss"] == pytest.approx(min(expected.values()))
-        assert report.calibrator.method == report.method
-    assert iso_report.method == "isotonic"
-    assert platt_report.method == "platt"
+
+def test_cross_validation_skips_a_fold_left_with_one_outcome():
+    """A single pair of one outcome (tiny validation splits have them): the fold holding it out cannot be fitted
+    and is skipped for both candidates; the other folds are scored as usual (K = n, so checkable by hand)."""
+    m = np.linspace(-2.0, 2.0, 12)
+    y = np.ones(12)
+    y[3] = 0.0  # exactly one y = 0
+    cv = cross_validated_log_loss(m, y, n_folds=m.size, seed=0)
+    for name, cls in (("platt", PlattCalibrator), ("isotonic", IsotonicCalibrator)):
+        held_out = [log_loss(cls().fit(np.delete(m, i), np.delete(y, i)).predict(m[i:i + 1]), y[i:i + 1])
+                    for i in range(m.size) if i != 3]
+        assert cv[name] == pytest.approx(np.mean(held_out))
+    assert np.isfinite(cross_validated_log_loss(m, y, n_folds=5)["platt"])
+
+
+def test_cross_validation_is_seeded_and_validates():
+    m, y = _overconfident(200, seed=25)
+    assert cross_validated_log_loss(m, y, seed=1) == cross_validated_log_loss(m, y, seed=1)
+    assert cross_validated_log_loss(m, y, seed=1) != cross_validated_log_loss(m, y, seed=2)
+    assert cross_validated_log_loss(m, y, n_folds=5) != cross_validated_log_loss(m, y, n_folds=10)
+    with pytest.raises(ValueError, match="n_folds must be an integer >= 2"):
+        cross_validated_log_loss(m, y, n_folds=1)
+    with pytest.raises(ValueError, match="at least 5 pairs"):
+        cross_validated_log_loss([-1.0, 0.0, 1.0, 2.0], [0.0, 1.0, 0.0, 1.0])
+    # too small for any fold to keep both outcomes in its training part: nothing scored, Platt by default
+    assert all(np.isnan(v) for v in cross_validated_log_loss([0.0, 1.0], [0.0, 1.0], n_folds=2).values())
+    assert select_method([0.0, 1.0], [0.0, 1.0], n_folds=2)[0] == "platt"
+
+
+def test_selection_by_cross_validation_on_the_validation_split():
+    # isotonic should win: plenty of data, a step-shaped truth
+    iso = fit_and_select(*_step_data(4_000, seed=20), *_step_data(4_000, seed=21))
+    # platt should win: a tiny validation split makes isotonic overconfident (0/1 steps) on held-out folds
+    val_m2, val_y2 = _overconfident(30, seed=22)
+    platt = fit_and_select(val_m2, val_y2, *_overconfident(2_000, seed=23))
+    for report, val in ((iso, _step_data(4_000, seed=20)), (platt, (val_m2, val_y2))):
+        assert report.cv_log_loss == cross_validated_log_loss(*val, n_folds=5, seed=0)
+        assert report.method == min(report.cv_log_loss, key=report.cv_log_loss.get)
+        refit = {"platt": PlattCalibrator, "isotonic": IsotonicCalibrator}[report.method]().fit(*val)
+        grid = np.linspace(-8, 8, 101)
+        np.testing.assert_allclose(report.predict(grid), refit.predict(grid))  # fitted on the whole split
+    assert iso.method == "isotonic"
+    assert platt.method == "platt"
+
+
+def test_choice_never_looks_at_the_test_split():
+    """The same validation split with two test splits that favour opposite methods: the choice and the calibrator
+    stay the same (choosing by test log-loss, as before, would flip), only the test-split measurements move."""
+    val_m, val_y = _step_data(1_000, seed=26)
+    test_m, test_y = _step_data(2_000, seed=27)
+    flipped = 1.0 - test_y  # a reward model the test humans disagree with
+    fitted = {"platt": PlattCalibrator().fit(val_m, val_y), "isotonic": IsotonicCalibrator().fit(val_m, val_y)}
+
+    def best_on_test(labels):
+        losses = {name: log_loss(cal.predict(test_m), labels) for name, cal in fitted.items()}
+        return min(losses, key=losses.get)
+
+    assert best_on_test(test_y) != best_on_test(flipped)  # the test split would decide differently
+    a = fit_and_select(val_m, val_y, test_m, test_y)
+    b = fit_and_select(val_m, val_y, test_m, flipped)
+    assert a.method == b.method
+    assert a.calibrator.to_dict() == b.calibrator.to_dict()
+    assert a.cv_log_loss == b.cv_log_loss
+    assert a.method == "isotonic" and a.after["accuracy"] == pytest.approx(1.0 - b.after["accuracy"])
+
+
+def test_ties_go_to_platt(monkeypatch):
+    import rlhf_assets.reward.calibration as calibration
+
+    monkeypatch.setattr(calibration, "cross_validated_log_loss", lambda *a, **k: {"platt": 0.5, "isotonic": 0.5})
+    assert select_method([0.0, 1.0], [0.0, 1.0]) == ("platt", {"platt": 0.5, "isotonic": 0.5})
+    monkeypatch.setattr(calibration, "cross_validated_log_loss", lambda *a, **k: {"platt": 0.5, "isotonic": 0.4})
+    assert select_method([0.0, 1.0], [0.0, 1.0])[0] == "isotonic"
+
+
+# ------------------------------------------------------------------------------------------------ intervals
+
+
+def test_metric_intervals_are_seeded_and_contain_the_estimate():
+    m, y = _overconfident(400, seed=28)
+    p = margin_probability(m)
+    a = metric_intervals(p, y, n_boot=300, seed=4, confidence=0.95)
+    assert a == metric_intervals(p, y, n_boot=300, seed=4, confidence=0.95)
+    assert a != metric_intervals(p, y, n_boot=300, seed=5, confidence=0.95)
+    assert a["accuracy"] == accuracy(p, y) and a["ece"] == pytest.approx(expected_calibration_error(p, y))
+    assert a["ece_debiased"] < a["ece"]  # the correction removes noise's upward bias
+    for key, point in (("accuracy", "accuracy"), ("ece", "ece_debiased")):
+        low, high = a[f"{key}_ci"]
+        assert low < a[point] < high
+        wide = metric_intervals(p, y, n_boot=300, seed=4, confidence=0.99)[f"{key}_ci"]
+        assert wide[0] <= low and wide[1] >= high
+    assert a["ece_ci"][0] > 0.1  # overconfident: ECE is clearly high, the interval says so
+    json.dumps(a, allow_nan=False)
+
+
+def test_metric_intervals_not_measurable():
+    assert metric_intervals([0.7], [1.0], n_boot=100, seed=0, confidence=0.95)["accuracy_ci"] == [None, None]
+    empty = metric_intervals([], [], n_boot=100, seed=0, confidence=0.95)
+    assert empty["accuracy"] is None and empty["ece_ci"] == [None, None]
 
 
 def test_fit_and_select_validates_inputs():

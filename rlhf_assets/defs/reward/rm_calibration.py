@@ -3,18 +3,33 @@ import base64
 import dagster as dg
 import polars as pl
 
+from rlhf_assets.defs.check_names import CALIBRATED_ECE, NO_NAN_SCORES, TEST_ACCURACY
 from rlhf_assets.defs.partitions import release_partitions
-from rlhf_assets.defs.resources import StorageResource
+from rlhf_assets.defs.resources import ReleaseThresholdsResource, StorageResource
+from rlhf_assets.evaluation.evidence import FAIL, INCONCLUSIVE, NOT_MEASURED, PASS, outcome
 from rlhf_assets.reward.calibrate_release import CalibrationSettings, calibrate_release
 
 
 class CalibrationConfig(dg.Config):
-    min_test_accuracy: float = CalibrationSettings.min_test_accuracy
-    """Blocking: the reward model's test-split accuracy must reach this."""
-    max_calibrated_ece: float = CalibrationSettings.max_calibrated_ece
-    """Blocking: expected calibration error (15 bins) after calibration must not exceed this."""
-    n_bootstrap: int = CalibrationSettings.n_bootstrap
+    """How to calibrate; the limits the checks apply are the ``release_thresholds`` resource's."""
+
     batch_size: int = CalibrationSettings.batch_size
+    n_folds: int = CalibrationSettings.n_folds
+    """K of the cross-validation on the validation split that chooses Platt or isotonic (ties → Platt)."""
+    fold_seed: int = CalibrationSettings.fold_seed
+
+
+def interval_check(check_name: str, value, ci: list, threshold: float, comparison: str) -> dg.AssetCheckResult:
+    """Fails only on evidence: the whole interval on the wrong side, or nothing measured (fail closed)."""
+    low, high = ci if ci else (None, None)
+    verdict = outcome(low, high, threshold, comparison)
+    return dg.AssetCheckResult(
+        check_name=check_name, passed=verdict in (PASS, INCONCLUSIVE),
+        description={PASS: f"interval {comparison} {threshold}",
+                     FAIL: f"interval wholly fails {comparison} {threshold}",
+                     INCONCLUSIVE: f"interval straddles {threshold}: not evidence of a failure",
+                     NOT_MEASURED: "not measured (fails closed)"}[verdict],
+        metadata={"value": value, "ci_low": low, "ci_high": high, "threshold": threshold, "outcome": verdict})
 
 
 @dg.asset(
@@ -23,44 +38,56 @@ class CalibrationConfig(dg.Config):
     kinds={"scikitlearn"},
     io_manager_key="table_io_manager",
     check_specs=[
-        dg.AssetCheckSpec("test_accuracy", asset="rm_calibration", blocking=True),
-        dg.AssetCheckSpec("calibrated_ece", asset="rm_calibration", blocking=True),
-        dg.AssetCheckSpec("no_nan_scores", asset="rm_calibration", blocking=True),
+        dg.AssetCheckSpec(TEST_ACCURACY, asset="rm_calibration", blocking=True, partitions_def=release_partitions),
+        dg.AssetCheckSpec(CALIBRATED_ECE, asset="rm_calibration", blocking=True, partitions_def=release_partitions),
+        dg.AssetCheckSpec(NO_NAN_SCORES, asset="rm_calibration", blocking=True, partitions_def=release_partitions),
     ],
 )
 def rm_calibration(
     context: dg.AssetExecutionContext,
     config: CalibrationConfig,
     storage: StorageResource,
+    release_thresholds: ReleaseThresholdsResource,
     reward_model: dict,
     preference_dataset: pl.DataFrame,
 ):
-    """Platt and isotonic calibration of the reward model's score margin, fitted on the validation split and chosen
-    by test-split log-loss; accuracy, AUC, ECE, Brier and correlation with human agreement on the test split."""
+    """Platt or isotonic calibration of the reward model's score margin, chosen by K-fold cross-validated log-loss
+    on the validation split and fitted on all of it; accuracy, AUC, ECE, Brier and correlation with human agreement
+    measured on the test split only, the gated ones with bootstrap intervals. The blocking checks fail when an
+    interval lies wholly on the wrong side of its release threshold, when nothing was measured, or on any
+    non-finite reward-model score."""
+    thresholds = release_thresholds.thresholds()
     settings = CalibrationSettings(**config.model_dump())
-    result = calibrate_release(storage.storage(), reward_model["artifact_id"], preference_dataset, settings)
+    result = calibrate_release(storage.storage(), reward_model["artifact_id"], preference_dataset, settings,
+                               thresholds)
     report = result.report
-    image = base64.b64encode(result.reliability_png).decode()
-    yield dg.Output(
-        result.record,
-        metadata={
-            "artifact_id": reward_model["artifact_id"],
-            "method": report["method"],
-            "test_accuracy": report["accuracy"],
-            "test_auc": report["auc"],
-            "ece_before": report["ece_before"],
-            "ece_after": report["ece_after"],
-            "brier_after": report["brier_after"],
-            "log_loss_after": report["log_loss_after"],
-            "human_correlation": dg.MetadataValue.json(result.record["human_correlation"]),
-            "slices": dg.MetadataValue.json(result.record["slices"]),
-            "reliability_diagram": dg.MetadataValue.md(f"![reliability diagram](data:image/png;base64,{image})"),
-        },
-    )
-    yield dg.AssetCheckResult(check_name="test_accuracy", passed=bool(report["accuracy"] >= settings.min_test_accuracy),
-                              metadata={"value": report["accuracy"], "threshold": settings.min_test_accuracy})
-    ece = report["ece_after"]
-    yield dg.AssetCheckResult(check_name="calibrated_ece", passed=bool(ece is not None and ece <= settings.max_calibrated_ece),
-                              metadata={"value": ece, "threshold": settings.max_calibrated_ece})
-    yield dg.AssetCheckResult(check_name="no_nan_scores", passed=result.nan_scores == 0,
+    metadata = {
+        "artifact_id": reward_model["artifact_id"],
+        "method": report["method"],
+        "cv_log_loss": dg.MetadataValue.json(report["cv_log_loss"] or {}),
+        "test_accuracy": report["accuracy"],
+        "test_accuracy_ci": dg.MetadataValue.json(report["accuracy_ci"]),
+        "test_auc": report["auc"],
+        "ece_before": report["ece_before"],
+        "ece_after": report["ece_after"],
+        "ece_after_debiased": report["ece_after_debiased"],
+        "ece_after_ci": dg.MetadataValue.json(report["ece_after_ci"]),
+        "brier_after": report["brier_after"],
+        "log_loss_after": report["log_loss_after"],
+        "nan_scores": result.nan_scores,
+        "human_correlation": dg.MetadataValue.json(result.record["human_correlation"] or {}),
+        "slices": dg.MetadataValue.json(result.record["slices"]),
+    }
+    if report["reason"]:
+        context.log.warning(f"rm_calibration: {report['reason']}")
+        metadata["reason"] = report["reason"]
+    if result.reliability_png is not None:
+        image = base64.b64encode(result.reliability_png).decode()
+        metadata["reliability_diagram"] = dg.MetadataValue.md(f"![reliability diagram](data:image/png;base64,{image})")
+    yield dg.Output(result.record, metadata=metadata)
+    yield interval_check(TEST_ACCURACY, report["accuracy"], report["accuracy_ci"], thresholds.min_rm_test_accuracy,
+                         ">=")
+    yield interval_check(CALIBRATED_ECE, report["ece_after_debiased"], report["ece_after_ci"], thresholds.max_calibrated_ece,
+                         "<=")
+    yield dg.AssetCheckResult(check_name=NO_NAN_SCORES, passed=result.nan_scores == 0,
                               metadata={"nan_scores": result.nan_scores})

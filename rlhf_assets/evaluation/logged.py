@@ -1,7 +1,8 @@
 """Logged production data for off-policy evaluation: the schema, its validation, and a simulator.
 
 One row per response the behaviour policy (the registry's ``production`` alias; the SFT policy before any
-promotion) served:
+promotion) served — and, while a canary runs, the canary's responses too: ``policy_id`` says which policy served a
+row, and a log of several is weighted against their mixture (:func:`.sequence_ope.behavior_mixture`):
 
 =========================  ==============  =========================================================================
 column                     type            meaning
@@ -13,7 +14,7 @@ response_token_ids         list[int]       the response ids as sampled, EOS incl
 behavior_token_logprobs    list[float]     log π_b of each response token, of the distribution SAMPLED FROM
 behavior_logprob           float           their sum: the sequence log-probability log π_b(response | prompt)
 reward                     float           the calibrated reward-model score (``ProxyReward.raw``; no EOS penalty)
-human_label                float | null    a human audit's label where one exists
+human_label                float | null    a human audit's score of the response, where one exists (any scale)
 policy_id                  str             the behaviour policy's artifact id
 temperature                float           the sampling temperature T the response was drawn at
 max_new_tokens             int             the response length cap (a capped response has no EOS)
@@ -35,7 +36,9 @@ incremental KV-cache logits of generation, so the recorded values equal what a l
 the same ids by the same policy gives (to float32 rounding, ~1e-6), which is what the importance weights compare.
 
 :func:`simulate_log` produces such a log from held-out prompts (``rlhf ope --simulate`` and the demo); in production
-the serving logs and the human audits in the landing zone feed it. :func:`validate_log` checks either. No Dagster.
+the serving logs and the human audits in the landing zone feed it. :func:`validate_log` checks either. The
+``human_label`` column is the outcome of ``evaluate_target(..., outcome="human")`` (doubly robust, with the reward
+model mapped onto the label's scale; :mod:`.sequence_ope`). No Dagster.
 """
 
 from __future__ import annotations

@@ -26,7 +26,17 @@ how many moments of the weight distribution are finite; above 0.7 the estimate c
 at any practical n, however many samples the ESS suggests. :func:`estimate_policy_value` therefore *refuses*
 (``reliable=False`` with a ``reason``) when k̂ > max_pareto_k or ESS < min_ess_share·n: the value is still
 reported, but a deployment gate must not act on it. :func:`uplift` compares the target with the behaviour policy
-(the plain mean of the logged rewards) under a paired bootstrap.
+(the plain mean of the logged rewards, or a baseline policy's own weighted estimate) under a paired bootstrap.
+
+Several behaviour policies (a canary serving a share of the traffic beside production): multiple importance
+sampling with the balance heuristic (Veach & Guibas 1995) takes the mixture as the behaviour density,
+q(y|x) = Σ_j s_j π_j(y|x) with s_j = n_j / n the policies' shares of the log (:func:`mixture_logprob`), every row
+scored by EVERY policy. Unbiased when the traffic split does not depend on the prompt (a random split at fixed
+shares over the log's period). Since q ≥ s_j π_j, a target equal to policy j has weights ≤ 1/s_j: a canary's own
+samples bound the tail that makes a production-only log refuse it.
+
+Outcomes other than the logged reward (human labels) use the same estimators with ``rewards`` = the label and,
+for DR, a direct-method model on the label's scale: :func:`linear_outcome_map` maps the reward model onto it.
 
 No Dagster here; the ``ope_report`` asset calls these functions.
 """
@@ -48,7 +58,9 @@ __all__ = [
     "effective_sample_size",
     "estimate_policy_value",
     "fit_generalized_pareto",
+    "linear_outcome_map",
     "log_importance_weights",
+    "mixture_logprob",
     "pareto_k",
     "policy_value",
     "sequence_logprob",
@@ -164,6 +176,50 @@ def log_importance_weights(logp_target: Any, logp_behavior: Any) -> np.ndarray:
     if lt.size < 2:
         raise ValueError(f"off-policy evaluation needs at least 2 logged samples; got {lt.size}")
     return lt - lb
+
+
+def mixture_logprob(logp_components: Any, shares: Any) -> np.ndarray:
+    """log q = log Σ_j s_j π_j(y_i|x_i) per row (n,): the behaviour density of a log that mixes J policies in the
+    shares s_j (the balance heuristic of multiple importance sampling; module docstring).
+
+    ``logp_components`` (n, J) holds each row's sequence log-probability under EVERY behaviour policy, not only
+    under the one that produced it; ``shares`` (J,) are positive and sum to 1 (n_j / n: the log's row counts).
+    """
+    lp = np.asarray(logp_components, dtype=np.float64)
+    if lp.ndim != 2 or lp.shape[1] < 1:
+        raise ValueError(f"logp_components must be two-dimensional (rows × behaviour policies); got shape {lp.shape}")
+    if not np.all(np.isfinite(lp)):
+        raise ValueError(f"logp_components has {int((~np.isfinite(lp)).sum())} non-finite value(s)")
+    if lp.max() > _LOGP_TOL:
+        raise ValueError(f"logp_components has positive values (max {lp.max():.4g}); log-probabilities are ≤ 0")
+    s = _as_1d(shares, "shares")
+    if s.size != lp.shape[1]:
+        raise ValueError(f"{s.size} shares for {lp.shape[1]} behaviour policies")
+    if np.any(s <= 0) or abs(s.sum() - 1.0) > 1e-9:
+        raise ValueError(f"shares must be positive and sum to 1 (the policies' shares of the log); got {s.tolist()}")
+    return logsumexp(lp + np.log(s), axis=1)
+
+
+def linear_outcome_map(scores: Any, labels: Any) -> dict[str, float]:
+    """Least-squares fit label ≈ intercept + slope·score: the reward model mapped onto a human label's scale, the
+    direct-method model of a doubly robust estimate whose outcome is the label.
+
+    Returns {intercept, slope, r2, n}. Constant scores carry no information about the label: slope 0, intercept =
+    the mean label. A negative slope is kept (the RM and the humans disagree, and the DR estimate must know it).
+    """
+    x, y = _as_1d(scores, "scores"), _as_1d(labels, "labels")
+    if x.size != y.size:
+        raise ValueError(f"{x.size} scores for {y.size} labels")
+    if x.size < 2:
+        raise ValueError(f"a linear outcome map needs at least 2 labelled rows; got {x.size}")
+    xc, yc = x - x.mean(), y - y.mean()
+    sxx = float(xc @ xc)
+    slope = float(xc @ yc) / sxx if sxx > 0 else 0.0
+    intercept = float(y.mean() - slope * x.mean())
+    syy = float(yc @ yc)
+    resid = y - (intercept + slope * x)
+    r2 = 1.0 - float(resid @ resid) / syy if syy > 0 else 1.0
+    return {"intercept": intercept, "slope": slope, "r2": r2, "n": int(x.size)}
 
 
 # ------------------------------------------------------------------------------------------------- estimators
@@ -426,7 +482,8 @@ def estimate_policy_value(logp_target: Any, logp_behavior: Any, rewards: Any, q_
 
 @dataclass
 class UpliftEstimate:
-    """Target value minus behaviour value (the plain mean of the logged rewards), with a paired bootstrap interval.
+    """Target value minus behaviour value (the plain mean of the logged rewards, or the baseline policy's SNIS
+    estimate when :func:`uplift` got ``baseline_log_w``), with a paired bootstrap interval.
 
     ``target`` is the full :class:`OPEEstimate`; the uplift is only as reliable as it is.
     """
@@ -456,8 +513,11 @@ class UpliftEstimate:
 
 def uplift(logp_target: Any, logp_behavior: Any, rewards: Any, q_logged: Any = None, v_target: Any = None, *,
            estimator: str = "sndr", clip: float = 100.0, n_boot: int = 1000, level: float = 0.95, seed: int = 0,
-           min_ess_share: float = 0.1, max_pareto_k: float = 0.7) -> UpliftEstimate:
+           min_ess_share: float = 0.1, max_pareto_k: float = 0.7, baseline_log_w: Any = None) -> UpliftEstimate:
     """Estimated gain of the target over the behaviour policy, V̂(target) − mean(rewards).
+
+    With ``baseline_log_w`` (log π_baseline − log q per row, e.g. production's weights against a mixed log) the
+    behaviour value is instead the baseline's SNIS estimate on the same rows: Σ w_b·r / Σ w_b.
 
     The interval is a *paired* bootstrap: each resample draws one set of rows for both terms, so the (strong)
     positive correlation between them narrows the interval of the difference, as it should. The target's own
@@ -471,10 +531,19 @@ def uplift(logp_target: Any, logp_behavior: Any, rewards: Any, q_logged: Any = N
     r, q, v = _check_rest(log_w.size, rewards, q_logged, v_target)
     kernel = _kernel(estimator, math.log(clip))
 
-    def difference(lw: np.ndarray, rr: np.ndarray, qq: Any, vv: Any) -> np.ndarray:
-        return kernel(lw, rr, qq, vv) - rr.mean(axis=-1)
+    if baseline_log_w is None:
+        bw = None
+        behavior_value = float(r.mean())
+    else:
+        bw = _as_1d(baseline_log_w, "baseline_log_w")
+        if bw.size != log_w.size:
+            raise ValueError(f"baseline_log_w has {bw.size} values for {log_w.size} logged samples")
+        behavior_value = float(_self_normalized_mean(bw, r))
 
-    behavior_value = float(r.mean())
-    ci_low, ci_high = _percentile_interval(_bootstrap(difference, (log_w, r, q, v), int(n_boot), seed), level)
+    def difference(lw: np.ndarray, rr: np.ndarray, qq: Any, vv: Any, bb: Any) -> np.ndarray:
+        base = rr.mean(axis=-1) if bb is None else _self_normalized_mean(bb, rr)
+        return kernel(lw, rr, qq, vv) - base
+
+    ci_low, ci_high = _percentile_interval(_bootstrap(difference, (log_w, r, q, v, bw), int(n_boot), seed), level)
     return UpliftEstimate(value=target.value - behavior_value, ci_low=ci_low, ci_high=ci_high, level=float(level),
                           n_boot=int(n_boot), behavior_value=behavior_value, target=target)

@@ -4,15 +4,73 @@ Tables (polars DataFrames) are written to <root>/tables/<asset>/<partition>.parq
 (content sha256, rows, columns, schema and code version); both are atomic writes, and the manifest also goes into
 the materialization metadata, so the UI shows exactly which bytes a partition holds. Small references (a dict:
 an artifact id, a calibrator) are written as <partition>.json. Nothing is pickled.
+
+An input over ONE partition gets the stored object. An input over many (e.g. AllPartitionMapping: every daily key
+since the partitions' start, ~1,000, most never materialized) gets :class:`StoredPartitions`: the stored ones
+among those keys (one listing of the asset's folder), each read only when the asset asks for it.
 """
 
 from __future__ import annotations
+
+import io
+from collections.abc import Iterator, Mapping
+from functools import cached_property
+from typing import Any
 
 import dagster as dg
 import polars as pl
 
 from rlhf_assets.manifest import table_manifest
-from rlhf_assets.storage import Storage
+from rlhf_assets.storage import Storage, sha256_bytes
+
+
+class StoredPartition:
+    """One stored partition of an asset: its manifest (tables: {partition, sha256, rows, ...}; None for a JSON
+    reference), its bytes, or the object itself (a table is checked against its manifest's sha256)."""
+
+    def __init__(self, storage: Storage, asset: str, partition: str):
+        self.storage, self.asset, self.partition = storage, asset, partition
+        self.table_path = storage.table_path(asset, partition)
+
+    @cached_property
+    def manifest(self) -> dict[str, Any] | None:
+        path = self.storage.manifest_path(self.asset, self.partition)
+        return self.storage.read_json(path) if path.exists() else None
+
+    def read_bytes(self) -> bytes:
+        path = self.table_path if self.manifest is not None else self.table_path.with_suffix(".json")
+        return self.storage.read_bytes(path)
+
+    def load(self) -> pl.DataFrame | dict:
+        if self.manifest is None:
+            return self.storage.read_json(self.table_path.with_suffix(".json"))
+        data = self.read_bytes()
+        if sha256_bytes(data) != self.manifest["sha256"]:
+            raise ValueError(f"{self.asset}/{self.partition}: stored table does not match its manifest's sha256")
+        return pl.read_parquet(io.BytesIO(data))
+
+    def __repr__(self) -> str:
+        return f"StoredPartition({self.asset!r}, {self.partition!r})"
+
+
+class StoredPartitions(Mapping[str, StoredPartition]):
+    """The stored partitions among the keys an input asked for, in key order; nothing is read until asked."""
+
+    def __init__(self, storage: Storage, asset: str, keys: list[str]):
+        names = {p.name for p in storage.list_files(storage.path("tables", asset))}
+        # a manifest is written after its table, so it marks a complete one; .json is a reference
+        stored = [k for k in keys if f"{k}.manifest.json" in names or f"{k}.json" in names]
+        self._items = {k: StoredPartition(storage, asset, k) for k in sorted(stored)}
+        self.requested = len(keys)
+
+    def __getitem__(self, key: str) -> StoredPartition:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 class PolarsTableIOManager(dg.ConfigurableIOManager):
@@ -53,15 +111,15 @@ class PolarsTableIOManager(dg.ConfigurableIOManager):
             }
         )
 
-    def load_input(self, context: dg.InputContext) -> pl.DataFrame | dict:
+    def load_input(self, context: dg.InputContext) -> pl.DataFrame | dict | StoredPartitions:
         storage = self._storage()
         name = self._name(context.asset_key)
         if not context.has_asset_partitions:
             return self._read(storage, name, None)
-        keys = context.asset_partition_keys
-        if context.has_partition_key and keys == [context.partition_key]:  # same-partition dependency
+        keys = list(context.asset_partition_keys)
+        if len(keys) == 1:  # same-partition (or any one-to-one) dependency
             return self._read(storage, name, keys[0])
-        return {key: self._read(storage, name, key) for key in keys}
+        return StoredPartitions(storage, name, keys)
 
     @staticmethod
     def _read(storage: Storage, name: str, partition: str | None) -> pl.DataFrame | dict:

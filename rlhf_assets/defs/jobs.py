@@ -27,7 +27,8 @@ release_chain_job = dg.define_asset_job(
     "release_chain",
     selection=dg.AssetSelection.groups("reward", "policy", "release"),
     partitions_def=release_partitions,
-    description="Everything of one release: dataset, reward model, calibration, policies, evaluation, decision.",
+    description="Everything of one release: dataset, reward model, calibration, policies, the held-out judge "
+                "reward model, evaluation, decision.",
 )
 
 apply_release_decision_job = dg.define_asset_job(

@@ -5,15 +5,19 @@ of that manifest (with the snapshot settings) is the dataset id. The table is st
 (``<root>/datasets/sha256/<id>.parquet``), and the release points at it (``registry/releases/<key>.dataset.json``),
 so rematerializing an old release reads its own snapshot, never "the newest data".
 
-Splits are by a hash of the prompt: no prompt appears in two splits.
+Splits are by a hash of the prompt: no prompt appears in two splits. Besides train/validation/test there is a
+``judge`` split: the pairs of an independent judge reward model, which scores the release's policy without PPO ever
+having optimised it (Gao et al.'s gold/proxy set-up), so the uplift that gates a release is not the proxy's own.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import polars as pl
 
@@ -28,19 +32,30 @@ class SnapshotError(RuntimeError):
     """The snapshot cannot be built or read as pinned; the message says which partition and why."""
 
 
+#: Split names in prompt-bucket order: [0, train) train, then validation, then judge; the rest is test.
+SPLITS = ("train", "validation", "judge", "test")
+
+
 @dataclass(frozen=True)
 class SnapshotSettings:
+    """Split fractions (of prompts, by hash) default to train 0.6 / validation 0.1 / judge 0.2 / test 0.1: the judge
+    gets a third of the reward model's training budget — enough pairs to rank responses on its own — while the
+    validation and test splits keep their former 0.1 each (early stopping, calibration and OPE prompts are
+    unchanged in size). ``judge_fraction=0`` gives the former train/validation/test split exactly."""
+
     tie_policy: Literal["drop", "half"] = "drop"  # drop tied pairs, or keep them with target 0.5
-    train_fraction: float = 0.8
-    validation_fraction: float = 0.1  # the rest is the test split
+    train_fraction: float = 0.6
+    validation_fraction: float = 0.1
+    judge_fraction: float = 0.2  # the held-out judge reward model's pairs; the rest is the test split
     min_confidence: float = 0.0  # drop pairs whose aggregated label is less certain than this
 
     def __post_init__(self):
         if self.tie_policy not in ("drop", "half"):
             raise ValueError(f"tie_policy must be 'drop' or 'half', got {self.tie_policy!r}")
-        if not (0 < self.train_fraction < 1 and 0 <= self.validation_fraction < 1
-                and self.train_fraction + self.validation_fraction <= 1):
-            raise ValueError("need 0 < train_fraction < 1, 0 <= validation_fraction and their sum <= 1")
+        if not (0 < self.train_fraction < 1 and 0 <= self.validation_fraction < 1 and 0 <= self.judge_fraction < 1
+                and self.train_fraction + self.validation_fraction + self.judge_fraction <= 1 + 1e-12):
+            raise ValueError("need 0 < train_fraction < 1, 0 <= validation_fraction, 0 <= judge_fraction and "
+                             "their sum <= 1 (the rest is the test split)")
 
 
 @dataclass
@@ -57,33 +72,53 @@ def prompt_bucket(prompt: pl.Expr) -> pl.Expr:
                                return_dtype=pl.Float64)
 
 
-def upstream_partitions(storage: Storage, cutoff: str) -> list[dict[str, Any]]:
-    """Manifests of the aggregated days on or before the cutoff, in date order."""
-    folder = storage.path("tables", UPSTREAM_ASSET)
-    manifests = [storage.read_json(p) for p in storage.list_files(folder) if p.name.endswith(".manifest.json")]
-    return sorted((m for m in manifests if m.get("partition") and m["partition"] <= cutoff),
-                  key=lambda m: m["partition"])
+def split_of(bucket: pl.Expr, settings: SnapshotSettings) -> pl.Expr:
+    """The split of a prompt bucket: consecutive intervals of [0, 1) in :data:`SPLITS` order."""
+    edge = settings.train_fraction
+    expr = pl.when(bucket < edge).then(pl.lit("train"))
+    for name, fraction in (("validation", settings.validation_fraction), ("judge", settings.judge_fraction)):
+        edge += fraction
+        expr = expr.when(bucket < edge).then(pl.lit(name))
+    return expr.otherwise(pl.lit("test"))
 
 
-def build_snapshot(storage: Storage, cutoff: str, settings: SnapshotSettings | None = None) -> DatasetSnapshot:
+class UpstreamDay(Protocol):
+    """One stored ``aggregated_labels`` day as the asset's input hands it over (the IO manager's StoredPartition):
+    its manifest ({partition, sha256, rows, ...}) and its bytes, read only when asked."""
+
+    @property
+    def manifest(self) -> dict[str, Any] | None: ...
+
+    def read_bytes(self) -> bytes: ...
+
+
+def days_on_or_before(upstream: Mapping[str, UpstreamDay], cutoff: str) -> list[str]:
+    """The stored days a snapshot with this cutoff reads, in date order (never a day after the cutoff)."""
+    return sorted(day for day in upstream if day <= cutoff)
+
+
+def build_snapshot(upstream: Mapping[str, UpstreamDay], cutoff: str,
+                   settings: SnapshotSettings | None = None) -> DatasetSnapshot:
+    """Read every stored day on or before ``cutoff`` (each checked against its manifest's sha256) and pin them."""
     settings = settings or SnapshotSettings()
-    upstream = upstream_partitions(storage, cutoff)
-    if not upstream:
+    days = days_on_or_before(upstream, cutoff)
+    if not days:
         raise SnapshotError(f"no {UPSTREAM_ASSET} partitions on or before {cutoff}: materialize the data pillar first")
-    frames = []
-    for m in upstream:
-        path = storage.table_path(UPSTREAM_ASSET, m["partition"])
-        data = storage.read_bytes(path)
+    frames, pinned = [], []
+    for day in days:
+        m = upstream[day].manifest
+        if not m or m.get("partition") != day:
+            raise SnapshotError(f"{UPSTREAM_ASSET}/{day}: no table manifest for this partition")
+        data = upstream[day].read_bytes()
         if sha256_bytes(data) != m["sha256"]:
-            raise SnapshotError(f"{UPSTREAM_ASSET}/{m['partition']}: content does not match its manifest")
-        frame = storage.read_parquet(path)
-        frames.append(frame.with_columns(pl.lit(m["partition"]).alias("day")))
+            raise SnapshotError(f"{UPSTREAM_ASSET}/{day}: content does not match its manifest")
+        frames.append(pl.read_parquet(io.BytesIO(data)).with_columns(pl.lit(day).alias("day")))
+        pinned.append({"partition": day, "sha256": m["sha256"], "rows": m["rows"]})
     labels = pl.concat(frames, how="diagonal_relaxed")
     rows_in = labels.height
     # A pair judged again on a later day: the latest aggregate wins.
     labels = labels.sort("day").unique("pair_id", keep="last").sort("pair_id")
     table, dropped = _to_training_rows(labels, settings)
-    pinned = [{"partition": m["partition"], "sha256": m["sha256"], "rows": m["rows"]} for m in upstream]
     identity = {"upstream": pinned, "settings": asdict(settings), "schema_version": SCHEMA_VERSION}
     dataset_id = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     counts = table.group_by("split").len().sort("split")
@@ -115,9 +150,7 @@ def _to_training_rows(labels: pl.DataFrame, settings: SnapshotSettings) -> tuple
     weight = pl.col("mean_annotator_accuracy") if "mean_annotator_accuracy" in labels.columns else pl.lit(1.0)
     table = labels.select(
         "pair_id", "day",
-        pl.when(bucket < settings.train_fraction).then(pl.lit("train"))
-        .when(bucket < settings.train_fraction + settings.validation_fraction).then(pl.lit("validation"))
-        .otherwise(pl.lit("test")).alias("split"),
+        split_of(bucket, settings).alias("split"),
         "prompt", "response_a", "response_b", "label", "p_a", "p_b", "p_tie", "share_a", "n_votes",
         pl.when(a_wins).then(pl.col("response_a")).otherwise(pl.col("response_b")).alias("chosen"),
         pl.when(a_wins).then(pl.col("response_b")).otherwise(pl.col("response_a")).alias("rejected"),
@@ -139,9 +172,10 @@ def pinned_dataset_id(storage: Storage, release: str) -> str:
     return storage.read_json(pointer)["dataset_id"]
 
 
-def load_or_build_snapshot(storage: Storage, release: str, cutoff: str,
+def load_or_build_snapshot(storage: Storage, release: str, cutoff: str, upstream: Mapping[str, UpstreamDay],
                            settings: SnapshotSettings | None = None) -> DatasetSnapshot:
-    """The release's pinned snapshot when it has one; otherwise build it, store it and pin it."""
+    """The release's pinned snapshot when it has one (``upstream`` is then not read at all: late annotations do not
+    change it); otherwise build it from ``upstream``, store it and pin it."""
     pointer = _pointer(storage, release)
     if pointer.exists():
         dataset_id = storage.read_json(pointer)["dataset_id"]
@@ -151,7 +185,7 @@ def load_or_build_snapshot(storage: Storage, release: str, cutoff: str,
         if sha256_bytes(data) != manifest["table_sha256"]:
             raise SnapshotError(f"dataset {dataset_id}: stored table does not match its manifest")
         return DatasetSnapshot(dataset_id, storage.read_parquet(table_path), manifest, reused=True)
-    snapshot = build_snapshot(storage, cutoff, settings)
+    snapshot = build_snapshot(upstream, cutoff, settings)
     table_path = storage.path("datasets", "sha256", f"{snapshot.dataset_id}.parquet")
     snapshot.manifest["table_sha256"] = storage.write_parquet(table_path, snapshot.table)
     storage.write_json(storage.path("datasets", "sha256", f"{snapshot.dataset_id}.manifest.json"), snapshot.manifest)

@@ -55,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--dataset-id", help="Id of the preference_dataset snapshot (recorded in the manifest).")
     t.add_argument("--parent", action="append", default=[], dest="parents", help="Parent artifact id (repeatable).")
     t.add_argument("--no-progress", action="store_true", help="No progress bar even on a terminal.")
+    t.add_argument("--artifact-kind", default="reward_model", choices=["reward_model", "judge_reward_model"],
+                   help="The artifact's role in the store (judge_reward_model: a release's independent judge).")
 
     e = sub.add_parser("eval", help="Evaluate a stored reward model on preference pairs.")
     e.add_argument("--model", required=True, help="Artifact id (or unique prefix), artifact directory, or 'latest'.")
@@ -115,7 +117,8 @@ def _train(args: argparse.Namespace) -> int:
 
         result = train_reward_model(config, train_path, val_path, out, store_root=args.store,
                                     dataset_id=args.dataset_id, parent_ids=tuple(args.parents),
-                                    progress=not args.no_progress, log=log if _rank() == 0 else None)
+                                    progress=not args.no_progress, log=log if _rank() == 0 else None,
+                                    artifact_kind=args.artifact_kind)
         if result is None:  # not rank 0
             return 0
         if pipes is not None:

@@ -248,8 +248,11 @@ def train_reward_model(config: RMConfig, train_pairs_path: str | os.PathLike[str
                        val_pairs_path: str | os.PathLike[str], work_dir: str | os.PathLike[str],
                        store_root: Optional[str] = None, dataset_id: Optional[str] = None,
                        parent_ids: Sequence[str] = (), progress: bool = True,
-                       log: Optional[LogFn] = None) -> Optional[TrainResult]:
+                       log: Optional[LogFn] = None, artifact_kind: str = ARTIFACT_KIND) -> Optional[TrainResult]:
     """Fit, evaluate and store a reward model; returns the result on rank 0 and ``None`` on other ranks.
+
+    ``artifact_kind`` names the artifact's role in the store (``judge_reward_model`` for the release's independent
+    judge), so ``latest`` reward model never resolves to a judge.
 
     Process-wide torch settings changed for the run (deterministic algorithms) are restored afterwards, so an
     in-process caller (a test, an in-process Dagster step) is left as it was.
@@ -260,14 +263,15 @@ def train_reward_model(config: RMConfig, train_pairs_path: str | os.PathLike[str
                             torch.is_deterministic_algorithms_warn_only_enabled())
     try:
         return _train(config, train_pairs_path, val_pairs_path, work_dir, store_root, dataset_id, parent_ids,
-                      progress, log)
+                      progress, log, artifact_kind)
     finally:
         torch.use_deterministic_algorithms(deterministic_before[0], warn_only=deterministic_before[1])
 
 
 def _train(config: RMConfig, train_pairs_path: str | os.PathLike[str], val_pairs_path: str | os.PathLike[str],
            work_dir: str | os.PathLike[str], store_root: Optional[str], dataset_id: Optional[str],
-           parent_ids: Sequence[str], progress: bool, log: Optional[LogFn]) -> Optional[TrainResult]:
+           parent_ids: Sequence[str], progress: bool, log: Optional[LogFn],
+           artifact_kind: str = ARTIFACT_KIND) -> Optional[TrainResult]:
     say: LogFn = log or (lambda msg: None)
     t0 = time.perf_counter()
     cfg = config.resolved()
@@ -372,7 +376,7 @@ def _train(config: RMConfig, train_pairs_path: str | os.PathLike[str], val_pairs
     n_params = sum(p.numel() for p in net_out.parameters())
     early_stopped = any(isinstance(c, EarlyStopping) and c.stopped_epoch > 0 for c in trainer.callbacks)
     manifest = {
-        "kind": ARTIFACT_KIND,
+        "kind": artifact_kind,
         "dataset_id": dataset_id,
         "code_version": code_version(),
         "config": cfg.to_dict(),
@@ -397,7 +401,7 @@ def _train(config: RMConfig, train_pairs_path: str | os.PathLike[str], val_pairs
     store = ArtifactStore(storage_from_env(store_root))
     with tempfile.TemporaryDirectory(dir=work, prefix=".export-") as tmp:
         payload = save_reward_model(net_out, tokenizer, cfg, Path(tmp) / "payload")
-        ref = store.put_dir(payload, kind=ARTIFACT_KIND, manifest=manifest)
+        ref = store.put_dir(payload, kind=artifact_kind, manifest=manifest)
     say(f"artifact {ref.id} at {ref.uri}")
     stored = store.manifest(ref.id)
     return TrainResult(

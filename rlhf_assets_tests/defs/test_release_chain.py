@@ -1,23 +1,27 @@
 """The whole release chain on a tiny release, in one Dagster run: preference_dataset → reward_model →
-rm_calibration → sft_policy → ppo_policy (both through Pipes) → ope_report → deployment_decision →
+rm_calibration → sft_policy → ppo_policy (both through Pipes), the held-out judge_reward_model (Pipes) →
+ope_report → deployment_decision →
 production_release; and rollback by materializing an older production_release partition."""
 
 import json
 
 import dagster as dg
+from pytest import approx
 
 from rlhf_assets.definitions import defs
-from rlhf_assets.evaluation.gates import GateThresholds, decide
-from rlhf_assets.defs.release.deployment_decision import gate_inputs
+from rlhf_assets.evaluation.gates import decide, gate_inputs
+from rlhf_assets.evaluation.thresholds import ReleaseThresholds
 from rlhf_assets.registry.aliases import Registry
 from rlhf_assets.registry.artifacts import ArtifactStore
 from rlhf_assets.registry.decisions import read_decision
 from rlhf_assets.registry.listing import release_listing
 from rlhf_assets.registry.releases import create_release
-from rlhf_assets_tests.defs.test_reward_pillar import RELEASE, checks, config, release, run_release  # noqa: F401
+from rlhf_assets_tests.defs.test_reward_pillar import (  # noqa: F401
+    RELEASE, TINY, checks, config, release, run_release)
 
 SFT = {"epochs": 3, "max_prompt_tokens": 24, "max_response_tokens": 16}
-#: Tiny data cannot reach production-grade calibration; these gates are relaxed so the chain's logic is exercised.
+#: Tiny data cannot reach production-grade calibration; these thresholds (the release_thresholds resource, shared by
+#: the blocking checks and the gates) are relaxed so the chain's logic is exercised.
 GATES = {"max_calibrated_ece": 0.5, "min_human_rm_correlation": -1.0}
 PPO = {"steps": 4, "rollout_prompts": 16, "minibatch_size": 8, "micro_batch_size": 8, "max_new_tokens": 12,
        "max_prompt_tokens": 24, "eval_every": 2, "n_eval_prompts": 16, "lr": 1e-3}
@@ -27,7 +31,10 @@ def test_whole_release_chain_decides_and_moves_the_alias(release, dagster_instan
     run_config = config()
     run_config["ops"].update({"sft_policy": {"config": SFT}, "ppo_policy": {"config": PPO},
                               "ope_report": {"config": {"n_boot": 200}},
-                              "deployment_decision": {"config": GATES}})
+                              "judge_reward_model": {"config": TINY},
+                              })
+    thresholds = run_config.setdefault("resources", {}).setdefault("release_thresholds", {"config": {}})
+    thresholds["config"].update(GATES)
     result = run_release(dagster_instance, run_config, job="release_chain")
     assert result.success, [e.message for e in result.all_events if e.is_failure]
     assert checks(result)["kl_within_budget"] is True
@@ -52,10 +59,34 @@ def test_whole_release_chain_decides_and_moves_the_alias(release, dagster_instan
     # OPE → decision → alias
     ope = json.loads(storage.table_path("ope_report", RELEASE).with_suffix(".json").read_text())
     assert ope["target_policy_id"] == ppo["artifact_id"] and ope["behavior_policy_id"] == sft["artifact_id"]
-    assert ope["n"] == storage.read_parquet(storage.table_path("ope_log", RELEASE)).height > 0
+    ope_log = storage.read_parquet(storage.table_path("ope_log", RELEASE))
+    assert ope["n"] == ope_log.height > 0
+
+    # the judge: its own reward model, trained on the judge split only (prompts PPO's reward model never saw),
+    # scores the same log; both uplifts are reported, labelled
+    judge = json.loads(storage.table_path("judge_reward_model", RELEASE).with_suffix(".json").read_text())
+    dataset = storage.read_parquet(storage.table_path("preference_dataset", RELEASE))
+    judge_manifest, rm_manifest = store.manifest(judge["artifact_id"]), store.manifest(rm["artifact_id"])
+    assert judge["artifact_id"] != rm["artifact_id"] and judge_manifest["kind"] == "judge_reward_model"
+    assert judge["dataset_id"] == judge_manifest["dataset_id"] == rm["dataset_id"]
+    assert judge_manifest["data"]["n_train"] == (dataset["split"] == "judge").sum() > 0
+    assert rm_manifest["data"]["n_train"] == (dataset["split"] == "train").sum()
+    assert judge_manifest["data"]["val_sha256"] == rm_manifest["data"]["val_sha256"]  # early-stopped on validation
+    assert judge_manifest["seed"] != rm_manifest["seed"]
+    assert ope["judge"]["reward_model_id"] == ope["judge_reward_model_id"] == judge["artifact_id"]
+    assert ope["proxy"]["reward_model_id"] == ope["reward_model_id"] == rm["artifact_id"]
+    assert ope["judge"]["behavior"]["value"] == approx(float(ope_log["judge_reward"].mean()))
+    assert ope["proxy"]["behavior"]["value"] == approx(float(ope_log["reward"].mean()))
+    ope_meta = events["ope_report"].metadata
+    assert ope_meta["judge_uplift"].value == ope["judge"]["uplift"]["value"]
+    assert ope_meta["proxy_uplift"].value == ope["proxy"]["uplift"]["value"]
+    assert "judge uplift" in ope_meta["report"].value and "proxy uplift" in ope_meta["report"].value
     record = read_decision(storage, RELEASE)
     calibration = json.loads(storage.table_path("rm_calibration", RELEASE).with_suffix(".json").read_text())
-    expected = decide(gate_inputs(ope, ppo, calibration, []), GateThresholds(**GATES))
+    upstream = record["inputs"]["upstream_checks"]
+    assert {c["status"] for c in upstream} == {"passed"} and len(upstream) == 4  # read back from the instance
+    expected = decide(gate_inputs(ope, ppo, calibration, upstream), ReleaseThresholds(**GATES))
+    assert record["gates"] == expected.to_dict()["gates"]
     assert record["verdict"] == expected.verdict and record["artifacts"]["policy"] == ppo["artifact_id"]
     assert store.manifest(record["artifacts"]["calibration"])["kind"] == "calibration"
     assert "gates" in events["deployment_decision"].metadata

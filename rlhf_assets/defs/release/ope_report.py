@@ -35,10 +35,13 @@ def ope_report(
     ppo_policy: dict,
     reward_model: dict,
     rm_calibration: dict,
+    judge_reward_model: dict,
 ):
-    """Off-policy estimate of the PPO policy's value against the behaviour (production) policy's logged samples:
-    SNDR/SNIS with bootstrap intervals, the uplift, ESS and PSIS k̂ (refused as 'unreliable' when the weights
-    cannot support a number), a weight histogram and a markdown report."""
+    """Off-policy estimate of the PPO policy's value against the behaviour (production) policy's logged samples,
+    twice on the same log and importance weights: with the proxy (the calibrated reward model PPO optimised;
+    reported only) and with the held-out judge reward model (every logged response re-scored; its uplift gates).
+    SNDR/SNIS with bootstrap intervals, ESS and PSIS k̂ (refused as 'unreliable' when the weights cannot support a
+    number), a weight histogram and a markdown report."""
     store = storage.storage()
     ppo_config = ArtifactStore(store).manifest(ppo_policy["artifact_id"])["config"]
     prompts = (preference_dataset.filter(pl.col("split") == "test").select("prompt").unique(maintain_order=True)
@@ -47,16 +50,23 @@ def ope_report(
         store, sft_id=sft_policy["artifact_id"], target_id=ppo_policy["artifact_id"],
         reward_id=reward_model["artifact_id"], calibrator=rm_calibration["calibrator"], prompts=prompts,
         max_prompt_tokens=int(ppo_config["max_prompt_tokens"]), max_new_tokens=int(ppo_config["max_new_tokens"]),
-        settings=OPESettings(**config.model_dump()))
+        judge_id=judge_reward_model["artifact_id"], settings=OPESettings(**config.model_dump()))
     log_path = store.table_path("ope_log", context.partition_key)
     log_sha = store.write_parquet(log_path, result.log)
     r = result.report
-    context.log.info(f"OPE: {result.log_source}; uplift {r['uplift']['value']} reliable={r['reliable']}")
+    proxy, judge = r["proxy"], r["judge"]
+    context.log.info(f"OPE: {result.log_source}; judge uplift {judge['uplift']['value']}, proxy uplift "
+                     f"{proxy['uplift']['value']}, reliable={r['reliable']}")
     report = {**r, "log_path": str(log_path), "log_sha256": log_sha}
+    labelled = {f"{name}_{key}": side[part][field]
+                for name, side in (("judge", judge), ("proxy", proxy))
+                for key, part, field in (("uplift", "uplift", "value"), ("uplift_ci_low", "uplift", "ci_low"),
+                                         ("uplift_ci_high", "uplift", "ci_high"), ("target_value", "target", "value"),
+                                         ("behavior_value", "behavior", "value"))}
     return dg.Output(report, metadata={
-        "target_value": r["target"]["value"], "behavior_value": r["behavior"]["value"],
-        "uplift": r["uplift"]["value"], "uplift_ci_low": r["uplift"]["ci_low"],
-        "uplift_ci_high": r["uplift"]["ci_high"], "ess": r["ess"], "ess_share": r["ess_share"],
+        **labelled, "judge_units": judge["units"], "proxy_units": proxy["units"],
+        "judge_reward_model": judge["reward_model_id"], "proxy_reward_model": proxy["reward_model_id"],
+        "ess": r["ess"], "ess_share": r["ess_share"],
         "pareto_k": r["pareto_k"], "reliable": r["reliable"], "reason": r["reason"] or "",
         "behavior_policy": f"{result.behavior_id[:16]} ({r['behavior_origin']})", "log_source": result.log_source,
         "logged_samples": result.log.height, "log": dg.MetadataValue.path(str(log_path)),

@@ -55,17 +55,24 @@ def reward_model(
 ):
     """Bradley–Terry reward model trained with Lightning in its own process (`rlhf rm train`, launched through
     Dagster Pipes, so DDP/FSDP own their processes), stored as a content-addressed safetensors artifact."""
+    return train_rm(context, config, storage, pipes_subprocess_client, preference_dataset, "train", "reward_model")
+
+
+def train_rm(context: dg.AssetExecutionContext, config: RewardModelConfig, storage: StorageResource,
+             client: dg.PipesSubprocessClient, dataset: pl.DataFrame, split: str, kind: str) -> dg.Output:
+    """Stage the release's ``split`` (train pairs) and validation pairs, run `rlhf rm train` through Pipes, and
+    return the artifact reference; shared by reward_model and judge_reward_model (``kind`` = the artifact's role)."""
     dataset_id = pinned_dataset_id(storage.storage(), context.partition_key)  # the artifact's lineage
     training = config.training_config()
-    work = work_dir(storage.root, "reward_model", context.partition_key, dataset_id, training)
+    work = work_dir(storage.root, kind, context.partition_key, dataset_id, training)
     work.mkdir(parents=True, exist_ok=True)
-    for split, name in (("train", "train.jsonl"), ("validation", "val.jsonl")):
-        (work / name).write_bytes(pairs_jsonl(preference_dataset, split))
+    for name, part in (("train.jsonl", split), ("val.jsonl", "validation")):
+        (work / name).write_bytes(pairs_jsonl(dataset, part))
     (work / "config.json").write_text(json.dumps(training, indent=2))
-    reported, metadata = run_entrypoint(context, pipes_subprocess_client, storage, "rlhf_assets.reward.entrypoint", [
+    reported, metadata = run_entrypoint(context, client, storage, "rlhf_assets.reward.entrypoint", [
         "train", "--config", str(work / "config.json"), "--pairs", str(work / "train.jsonl"),
         "--val-pairs", str(work / "val.jsonl"), "--out", str(work), "--store", storage.root,
-        "--dataset-id", dataset_id,
+        "--dataset-id", dataset_id, "--artifact-kind", kind,
     ])
     reference = {"artifact_id": reported["artifact_id"], "uri": reported.get("artifact_uri"),
                  "dataset_id": dataset_id, "metrics": numeric(reported)}

@@ -75,10 +75,19 @@ def demo(
                        f"kept step {release.get('ppo_selected_step')} (held-out proxy reward "
                        f"{_fmt(release.get('ppo_selected_proxy_reward'))}, KL {_fmt(release.get('ppo_selected_kl'))})")
         if release.get("verdict"):
-            typer.echo(f"off-policy eval:    uplift {_fmt(release.get('ope_uplift'))} "
-                       f"[{_fmt(release.get('ope_uplift_ci_low'))}, {_fmt(release.get('ope_uplift_ci_high'))}], "
-                       f"ESS share {_fmt(release.get('ope_ess_share'))}, k̂ {_fmt(release.get('ope_pareto_k'))}, "
+            typer.echo(f"off-policy eval:    judge uplift {_fmt(release.get('ope_judge_uplift'))} "
+                       f"[{_fmt(release.get('ope_judge_uplift_ci_low'))}, "
+                       f"{_fmt(release.get('ope_judge_uplift_ci_high'))}] (gates); proxy uplift "
+                       f"{_fmt(release.get('ope_proxy_uplift'))} [{_fmt(release.get('ope_proxy_uplift_ci_low'))}, "
+                       f"{_fmt(release.get('ope_proxy_uplift_ci_high'))}] (reported); ESS share "
+                       f"{_fmt(release.get('ope_ess_share'))}, k̂ {_fmt(release.get('ope_pareto_k'))}, "
                        f"reliable {release.get('ope_reliable')}")
+            typer.echo("gates:              gate, value, interval, threshold, outcome")
+            for name, g in (release.get("gates") or {}).items():
+                value = (f"{sum(v.endswith(': passed') for v in g['value'])}/{len(g['value'])} passed"
+                         if isinstance(g["value"], list) else _fmt(g["value"]))
+                interval = f"[{_fmt(g['ci_low'])}, {_fmt(g['ci_high'])}]" if g.get("ci_low") is not None else "-"
+                typer.echo(f"  {name:<21} {value:<10} {interval:<17} {_fmt(g['threshold']):<7} {g['outcome']}")
             aliases = release.get("aliases", {})
             typer.echo(f"decision:           {release['verdict']}; production → {aliases.get('production') or '-'}, "
                        f"canary → {aliases.get('canary') or '-'}   (rlhf release list)")
@@ -271,7 +280,10 @@ def _materialize_production_release(release: str, run_config: dict) -> None:
     result = defs().resolve_job_def("apply_release_decision").execute_in_process(
         partition_key=release, instance=instance, run_config=quiet | run_config, raise_on_error=False)
     if not result.success:
-        _fail(f"the apply_release_decision run {result.run_id} failed; see it in the Dagster UI")
+        failures = [e.step_failure_data.user_failure_data.description for e in result.all_events
+                    if e.is_step_failure and e.step_failure_data.user_failure_data is not None]
+        _fail(f"the apply_release_decision run {result.run_id} failed"
+              + (f": {failures[0]}" if failures and failures[0] else "") + "; see it in the Dagster UI")
     out = result.output_for_node("production_release")
     typer.echo(json.dumps({"run_id": result.run_id, "action": out["action"], "reason": out["reason"],
                            "aliases": out["aliases"]}, indent=2))
@@ -279,9 +291,18 @@ def _materialize_production_release(release: str, run_config: dict) -> None:
 
 @release_app.command("rollback")
 def release_rollback(release: Annotated[str, typer.Argument(help="The older release to put back in production.")]):
-    """Materialize production_release for RELEASE through Dagster: the aliases move back to its artifacts, nothing
-    retrains, and the registry history records the rollback. Prints the new aliases."""
-    _materialize_production_release(release, {})
+    """Put production back to exactly the artifacts RELEASE last held in production (from the registry history,
+    whether it got there by its own promotion, an override or a rollback): a production_release run in mode
+    rollback on the Dagster instance, recorded in the history as `rollback`. Nothing retrains. A release that never
+    held production exits 2 and names the releases that did. Prints the new aliases."""
+    from rlhf_assets.registry.aliases import Registry
+    from rlhf_assets.registry.deployment import NeverInProduction, last_in_production, production_releases
+    from rlhf_assets.storage import storage_from_env
+
+    history = Registry(storage_from_env(None)).history()
+    if last_in_production(history, release) is None:
+        _fail(str(NeverInProduction(release, production_releases(history))))
+    _materialize_production_release(release, {"ops": {"production_release": {"config": {"mode": "rollback"}}}})
 
 
 @release_app.command("promote")
@@ -309,6 +330,10 @@ def ope(
     sft: Annotated[Optional[str], typer.Option(help="SFT policy used as behaviour when nothing is in production.")]
     = None,
     calibration: Annotated[Optional[Path], typer.Option(help="rm_calibration record or calibrator JSON.")] = None,
+    judge_model: Annotated[Optional[str], typer.Option(
+        help="Held-out judge reward model (a judge_reward_model artifact id or directory): the log is re-scored by "
+             "it and its uplift is reported next to the proxy's. Without it the judge uplift — the one that "
+             "gates a release — is not measured.")] = None,
     samples_per_prompt: int = 2,
     max_prompt_tokens: int = 96,
     max_new_tokens: int = 24,
@@ -316,10 +341,11 @@ def ope(
     as_json: Annotated[bool, typer.Option("--json")] = False,
     root: Annotated[Optional[str], typer.Option(help="Storage root (default $RLHF_STORAGE_ROOT or ./.rlhf).")] = None,
 ):
-    """Off-policy estimate of a target policy's value and uplift from a behaviour policy's log."""
+    """Off-policy estimate of a target policy's value and uplift from a behaviour policy's log: with the proxy
+    (--reward-model, the one PPO optimised) and, given --judge-model, with the held-out judge, side by side."""
     from rlhf_assets.evaluation.logged import simulate_log
-    from rlhf_assets.evaluation.release_ope import behavior_policy_id
-    from rlhf_assets.evaluation.sequence_ope import evaluate_target, markdown_report
+    from rlhf_assets.evaluation.release_ope import behavior_policy_id, proxy_and_judge
+    from rlhf_assets.evaluation.sequence_ope import markdown_report
     from rlhf_assets.policy.data import read_jsonl
     from rlhf_assets.policy.reward_fn import ProxyReward
     from rlhf_assets.registry.artifacts import ArtifactNotFound, ArtifactStore
@@ -340,15 +366,21 @@ def ope(
         else:
             behavior_dir = store.resolve(behavior)
         target_dir = store.resolve(target, kind="ppo_policy")
-        reward = ProxyReward(load_reward_model(store.resolve(reward_model, kind="reward_model")),
+        reward_dir = store.resolve(reward_model, kind="reward_model")
+        reward = ProxyReward(load_reward_model(reward_dir),
                              json.loads(calibration.read_text()).get("calibrator") if calibration else None)
+        judge_dir = store.resolve(judge_model, kind="judge_reward_model") if judge_model else None
+        if judge_dir is not None and judge_dir.resolve() == reward_dir.resolve():
+            _fail("--judge-model is the --reward-model itself: the judge must be a model the policy was not "
+                  "trained on (the release's judge_reward_model)")
+        judge = ProxyReward(load_reward_model(judge_dir)) if judge_dir is not None else None  # raw BT score
         rows = [r["prompt"] for r in read_jsonl(prompts, ("prompt",))]
         log = simulate_log(behavior_dir, reward, rows, samples_per_prompt=samples_per_prompt,
                            max_prompt_tokens=max_prompt_tokens, max_new_tokens=max_new_tokens)
-        report = evaluate_target(log, target_dir, reward)
+        report, log, _ = proxy_and_judge(log, target_dir, reward, judge, proxy_id=reward_dir.name,
+                                         judge_id=judge_dir.name if judge_dir is not None else None)
     except (ValueError, ArtifactNotFound) as exc:
         _fail(str(exc))
-    report.pop("log_weights", None)
     if log_out:
         log.write_parquet(log_out)
     typer.echo(json.dumps(report, indent=2) if as_json else markdown_report(report))

@@ -1,13 +1,22 @@
-"""Applying a release's deployment decision to the registry's aliases — and rollback, which is the same act on an
-older release. No Dagster: the ``production_release`` asset calls :func:`apply_decision`.
+"""Moving the registry's aliases for a release: applying its deployment decision, and rolling back to it. No
+Dagster: the ``production_release`` asset calls :func:`apply_decision` (mode ``apply``) or :func:`rollback`
+(mode ``rollback``).
+
+:func:`apply_decision`:
 
 - ``promote``: ``production`` → this release's artifacts (action ``promote``; ``rollback`` when this release held
-  production before and another one holds it now). A canary of the same release ends (it graduated).
+  production before with exactly these artifacts and another one holds it now). A canary of the same release ends
+  (it graduated).
 - ``canary``: ``canary`` → this release's artifacts with the decision's traffic share.
 - ``reject`` / ``escalate``: nothing moves — unless an override reason AND an approver are given; then
   ``production`` moves with action ``override`` and both are recorded.
 - Applying a decision whose alias already points at exactly these artifacts changes nothing (no history entry), so
   rematerializing is idempotent.
+
+:func:`rollback` does not look at the decision at all: ``production`` goes back to exactly the artifacts the release
+last held IN PRODUCTION according to the history (whether it got there by promote, override or rollback), action
+``rollback``. A release that never held production (only canary, or never deployed) raises
+:class:`NeverInProduction`, which names the releases that did.
 """
 
 from __future__ import annotations
@@ -18,8 +27,51 @@ from rlhf_assets.registry.aliases import Registry
 from rlhf_assets.storage import Storage
 
 
-def _held_production_before(registry: Registry, release: str) -> bool:
-    return any(e["alias"] == "production" and e["release"] == release for e in registry.history())
+class NeverInProduction(ValueError):
+    """Rollback to a release that never held the production alias."""
+
+    def __init__(self, release: str, held: list[str]):
+        self.release, self.held = release, held
+        did = f"releases that did: {', '.join(held)}" if held else "no release has held production yet"
+        super().__init__(f"release {release} never held production, so there is nothing to roll back to ({did})")
+
+
+def last_in_production(history: list[dict[str, Any]], release: str) -> Optional[dict[str, Any]]:
+    """The newest history entry that put ``release`` in production (any action), or None."""
+    return next((e for e in reversed(history) if e["alias"] == "production" and e["release"] == release
+                 and e["action"] != "clear"), None)
+
+
+def production_releases(history: list[dict[str, Any]]) -> list[str]:
+    """Every release that has held production, in the order each first did."""
+    return list(dict.fromkeys(e["release"] for e in history if e["alias"] == "production" and e["action"] != "clear"))
+
+
+def rollback(storage: Storage, release: str, *, actor: str = "dagster") -> dict[str, Any]:
+    """Point ``production`` back at exactly the artifacts ``release`` last held there (action ``rollback``); returns
+    {"action", "alias", "reason", "entry", "aliases", "artifacts", "restored_from"}. ``unchanged`` when it holds them
+    now; :class:`NeverInProduction` when it never held production."""
+    registry = Registry(storage)
+    history = registry.history()
+    held = last_in_production(history, release)
+    if held is None:
+        raise NeverInProduction(release, production_releases(history))
+    artifacts, holder = dict(held["artifacts"]), registry.current("production")
+    base = {"alias": "production", "artifacts": artifacts, "restored_from": held["seq"]}
+    if holder and holder["release"] == release and holder["artifacts"] == artifacts:
+        return base | {"action": "unchanged", "entry": None, "aliases": registry.aliases(),
+                       "reason": f"production already holds {release}'s artifacts"}
+    reason = (f"rollback from {holder['release'] if holder else '(none)'} to {release}: the artifacts it held in "
+              f"production at history entry {held['seq']} ({held['action']}, {held['time']})")
+    entry = registry.set_alias("production", release, artifacts, action="rollback", reason=reason, actor=actor)
+    _end_canary_of(registry, release, actor)
+    return base | {"action": "rollback", "entry": entry, "reason": reason, "aliases": registry.aliases()}
+
+
+def _end_canary_of(registry: Registry, release: str, actor: str) -> None:
+    canary = registry.current("canary")
+    if canary and canary["release"] == release:
+        registry.clear_alias("canary", reason=f"{release} is in production now", actor=actor)
 
 
 def apply_decision(storage: Storage, release: str, decision: dict[str, Any], *, override_reason: Optional[str] = None,
@@ -31,7 +83,8 @@ def apply_decision(storage: Storage, release: str, decision: dict[str, Any], *, 
     if verdict in ("reject", "escalate"):
         if not (override_reason and approver):
             return {"action": "none", "alias": None, "entry": None, "aliases": registry.aliases(),
-                    "reason": f"verdict {verdict}: nothing moves (an override needs override_reason and approver)"}
+                    "reason": f"verdict {verdict}: nothing moves (an override needs override_reason and approver; to "
+                              "restore what it last held in production, roll back to it: `rlhf release rollback`)"}
         alias, action, who = "production", "override", approver
         reason = f"override of verdict {verdict} approved by {approver}: {override_reason}"
     elif verdict == "canary":
@@ -39,8 +92,10 @@ def apply_decision(storage: Storage, release: str, decision: dict[str, Any], *, 
         reason = f"verdict canary at {share:.0%} of traffic: " + "; ".join(decision.get("reasons", []))
     else:
         alias, who = "production", actor
-        holder = registry.current("production")
-        back = holder is not None and holder["release"] != release and _held_production_before(registry, release)
+        holder, held = registry.current("production"), last_in_production(registry.history(), release)
+        # A rollback only if it restores exactly what this release held (a re-decided release is a new promotion).
+        back = holder is not None and holder["release"] != release and held is not None and (
+            held["artifacts"] == artifacts)
         action = "rollback" if back else "promote"
         reason = (f"rollback from {holder['release']} to {release}" if back
                   else "verdict promote: " + ("; ".join(decision.get("reasons", [])) or "every gate passed"))
@@ -50,7 +105,6 @@ def apply_decision(storage: Storage, release: str, decision: dict[str, Any], *, 
         return {"action": "unchanged", "alias": alias, "entry": None, "aliases": registry.aliases(),
                 "reason": f"{alias} already points at {release}"}
     entry = registry.set_alias(alias, release, artifacts, action=action, reason=reason, actor=who, share=share)
-    canary = registry.current("canary")
-    if alias == "production" and canary and canary["release"] == release:
-        registry.clear_alias("canary", reason=f"{release} is in production now", actor=who)
+    if alias == "production":
+        _end_canary_of(registry, release, who)
     return {"action": action, "alias": alias, "entry": entry, "reason": reason, "aliases": registry.aliases()}

@@ -1,9 +1,10 @@
-"""apply_decision: what each verdict moves, rollback, overrides, idempotence."""
+"""apply_decision: what each verdict moves, rollback, overrides, idempotence; rollback(): back to what the history
+says a release held in production."""
 
 import pytest
 
 from rlhf_assets.registry.aliases import Registry
-from rlhf_assets.registry.deployment import apply_decision
+from rlhf_assets.registry.deployment import NeverInProduction, apply_decision, rollback
 from rlhf_assets.storage import Storage
 
 
@@ -56,3 +57,72 @@ def test_reject_and_escalate_move_nothing_without_an_approved_override(storage, 
     out = apply_decision(storage, "r20250601-0000", decision(verdict, 1), override_reason="hotfix", approver="ana")
     entry = Registry(storage).history()[-1]
     assert out["action"] == "override" and entry["actor"] == "ana" and "hotfix" in entry["reason"]
+
+
+# rollback: back to exactly what the release last held IN PRODUCTION, read from the history -------------------
+
+R1, R2, R3 = "r20250601-0000", "r20250602-0000", "r20250603-0000"
+
+
+def test_rollback_restores_what_an_override_put_in_production(storage):
+    """r1 was rejected and went live only by an approved override; rolling back to it must restore those artifacts
+    (re-applying its decision would move nothing: verdict reject)."""
+    overridden = decision("reject", 1)
+    apply_decision(storage, R1, overridden, override_reason="hotfix", approver="ana")
+    apply_decision(storage, R2, decision("promote", 2))
+    assert apply_decision(storage, R1, overridden)["action"] == "none"  # the decision alone cannot bring it back
+    back = rollback(storage, R1, actor="oncall")
+    reg = Registry(storage)
+    assert back["action"] == "rollback" and back["artifacts"] == overridden["artifacts"]
+    assert reg.current("production")["release"] == R1
+    assert reg.current("production")["artifacts"] == overridden["artifacts"]
+    last = reg.history()[-1]
+    assert (last["action"], last["from_release"], last["actor"]) == ("rollback", R2, "oncall")
+    assert back["restored_from"] == 1 and "rollback from r20250602-0000" in last["reason"]
+
+
+def test_rollback_uses_the_history_not_the_current_decision(storage):
+    """r1's decision was later rematerialized with other artifacts: rollback restores what was live, not those."""
+    apply_decision(storage, R1, decision("promote", 1))
+    apply_decision(storage, R2, decision("promote", 2))
+    rollback(storage, R1)
+    assert Registry(storage).current("production")["artifacts"] == decision("promote", 1)["artifacts"]
+    # and re-applying a re-decided release with new artifacts is a promotion, not a rollback
+    apply_decision(storage, R2, decision("promote", 2))
+    assert apply_decision(storage, R1, decision("promote", 7))["action"] == "promote"
+
+
+def test_rollback_to_a_rollback_restores_the_same_artifacts_and_ends_its_canary(storage):
+    apply_decision(storage, R1, decision("promote", 1))
+    apply_decision(storage, R2, decision("promote", 2))
+    rollback(storage, R1)
+    apply_decision(storage, R3, decision("promote", 3))
+    apply_decision(storage, R1, decision("canary", 9, share=0.3))  # r1 re-decided: canary of other artifacts
+    out = rollback(storage, R1)
+    reg = Registry(storage)
+    assert out["action"] == "rollback" and out["restored_from"] == 3  # the entry written by the first rollback
+    assert reg.current("production")["artifacts"] == decision("promote", 1)["artifacts"]
+    assert reg.current("canary") is None
+    again = rollback(storage, R1)
+    assert again["action"] == "unchanged" and again["entry"] is None
+    assert [h["action"] for h in reg.history()][-2:] == ["rollback", "clear"]
+
+
+def test_rollback_to_a_canary_only_release_moves_nothing_and_names_those_that_did(storage):
+    apply_decision(storage, R1, decision("promote", 1))
+    apply_decision(storage, R2, decision("promote", 2))
+    apply_decision(storage, R3, decision("canary", 3, share=0.1))
+    before = Registry(storage).history()
+    with pytest.raises(NeverInProduction) as err:
+        rollback(storage, R3)
+    assert err.value.held == [R1, R2]
+    assert f"releases that did: {R1}, {R2}" in str(err.value) and R3 in str(err.value)
+    assert Registry(storage).history() == before
+
+
+def test_rollback_to_a_never_deployed_release_raises(storage):
+    with pytest.raises(NeverInProduction, match="no release has held production yet"):
+        rollback(storage, R1)
+    apply_decision(storage, R1, decision("promote", 1))
+    with pytest.raises(NeverInProduction, match=f"releases that did: {R1}"):
+        rollback(storage, R2)

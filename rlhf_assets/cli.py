@@ -100,7 +100,9 @@ def demo(
 
 
 def _fmt(value) -> str:
-    return f"{value:.3f}" if isinstance(value, (int, float)) else "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return f"{value:.3f}" if isinstance(value, (int, float)) else "-"
 
 
 @app.command()

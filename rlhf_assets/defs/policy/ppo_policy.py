@@ -63,7 +63,9 @@ class PPOPolicyConfig(dg.Config):
     kinds={"pytorch", "transformers"},
     io_manager_key="table_io_manager",
     check_specs=[dg.AssetCheckSpec(KL_WITHIN_BUDGET, asset="ppo_policy", blocking=True,
-                                   partitions_def=release_partitions)],
+                                   partitions_def=release_partitions,
+                                   description="KL(policy ‖ SFT reference), re-measured from the stored artifacts on "
+                                               "fresh held-out samples, is within the release's KL limit.")],
 )
 def ppo_policy(
     context: dg.AssetExecutionContext,

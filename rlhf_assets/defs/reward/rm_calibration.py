@@ -38,9 +38,14 @@ def interval_check(check_name: str, value, ci: list, threshold: float, compariso
     kinds={"scikitlearn"},
     io_manager_key="table_io_manager",
     check_specs=[
-        dg.AssetCheckSpec(TEST_ACCURACY, asset="rm_calibration", blocking=True, partitions_def=release_partitions),
-        dg.AssetCheckSpec(CALIBRATED_ECE, asset="rm_calibration", blocking=True, partitions_def=release_partitions),
-        dg.AssetCheckSpec(NO_NAN_SCORES, asset="rm_calibration", blocking=True, partitions_def=release_partitions),
+        dg.AssetCheckSpec(TEST_ACCURACY, asset="rm_calibration", blocking=True, partitions_def=release_partitions,
+                          description="Test-split accuracy ≥ release_thresholds.min_rm_test_accuracy; fails only "
+                                      "when its whole bootstrap interval is below (or nothing was measured)."),
+        dg.AssetCheckSpec(CALIBRATED_ECE, asset="rm_calibration", blocking=True, partitions_def=release_partitions,
+                          description="Bias-corrected calibrated ECE ≤ release_thresholds.max_calibrated_ece; fails "
+                                      "only when its whole bootstrap interval is above (or nothing was measured)."),
+        dg.AssetCheckSpec(NO_NAN_SCORES, asset="rm_calibration", blocking=True, partitions_def=release_partitions,
+                          description="Every validation and test score of the reward model is finite."),
     ],
 )
 def rm_calibration(

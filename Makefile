@@ -7,7 +7,7 @@ export DAGSTER_HOME      ?= $(CURDIR)/.dagster
 export RLHF_STORAGE_ROOT ?= $(CURDIR)/.rlhf
 export GX_ANALYTICS_ENABLED = false
 
-.PHONY: install install-small demo test ui bench clean
+.PHONY: install install-small demo lint test test-fast ui bench clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -37,8 +37,16 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 demo: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/rlhf demo
 
-test: install
+# Lint first (pyflakes, pycodestyle errors, isort, bugbear, pyupgrade; configured in pyproject.toml), then the tests.
+lint: install
+	$(BIN)/ruff check rlhf_assets rlhf_assets_tests bench
+
+test: lint
 	$(BIN)/python -m pytest
+
+# Everything but the tests that train models or run Dagster jobs (marked slow in rlhf_assets_tests/conftest.py).
+test-fast: lint
+	$(BIN)/python -m pytest -m "not slow"
 
 ui: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -w workspace.yaml

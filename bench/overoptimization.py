@@ -64,7 +64,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -232,8 +232,8 @@ def plot_png(runs: dict[str, dict], figures: dict, path: str | os.PathLike) -> s
 # the run ----------------------------------------------------------------------------------------------------------
 
 
-def main(quick: bool = False, json_out: bool = False, plot: Optional[str] = DEFAULT_PLOT, steps: Optional[int] = None,
-         lr: Optional[float] = None, seed: int = SEED, proxy_fraction: Optional[float] = None,
+def main(quick: bool = False, json_out: bool = False, plot: str | None = DEFAULT_PLOT, steps: int | None = None,
+         lr: float | None = None, seed: int = SEED, proxy_fraction: float | None = None,
          margin_fraction: float = MARGIN_FRACTION) -> dict:
     """Train gold + proxy RMs and the SFT policy, run PPO twice on the proxy, print the report, return the figures."""
     if not quick:

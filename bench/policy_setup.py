@@ -16,9 +16,10 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -102,7 +103,7 @@ def run_all(calls: Sequence[tuple], workers: int = 2, in_process: bool = False) 
 
 
 def hh_split(seed: int = 0, holdout_fraction: float = 0.2,
-             limit: Optional[int] = None) -> tuple[list[dict], list[dict]]:
+             limit: int | None = None) -> tuple[list[dict], list[dict]]:
     """The bundled HH-RLHF harmless pairs, split like bench/reward.py: a ``default_rng(seed)`` permutation, the
     first 80% train, the rest held out."""
     from rlhf_assets.preference.sample_data import load_hh_pairs
@@ -168,7 +169,7 @@ def rm_then_sft_child(rm_args: tuple, sft_args: tuple) -> tuple[dict, dict]:
 
 
 def ppo_child(tag: str, ppo_kwargs: dict, sft_dir: str, rm_dir: str, prompts: list[str], eval_prompts: list[str],
-              work: str, gold_dir: Optional[str] = None, verbose: bool = False) -> dict:
+              work: str, gold_dir: str | None = None, verbose: bool = False) -> dict:
     """One PPO run (``train_ppo(..., store=False)``); with ``gold_dir`` every held-out evaluation is also scored by
     that reward model (``extra_scorers={"gold": ...}``), its per-response scores kept for standard errors."""
     _child_init()

@@ -61,8 +61,9 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -94,7 +95,7 @@ def _finite(row: dict) -> bool:
 
 def classify(history: Sequence[dict], evals: Sequence[dict], events: Sequence[dict] = (), *, kl_target: float = 4.0,
              kl_factor: float = KL_BLOWUP_FACTOR, entropy_floor: float = ENTROPY_FLOOR,
-             error: Optional[str] = None) -> dict:
+             error: str | None = None) -> dict:
     """Classify one PPO run from its per-step ``history``, held-out ``evals`` and KL-budget ``events``.
 
     Returns ``{"collapsed": bool, "reasons": [...], "kl_over_budget": bool, "max_kl", "min_entropy",
@@ -165,7 +166,7 @@ def _check_preset(preset: str) -> None:
                          "(use --preset tiny here)")
 
 
-def main(seeds: int = SEEDS, steps: Optional[int] = None, json_out: bool = False, quick: bool = False,
+def main(seeds: int = SEEDS, steps: int | None = None, json_out: bool = False, quick: bool = False,
          preset: str = "tiny", workers: int = WORKERS, seed: int = 0) -> dict:
     """Build the RM and SFT policy once, run PPO for seeds 0..seeds-1, classify, print, return the figures."""
     _check_preset(preset)

@@ -54,8 +54,9 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -102,7 +103,7 @@ def split_pairs(pairs: Sequence[dict], seed: int = SEED,
     return [pairs[i] for i in perm[:n - n_held]], [pairs[i] for i in perm[n - n_held:]]
 
 
-def benchmark_data(quick: bool = False, n_pairs: Optional[int] = None,
+def benchmark_data(quick: bool = False, n_pairs: int | None = None,
                    seed: int = SEED) -> tuple[list[dict], list[dict]]:
     """(train, held-out) pairs: the bundled HH-RLHF harmless pairs (the first ``n_pairs`` of them when given),
     split 80/20; quick mode keeps the first ``QUICK["n_train"]`` train and ``QUICK["n_heldout"]`` held-out pairs of
@@ -117,7 +118,7 @@ def benchmark_data(quick: bool = False, n_pairs: Optional[int] = None,
     return train, held
 
 
-def pairwise_accuracy(margins: Sequence[float], identical: Optional[Sequence[bool]] = None) -> dict:
+def pairwise_accuracy(margins: Sequence[float], identical: Sequence[bool] | None = None) -> dict:
     """accuracy (ties = 0.5), and how many pairs tie: identical inputs (forced to margin 0) or an exact 0 margin."""
     m = np.asarray(margins, dtype=np.float64)
     if identical is not None:
@@ -158,7 +159,7 @@ class _LoadSampler:
             if self._stop.wait(self.every_s):
                 return
 
-    def __enter__(self) -> "_LoadSampler":
+    def __enter__(self) -> _LoadSampler:
         self._thread.start()
         return self
 
@@ -209,7 +210,7 @@ class _Capture(logging.Handler):
 
 
 def _trl_child(train: list[dict], held: list[dict], max_length: int, batch_size: int, lr: float, seed: int,
-               gradient_checkpointing: Optional[bool], out_dir: str) -> dict:
+               gradient_checkpointing: bool | None, out_dir: str) -> dict:
     """Train with TRL's RewardTrainer and score the held-out pairs; runs in a spawned process."""
     _offline()
     import torch
@@ -343,12 +344,11 @@ def _ours_child(train: list[dict], held: list[dict], max_length: int, batch_size
     importlib.import_module("lightning.pytorch")  # sets its loggers up at import; quieten them afterwards
 
     _quiet()
+    from bench.flops import non_embedding_parameters
     from rlhf_assets.reward.config import RMConfig
     from rlhf_assets.reward.data import PairEncoder, PreferencePair, global_batches
     from rlhf_assets.reward.evaluate import load_reward_model, score_pairs
     from rlhf_assets.reward.train import train_reward_model
-
-    from bench.flops import non_embedding_parameters
 
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -466,8 +466,8 @@ def _print_table(runs: list[dict]) -> None:
               f"{_fmt(r['load']['mean'], '4.1f')}/{_fmt(r['load']['max'], '4.1f')}")
 
 
-def main(quick: bool = False, skip_trl: bool = False, n_pairs: Optional[int] = None, json_out: bool = False,
-         max_length: Optional[int] = None, batch_size: int = BATCH_SIZE, lr: float = LR, seed: int = SEED,
+def main(quick: bool = False, skip_trl: bool = False, n_pairs: int | None = None, json_out: bool = False,
+         max_length: int | None = None, batch_size: int = BATCH_SIZE, lr: float = LR, seed: int = SEED,
          peak_n: int = 2048, peak_repeats: int = 10) -> dict:
     """Run ours, then TRL with checkpointing on (its default) and off; print the tables and return every figure."""
     _offline()

@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -32,9 +32,9 @@ def _fail(message: str, code: int = 2) -> None:
 
 @app.command()
 def demo(
-    root: Annotated[Optional[str], typer.Option(help="Storage root (default $RLHF_STORAGE_ROOT or ./.rlhf).")] = None,
-    dagster_home: Annotated[Optional[str], typer.Option(help="Default $DAGSTER_HOME or ./.dagster.")] = None,
-    pairs: Annotated[Optional[int], typer.Option(help="Use only the first N bundled HH-RLHF pairs.")] = None,
+    root: Annotated[str | None, typer.Option(help="Storage root (default $RLHF_STORAGE_ROOT or ./.rlhf).")] = None,
+    dagster_home: Annotated[str | None, typer.Option(help="Default $DAGSTER_HOME or ./.dagster.")] = None,
+    pairs: Annotated[int | None, typer.Option(help="Use only the first N bundled HH-RLHF pairs.")] = None,
     reward_preset: Annotated[str, typer.Option(help="tiny (random-init, ~2 min), small (the pretrained MiniLM; "
                                                     "~15 min on 2 cores), or none to stop after the data pillar.")]
     = "tiny",
@@ -109,8 +109,8 @@ def _fmt(value) -> str:
 def validate(
     files: Annotated[list[Path], typer.Argument(help="JSONL, JSONL.gz or Parquet comparison files.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
-    quarantine_dir: Annotated[Optional[Path], typer.Option(help="Write rejected rows/files here.")] = None,
-    day: Annotated[Optional[str], typer.Option(help="Also require created_at inside this UTC day.")] = None,
+    quarantine_dir: Annotated[Path | None, typer.Option(help="Write rejected rows/files here.")] = None,
+    day: Annotated[str | None, typer.Option(help="Also require created_at inside this UTC day.")] = None,
 ):
     """Run the validated_pairs expectation suite on files, outside Dagster.
 
@@ -145,7 +145,7 @@ def validate(
 def aggregate(
     file: Annotated[Path, typer.Argument(help="CSV, TSV, Parquet or JSONL with item_id, annotator_id, label.")],
     method: Annotated[str, typer.Option(help="dawid-skene or majority.")] = "dawid-skene",
-    out: Annotated[Optional[Path], typer.Option(help="Output file (CSV unless it ends in .parquet).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output file (CSV unless it ends in .parquet).")] = None,
     shrinkage: Annotated[float, typer.Option(help="Dawid–Skene confusion-matrix shrinkage (pseudo-counts).")] = 0.0,
     max_iter: Annotated[int, typer.Option(help="Dawid–Skene iteration cap.")] = 100,
     tol: Annotated[float, typer.Option(help="Dawid–Skene convergence tolerance.")] = 1e-5,
@@ -227,11 +227,11 @@ def policy_ppo(ctx: typer.Context):
 
 @release_app.command("create")
 def release_create(
-    key: Annotated[Optional[str], typer.Option(help="Release key (default r<YYYYMMDD-HHMM>, UTC now).")] = None,
-    cutoff: Annotated[Optional[str], typer.Option(help="Last annotation date included (default: the key's date).")]
+    key: Annotated[str | None, typer.Option(help="Release key (default r<YYYYMMDD-HHMM>, UTC now).")] = None,
+    cutoff: Annotated[str | None, typer.Option(help="Last annotation date included (default: the key's date).")]
     = None,
     note: Annotated[str, typer.Option(help="Why this release exists.")] = "",
-    root: Annotated[Optional[str], typer.Option(help="Storage root (default $RLHF_STORAGE_ROOT or ./.rlhf).")] = None,
+    root: Annotated[str | None, typer.Option(help="Storage root (default $RLHF_STORAGE_ROOT or ./.rlhf).")] = None,
 ):
     """Create a release: its record in the registry and its partition on the Dagster instance."""
     import dagster as dg
@@ -252,7 +252,7 @@ def release_create(
 @release_app.command("list")
 def release_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print {aliases, releases, history} as JSON.")] = False,
-    root: Annotated[Optional[str], typer.Option(help="Storage root (default $RLHF_STORAGE_ROOT or ./.rlhf).")] = None,
+    root: Annotated[str | None, typer.Option(help="Storage root (default $RLHF_STORAGE_ROOT or ./.rlhf).")] = None,
 ):
     """Releases with their verdicts, which release each alias points at, and the alias history."""
     from rlhf_assets.registry.listing import format_listing, release_listing
@@ -310,9 +310,9 @@ def release_rollback(release: Annotated[str, typer.Argument(help="The older rele
 @release_app.command("promote")
 def release_promote(
     release: Annotated[str, typer.Argument(help="Release whose decision to apply.")],
-    reason: Annotated[Optional[str], typer.Option(help="Override reason (needed for a reject/escalate verdict).")]
+    reason: Annotated[str | None, typer.Option(help="Override reason (needed for a reject/escalate verdict).")]
     = None,
-    approver: Annotated[Optional[str], typer.Option(help="Who approves the override.")] = None,
+    approver: Annotated[str | None, typer.Option(help="Who approves the override.")] = None,
 ):
     """Apply RELEASE's deployment decision through Dagster; with --reason and --approver a reject or escalate
     verdict is promoted anyway and both are recorded."""
@@ -329,19 +329,19 @@ def ope(
     = False,
     behavior: Annotated[str, typer.Option(help="Behaviour policy: 'production' (the alias; else --sft), an id or "
                                                "a directory.")] = "production",
-    sft: Annotated[Optional[str], typer.Option(help="SFT policy used as behaviour when nothing is in production.")]
+    sft: Annotated[str | None, typer.Option(help="SFT policy used as behaviour when nothing is in production.")]
     = None,
-    calibration: Annotated[Optional[Path], typer.Option(help="rm_calibration record or calibrator JSON.")] = None,
-    judge_model: Annotated[Optional[str], typer.Option(
+    calibration: Annotated[Path | None, typer.Option(help="rm_calibration record or calibrator JSON.")] = None,
+    judge_model: Annotated[str | None, typer.Option(
         help="Held-out judge reward model (a judge_reward_model artifact id or directory): the log is re-scored by "
              "it and its uplift is reported next to the proxy's. Without it the judge uplift — the one that "
              "gates a release — is not measured.")] = None,
     samples_per_prompt: int = 2,
     max_prompt_tokens: int = 96,
     max_new_tokens: int = 24,
-    log_out: Annotated[Optional[Path], typer.Option(help="Write the simulated log here (Parquet).")] = None,
+    log_out: Annotated[Path | None, typer.Option(help="Write the simulated log here (Parquet).")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
-    root: Annotated[Optional[str], typer.Option(help="Storage root (default $RLHF_STORAGE_ROOT or ./.rlhf).")] = None,
+    root: Annotated[str | None, typer.Option(help="Storage root (default $RLHF_STORAGE_ROOT or ./.rlhf).")] = None,
 ):
     """Off-policy estimate of a target policy's value and uplift from a behaviour policy's log: with the proxy
     (--reward-model, the one PPO optimised) and, given --judge-model, with the held-out judge, side by side."""

@@ -9,7 +9,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any
 
 PIPES_ENV = "DAGSTER_PIPES_CONTEXT"
 
@@ -51,7 +52,7 @@ def meta(value: Any) -> Any:
 
 
 @contextlib.contextmanager
-def pipes() -> Iterator[Optional[Any]]:
+def pipes() -> Iterator[Any | None]:
     """Dagster Pipes context on rank 0 of a Pipes-launched process, else None."""
     if not os.environ.get(PIPES_ENV) or rank() != 0:
         yield None

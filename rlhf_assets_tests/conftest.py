@@ -58,3 +58,23 @@ def s3_storage(s3_endpoint):
     yield storage, client, bucket
     # s3fs caches filesystem instances by their options; drop ours so no later test talks to a dead server.
     storage.root.fs.clear_instance_cache()
+
+
+# The `slow` marker (declared in pyproject.toml): tests that train models or run Dagster jobs. `make test` runs
+# everything; `make test-fast` runs the rest (-m "not slow"). Listed by module, so a new test in one of these
+# modules is slow by default.
+SLOW_MODULES = {
+    "defs/test_checks_lookup.py", "defs/test_data_pillar.py", "defs/test_release_chain.py",
+    "defs/test_release_lineage.py", "defs/test_reward_pillar.py", "defs/test_kl_check.py",
+    "evaluation/test_mis.py", "evaluation/test_release_judge.py", "evaluation/test_sequence_ope.py",
+    "policy/test_kl_check.py", "policy/test_ppo_training.py", "policy/test_resume_and_entrypoint.py",
+    "reward/test_resume_and_ddp.py", "reward/test_training.py", "test_cli_ope.py", "test_cli_release.py",
+    "test_bench_policy.py", "test_bench_reward.py", "test_end_to_end.py",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    root = os.path.dirname(__file__)
+    for item in items:
+        if os.path.relpath(str(item.fspath), root) in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)

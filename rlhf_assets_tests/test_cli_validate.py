@@ -17,6 +17,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+
 from rlhf_assets_tests.records import DAY, rec
 
 REPO = Path(__file__).resolve().parents[1]

@@ -32,7 +32,7 @@ def test_domain_packages_do_not_import_dagster():
     import re
 
     pattern = re.compile(r"^\s*(import|from)\s+dagster(?!_pipes)\b", re.MULTILINE)
-    for package in ("preference", "reward", "registry"):
+    for package in ("preference", "reward", "registry", "policy", "evaluation"):
         for path in (REPO / "rlhf_assets" / package).rglob("*.py"):
             assert not pattern.search(path.read_text()), path
     storage = (REPO / "rlhf_assets" / "storage.py").read_text()

@@ -10,7 +10,8 @@ closed. Also: a seeded percentile bootstrap that every interval in the release p
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Literal, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
@@ -24,7 +25,7 @@ def _finite(x: Any) -> bool:
     return x is not None and not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x)
 
 
-def outcome(ci_low: Optional[float], ci_high: Optional[float], threshold: float, comparison: Comparison) -> Outcome:
+def outcome(ci_low: float | None, ci_high: float | None, threshold: float, comparison: Comparison) -> Outcome:
     """The outcome of an interval [ci_low, ci_high] against ``threshold``."""
     if not (_finite(ci_low) and _finite(ci_high)):
         return NOT_MEASURED
@@ -62,7 +63,7 @@ def bootstrap_ci(statistic: Callable[..., float], arrays: Sequence[Any], *, n_bo
 
 
 def bias_corrected_ci(statistic: Callable[..., float], arrays: Sequence[Any], *, n_boot: int = 1000, seed: int = 0,
-                      confidence: float = 0.95, floor: Optional[float] = None) -> tuple[float, float, float]:
+                      confidence: float = 0.95, floor: float | None = None) -> tuple[float, float, float]:
     """(bias-corrected estimate, interval low, interval high) of a statistic whose plug-in estimate is biased, by
     the bootstrap's own estimate of that bias: estimate = 2θ̂ − mean(θ*), interval = the basic (reverse-percentile)
     bootstrap [2θ̂ − q_hi, 2θ̂ − q_lo]; ``floor`` clips all three (ECE cannot be negative).

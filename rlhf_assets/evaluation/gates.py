@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from rlhf_assets.evaluation.evidence import FAIL, INCONCLUSIVE, NOT_MEASURED, PASS, outcome
 from rlhf_assets.evaluation.thresholds import ReleaseThresholds
@@ -83,13 +83,13 @@ class DecisionSettings:
 class Measured:
     """A measured value with its interval; any of them None means "not measured"."""
 
-    value: Optional[float] = None
-    ci_low: Optional[float] = None
-    ci_high: Optional[float] = None
+    value: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
 
     @classmethod
-    def of(cls, value: Any, ci_low: Any = None, ci_high: Any = None) -> "Measured":
-        def num(x: Any) -> Optional[float]:
+    def of(cls, value: Any, ci_low: Any = None, ci_high: Any = None) -> Measured:
+        def num(x: Any) -> float | None:
             return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
         return cls(num(value), num(ci_low), num(ci_high))
 
@@ -102,14 +102,14 @@ class Measured:
 class GateInputs:
     """The measurements a decision rests on. None (or an incomplete :class:`Measured`) fails closed."""
 
-    upstream_checks: Optional[list[dict[str, Any]]] = None  # [{"check", "status", "detail"}, ...]
+    upstream_checks: list[dict[str, Any]] | None = None  # [{"check", "status", "detail"}, ...]
     rm_test_accuracy: Measured = Measured()
     calibrated_ece: Measured = Measured()
     human_rm_correlation: Measured = Measured()
     kl: Measured = Measured()
-    kl_budget: Optional[float] = None                       # the release's PPO budget (nats)
-    ope_reliable: Optional[bool] = None
-    ope_reason: Optional[str] = None
+    kl_budget: float | None = None                       # the release's PPO budget (nats)
+    ope_reliable: bool | None = None
+    ope_reason: str | None = None
     uplift: Measured = Measured()                           # the independent judge's uplift: gates
     proxy_uplift: Measured = Measured()                     # the optimised reward model's uplift: reported only
 
@@ -139,8 +139,8 @@ def _interval(m: Measured) -> str:
     return f"[{_fmt(m.ci_low)}, {_fmt(m.ci_high)}]" if m.ci_low is not None and m.ci_high is not None else "—"
 
 
-def _row(name: str, m: Optional[Measured], threshold: Any, comparison: Optional[str], result: str,
-         reason: Optional[str]) -> dict[str, Any]:
+def _row(name: str, m: Measured | None, threshold: Any, comparison: str | None, result: str,
+         reason: str | None) -> dict[str, Any]:
     m = m or Measured()
     return {"name": name, "value": m.value, "ci_low": m.ci_low, "ci_high": m.ci_high, "threshold": threshold,
             "comparison": comparison, "outcome": result, "passed": result == PASS, "reason": reason}
@@ -156,7 +156,7 @@ def _interval_gate(name: str, label: str, m: Measured, threshold: float, compari
     return _row(name, m, threshold, comparison, result, reason)
 
 
-def _upstream_gate(checks: Optional[list[dict[str, Any]]]) -> dict[str, Any]:
+def _upstream_gate(checks: list[dict[str, Any]] | None) -> dict[str, Any]:
     if checks is None:
         return _row("upstream_checks", None, None, None, NOT_MEASURED, NOT_MEASURED)
     failed = [c["check"] for c in checks if c["status"] == "failed"]
@@ -173,7 +173,7 @@ def _upstream_gate(checks: Optional[list[dict[str, Any]]]) -> dict[str, Any]:
     return row
 
 
-def _kl_gate(m: Measured, limit: Optional[float]) -> dict[str, Any]:
+def _kl_gate(m: Measured, limit: float | None) -> dict[str, Any]:
     if limit is None or not m.complete:
         return _row("kl", m, limit, "<=", NOT_MEASURED, NOT_MEASURED)
     if m.value > limit:
@@ -231,7 +231,7 @@ class Decision:
     """The verdict, the gate rows behind it, and the reasons (gates that did not pass first, then the rule)."""
 
     verdict: str
-    canary_share: Optional[float]
+    canary_share: float | None
     gates: list[dict[str, Any]]
     reasons: list[str]
     thresholds: ReleaseThresholds = field(default_factory=ReleaseThresholds)
@@ -290,8 +290,8 @@ def _verdict(x: GateInputs, s: DecisionSettings, by_name: dict[str, dict[str, An
     return "promote", "promote: every gate passes"
 
 
-def decide(inputs: GateInputs, thresholds: Optional[ReleaseThresholds] = None,
-           settings: Optional[DecisionSettings] = None) -> Decision:
+def decide(inputs: GateInputs, thresholds: ReleaseThresholds | None = None,
+           settings: DecisionSettings | None = None) -> Decision:
     """Run every gate and pick the verdict (see the module docstring for the rules)."""
     t = thresholds if thresholds is not None else ReleaseThresholds()
     s = settings if settings is not None else DecisionSettings()
@@ -305,7 +305,7 @@ def decide(inputs: GateInputs, thresholds: Optional[ReleaseThresholds] = None,
                     reasons=reasons, thresholds=t, settings=s, inputs=inputs)
 
 
-def _ci(d: Optional[dict], value: str = "value", low: str = "ci_low", high: str = "ci_high") -> Measured:
+def _ci(d: dict | None, value: str = "value", low: str = "ci_low", high: str = "ci_high") -> Measured:
     d = d or {}
     return Measured.of(d.get(value), d.get(low), d.get(high))
 
@@ -315,7 +315,7 @@ def _pair(value: Any, ci: Any) -> Measured:
     return Measured.of(value, lo, hi)
 
 
-def gate_inputs(ope: dict, ppo: dict, calibration: dict, upstream_checks: Optional[list[dict]]) -> GateInputs:
+def gate_inputs(ope: dict, ppo: dict, calibration: dict, upstream_checks: list[dict] | None) -> GateInputs:
     """GateInputs from the stored records of ope_report, ppo_policy and rm_calibration (missing keys → not
     measured, so a record from an older code version fails closed instead of passing)."""
     report = calibration.get("report") or {}

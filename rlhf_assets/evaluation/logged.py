@@ -45,8 +45,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -83,7 +84,7 @@ REQUIRED_NON_NULL = tuple(c for c in LOG_SCHEMA if c != "human_label")
 _LOGP_TOL = 1e-4
 _SUM_TOL = 1e-4  # |behavior_logprob − Σ token log-probs| allowed, per token
 
-PolicySource = Union[str, Path, tuple]
+PolicySource = str | Path | tuple
 RewardLike = Any  # ProxyReward | RewardScorer | Callable[[prompts, responses], array]
 
 
@@ -262,7 +263,7 @@ def rollout(model: Any, tokenizer: Any, prompt_ids: Sequence[Sequence[int]], *, 
 
 def simulate_log(behavior_dir: PolicySource, reward: RewardLike, prompts: Sequence[str], *,
                  samples_per_prompt: int = 1, max_prompt_tokens: int, max_new_tokens: int, temperature: float = 1.0,
-                 seed: int = 0, batch_size: int = 32, policy_id: Optional[str] = None,
+                 seed: int = 0, batch_size: int = 32, policy_id: str | None = None,
                  device: str | torch.device = "cpu") -> pl.DataFrame:
     """A validated log of ``samples_per_prompt`` responses per prompt sampled from the behaviour policy.
 

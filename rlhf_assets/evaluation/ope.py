@@ -44,8 +44,9 @@ No Dagster here; the ``ope_report`` asset calls these functions.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import numpy as np
 from scipy.special import logsumexp, softmax
@@ -99,7 +100,7 @@ def _check_logp(x: Any, name: str) -> np.ndarray:
 
 
 def _check_rest(n: int, rewards: Any, q_logged: Any, v_target: Any
-                ) -> tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]:
+                ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Validated (rewards, q_logged, v_target) for n logged samples; the baseline is both or neither."""
     r = _as_1d(rewards, "rewards")
     if r.size != n:
@@ -116,7 +117,7 @@ def _check_rest(n: int, rewards: Any, q_logged: Any, v_target: Any
     return r, q, v
 
 
-def _check_estimator(estimator: str, q: Optional[np.ndarray], clip: float) -> None:
+def _check_estimator(estimator: str, q: np.ndarray | None, clip: float) -> None:
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}; expected one of {list(ESTIMATORS)}")
     if estimator in _NEEDS_BASELINE and q is None:
@@ -350,7 +351,7 @@ def _weights_summary(log_w: np.ndarray, log_clip: float) -> dict[str, float]:
 # -------------------------------------------------------------------------------------------------- bootstrap
 
 
-def _bootstrap(statistic: Callable[..., np.ndarray], arrays: Sequence[Optional[np.ndarray]], n_boot: int,
+def _bootstrap(statistic: Callable[..., np.ndarray], arrays: Sequence[np.ndarray | None], n_boot: int,
                seed: int) -> np.ndarray:
     """n_boot values of ``statistic`` on resamples of the rows; None arrays stay None. Seeded and chunked, so the
     same (n, n_boot, seed) draws the same indices whatever the statistic — which is what pairs :func:`uplift`."""
@@ -389,7 +390,7 @@ def bootstrap_ci(statistic: Callable[..., np.ndarray], *arrays: Any, n_boot: int
 # -------------------------------------------------------------------------------------------- the estimates
 
 
-def _json_float(x: float) -> Optional[float]:
+def _json_float(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
 
@@ -412,7 +413,7 @@ class OPEEstimate:
     ess_share: float
     pareto_k: float
     reliable: bool
-    reason: Optional[str]
+    reason: str | None
     min_ess_share: float
     max_pareto_k: float
     weights: dict[str, float]
@@ -426,7 +427,7 @@ class OPEEstimate:
 
 
 def _unreliable_reason(value: float, n: int, ess: float, k: float, min_ess_share: float,
-                       max_pareto_k: float) -> Optional[str]:
+                       max_pareto_k: float) -> str | None:
     reasons = []
     if k > max_pareto_k:
         if math.isinf(k):
@@ -501,7 +502,7 @@ class UpliftEstimate:
         return self.target.reliable
 
     @property
-    def reason(self) -> Optional[str]:
+    def reason(self) -> str | None:
         return self.target.reason
 
     def to_dict(self) -> dict[str, Any]:

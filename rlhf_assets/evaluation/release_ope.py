@@ -15,14 +15,21 @@ prompts. The log used is stored with the report, so a decision can always be tra
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import polars as pl
 
 from rlhf_assets.evaluation.logged import (
-    PolicySource, RewardLike, as_reward_fn, policy_from, simulate_log, validate_log)
+    PolicySource,
+    RewardLike,
+    as_reward_fn,
+    policy_from,
+    simulate_log,
+    validate_log,
+)
 from rlhf_assets.evaluation.sequence_ope import evaluate_target, markdown_report, weights_histogram_png
 from rlhf_assets.policy.reward_fn import ProxyReward
 from rlhf_assets.registry.aliases import Registry
@@ -67,7 +74,7 @@ def behavior_policy_id(storage: Storage, fallback_sft_id: str) -> tuple[str, str
     return fallback_sft_id, "the release's SFT policy (nothing promoted yet)"
 
 
-def serving_log(storage: Storage, behavior_id: str, *, include_canary: bool = False) -> Optional[pl.DataFrame]:
+def serving_log(storage: Storage, behavior_id: str, *, include_canary: bool = False) -> pl.DataFrame | None:
     """The serving-log rows of the production (behaviour) policy ``behavior_id``; None when it has fewer than 2.
 
     ``include_canary``: also the rows of the registry's ``canary`` policy, when one is set and it served. The log
@@ -95,8 +102,8 @@ def serving_log(storage: Storage, behavior_id: str, *, include_canary: bool = Fa
 MIN_HUMAN_LABELS = 30
 
 
-def proxy_and_judge(log: pl.DataFrame, target: PolicySource, proxy: RewardLike, judge: Optional[RewardLike] = None,
-                    *, proxy_id: Optional[str] = None, judge_id: Optional[str] = None,
+def proxy_and_judge(log: pl.DataFrame, target: PolicySource, proxy: RewardLike, judge: RewardLike | None = None,
+                    *, proxy_id: str | None = None, judge_id: str | None = None,
                     **ope_kwargs: Any) -> tuple[dict[str, Any], pl.DataFrame, list[float]]:
     """:func:`evaluate_target` of ``target`` on ``log`` with the proxy (the logged ``reward``, as logged) and, when
     given, again with the judge (``reward`` replaced by the judge's score of each logged response, the judge as the
@@ -131,14 +138,14 @@ def proxy_and_judge(log: pl.DataFrame, target: PolicySource, proxy: RewardLike, 
     return report, log, log_w
 
 
-def _side(report: dict[str, Any], reward_model_id: Optional[str], units: str) -> dict[str, Any]:
+def _side(report: dict[str, Any], reward_model_id: str | None, units: str) -> dict[str, Any]:
     return {"measured": True, "reward_model_id": reward_model_id, "units": units,
             **{k: report[k] for k in _SIDE_KEYS}}
 
 
 def evaluate_release(storage: Storage, *, sft_id: str, target_id: str, reward_id: str,
-                     calibrator: Optional[Mapping[str, Any]], prompts: Sequence[str], max_prompt_tokens: int,
-                     max_new_tokens: int, judge_id: Optional[str] = None,
+                     calibrator: Mapping[str, Any] | None, prompts: Sequence[str], max_prompt_tokens: int,
+                     max_new_tokens: int, judge_id: str | None = None,
                      settings: OPESettings = OPESettings()) -> ReleaseOPE:
     """The release's OPE with the proxy (``reward_id`` + ``calibrator``) and the judge (``judge_id``, raw score);
     without ``judge_id`` the judge uplift is reported as not measured (and the gate fails closed)."""

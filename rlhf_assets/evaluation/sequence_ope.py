@@ -52,8 +52,9 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping, Optional, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
@@ -154,8 +155,8 @@ def target_logprobs(target_dir_or_model: PolicySource, log_df: pl.DataFrame, *, 
 
 
 def direct_method_baseline(target_model: PolicySource, reward: RewardLike, prompts: Sequence[str], n_samples: int, *,
-                           prompt_token_ids: Optional[Sequence[Sequence[int]]] = None,
-                           max_prompt_tokens: Optional[int] = None, max_new_tokens: int, temperature: float = 1.0,
+                           prompt_token_ids: Sequence[Sequence[int]] | None = None,
+                           max_prompt_tokens: int | None = None, max_new_tokens: int, temperature: float = 1.0,
                            seed: int = 0, batch_size: int = 32, device: str | torch.device = "cpu") -> np.ndarray:
     """v̂ per row of ``prompts``: the mean calibrated reward (``ProxyReward.raw``, no EOS penalty) of ``n_samples``
     on-policy target responses to that prompt, sampled at ``temperature`` with the ``max_new_tokens`` cap.
@@ -211,7 +212,7 @@ class BehaviorMixture:
     unused: list[str]                    # ids in ``behaviors`` with no row in the log (share 0: no effect)
 
     @property
-    def reason(self) -> Optional[str]:
+    def reason(self) -> str | None:
         """Why the mixture density cannot be trusted (a policy whose rescoring disagrees with its log), or None."""
         bad = [f"policy {pid!r}: teacher forcing disagrees with the logged behavior_logprob on {c['n_mismatched']} "
                f"of {c['n']} of its rows (max |Δ| {c['max_abs_diff']:.3g} nats, tolerance {_OWN_LOGP_TOL:g} per "
@@ -282,8 +283,8 @@ def behavior_mixture(behaviors: Mapping[str, PolicySource], log_df: pl.DataFrame
                            unused=sorted(set(behaviors) - set(ids)))
 
 
-def _baseline_id(ids: list[str], behaviors: Optional[Mapping[str, PolicySource]],
-                 baseline_policy_id: Optional[str]) -> str:
+def _baseline_id(ids: list[str], behaviors: Mapping[str, PolicySource] | None,
+                 baseline_policy_id: str | None) -> str:
     if behaviors is None and len(ids) > 1:
         raise ValueError(f"the log mixes {len(ids)} behaviour policies {ids}: pass behaviors={{policy_id: artifact "
                          f"dir or (model, tokenizer)}} for each (weights against their mixture) and "
@@ -321,7 +322,7 @@ def _normalized_log10(log_w: np.ndarray) -> np.ndarray:
     return (log_w - (logsumexp(log_w) - math.log(log_w.size))) / math.log(10.0)
 
 
-def _json(x: float) -> Optional[float]:
+def _json(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
 
@@ -329,9 +330,9 @@ def evaluate_target(log_df: pl.DataFrame, target_dir: PolicySource, reward: Rewa
                     estimator: str = "sndr", target_temperature: float = 1.0, n_boot: int = 1000,
                     level: float = 0.95, seed: int = 0, min_ess_share: float = 0.1, max_pareto_k: float = 0.7,
                     clip: float = 100.0, dm_samples: int = 4, batch_size: int = 32,
-                    device: str | torch.device = "cpu", target_id: Optional[str] = None,
-                    behavior_tokenizer: Any = None, behaviors: Optional[Mapping[str, PolicySource]] = None,
-                    baseline_policy_id: Optional[str] = None, outcome: Outcome = "reward") -> dict[str, Any]:
+                    device: str | torch.device = "cpu", target_id: str | None = None,
+                    behavior_tokenizer: Any = None, behaviors: Mapping[str, PolicySource] | None = None,
+                    baseline_policy_id: str | None = None, outcome: Outcome = "reward") -> dict[str, Any]:
     """The off-policy report of ``target_dir`` (artifact directory or loaded ``(model, tokenizer)``) on a log.
 
     ``estimator`` is one of :data:`.ope.ESTIMATORS`; ``dr``/``sndr`` need ``reward`` and ``dm_samples`` ≥ 1 (the
@@ -467,7 +468,7 @@ def evaluate_target(log_df: pl.DataFrame, target_dir: PolicySource, reward: Rewa
     }
 
 
-def weights_histogram_png(log_w: Any, *, ess: Optional[float] = None, pareto_k_hat: Optional[float] = None,
+def weights_histogram_png(log_w: Any, *, ess: float | None = None, pareto_k_hat: float | None = None,
                           title: str = "importance weights") -> bytes:
     """PNG histogram of log10(w / mean w) — 0 is an average weight, a long right tail is what breaks an estimate —
     with ESS (and its share of n) and Pareto k̂ in the title (computed when not given)."""
@@ -498,7 +499,7 @@ def weights_histogram_png(log_w: Any, *, ess: Optional[float] = None, pareto_k_h
     return buf.getvalue()
 
 
-def _fmt(x: Optional[float], digits: int = 3) -> str:
+def _fmt(x: float | None, digits: int = 3) -> str:
     return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}f}"
 
 

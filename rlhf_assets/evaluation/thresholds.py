@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Optional
 
 
 @dataclass(frozen=True)
@@ -25,7 +24,7 @@ class ReleaseThresholds:
     """Spearman correlation of the calibrated preference with the share of annotators preferring the same side."""
     min_uplift: float = 0.0
     """The independent judge's off-policy uplift over the behaviour policy must be above this."""
-    max_kl: Optional[float] = None
+    max_kl: float | None = None
     """Nats, KL(policy ‖ reference) per sequence. None: the release's own PPO ``kl_budget``; a number can only
     tighten it (the effective limit is min(max_kl, kl_budget))."""
     n_bootstrap: int = 1000
@@ -55,7 +54,7 @@ class ReleaseThresholds:
         if not 0.5 <= self.confidence < 1.0:
             raise ValueError(f"confidence must be in [0.5, 1); got {self.confidence}")
 
-    def kl_limit(self, kl_budget: Optional[float]) -> Optional[float]:
+    def kl_limit(self, kl_budget: float | None) -> float | None:
         """The KL limit a release is held to: its own PPO budget, tightened by ``max_kl`` when set."""
         limits = [x for x in (kl_budget, self.max_kl) if x is not None]
         return min(limits) if limits else None

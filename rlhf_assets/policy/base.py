@@ -3,14 +3,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 from rlhf_assets.policy.model import PolicyModel, load_gguf, load_hf, smollm2_gguf, tiny_lm, tiny_tokenizer
 
 BASE_KIND = "base_policy"
 
 
-def base_policy(config, store_root: Optional[str], log: Callable[[str], None]) -> tuple[PolicyModel, Any, list[str]]:
+def base_policy(config, store_root: str | None, log: Callable[[str], None]) -> tuple[PolicyModel, Any, list[str]]:
     """(model, tokenizer, parent artifact ids) for ``config.preset``."""
     if config.preset == "tiny":
         tok = tiny_tokenizer()
@@ -21,7 +22,7 @@ def base_policy(config, store_root: Optional[str], log: Callable[[str], None]) -
     return _smollm2_base(store_root, log)
 
 
-def _smollm2_base(store_root: Optional[str], log: Callable[[str], None]):
+def _smollm2_base(store_root: str | None, log: Callable[[str], None]):
     import tempfile
     from pathlib import Path
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar
 
 from rlhf_assets.configfile import FileConfig, is_int, is_num
 
@@ -69,13 +69,13 @@ class SFTConfig(FileConfig):
     """
 
     preset: str = "tiny"
-    model_path: Optional[str] = None
+    model_path: str | None = None
     tiny_hidden: int = 64
     tiny_layers: int = 2
     max_prompt_tokens: int = 96
     max_response_tokens: int = 32
     batch_size: int = 16
-    lr: Optional[float] = None
+    lr: float | None = None
     weight_decay: float = 0.0
     warmup_ratio: float = 0.05
     max_grad_norm: float = 1.0
@@ -98,7 +98,7 @@ class SFTConfig(FileConfig):
         if self.max_steps == 0:
             raise ValueError("SFTConfig.max_steps=0: must be -1 (no cap) or >= 1")
 
-    def resolved(self) -> "SFTConfig":
+    def resolved(self) -> SFTConfig:
         return dataclasses.replace(self, lr=self.lr if self.lr is not None else SFT_LR[self.preset],
                                    precision=_precision(self.precision))
 
@@ -142,7 +142,7 @@ class PPOConfig(FileConfig):
     ppo_epochs: int = 4
     minibatch_size: int = 16
     micro_batch_size: int = 16
-    lr: Optional[float] = None
+    lr: float | None = None
     gamma: float = 1.0
     lam: float = 0.95
     clip_range: float = 0.2
@@ -193,6 +193,6 @@ class PPOConfig(FileConfig):
             raise ValueError(f"PPOConfig.micro_batch_size={self.micro_batch_size}: must divide minibatch_size "
                              f"({self.minibatch_size})")
 
-    def resolved(self) -> "PPOConfig":
+    def resolved(self) -> PPOConfig:
         return dataclasses.replace(self, lr=self.lr if self.lr is not None else PPO_LR[self.preset],
                                    precision=_precision(self.precision))

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -69,12 +70,12 @@ class SequenceBatch:
     def response_ids(self) -> torch.Tensor:
         return self.input_ids[:, self.prompt_len:]
 
-    def rows(self, index) -> "SequenceBatch":
+    def rows(self, index) -> SequenceBatch:
         """The sub-batch of some rows (a slice or an index tensor); the layout stays the same."""
         return SequenceBatch(self.input_ids[index], self.attention_mask[index], self.response_mask[index],
                              self.prompt_len)
 
-    def to(self, device: torch.device | str) -> "SequenceBatch":
+    def to(self, device: torch.device | str) -> SequenceBatch:
         return SequenceBatch(self.input_ids.to(device), self.attention_mask.to(device),
                              self.response_mask.to(device), self.prompt_len)
 

@@ -17,10 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
-from rlhf_assets.pipes_report import clean, meta, pipes as open_pipes, png_markdown, rank
+from rlhf_assets.pipes_report import clean, meta, png_markdown, rank
+from rlhf_assets.pipes_report import pipes as open_pipes
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -90,7 +92,7 @@ def _sft(args: argparse.Namespace) -> int:
     return 0
 
 
-def _calibrator(path: Optional[str]) -> Optional[dict]:
+def _calibrator(path: str | None) -> dict | None:
     if not path:
         return None
     try:
@@ -148,7 +150,7 @@ def _ppo(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(list(argv) if argv is not None else None)
     from rlhf_assets.registry.artifacts import ArtifactNotFound
 

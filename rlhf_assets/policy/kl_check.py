@@ -18,7 +18,8 @@ prompts. No Dagster here.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,7 +39,7 @@ KL_CHECK_PROMPTS = 64
 QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
 
 
-def _json(x: float) -> Optional[float]:
+def _json(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
 
@@ -52,8 +53,8 @@ def _setting(train_config: dict, name: str, given: Any) -> Any:
 
 def measure_kl(storage: Storage, policy_id: str, reference_id: str, prompts: Sequence[str], *,
                n_prompts: int = KL_CHECK_PROMPTS, samples_per_prompt: int = 1, seed: int = KL_CHECK_SEED,
-               temperature: Optional[float] = None, max_prompt_tokens: Optional[int] = None,
-               max_new_tokens: Optional[int] = None, n_boot: int = 1000, confidence: float = 0.95,
+               temperature: float | None = None, max_prompt_tokens: int | None = None,
+               max_new_tokens: int | None = None, n_boot: int = 1000, confidence: float = 0.95,
                bootstrap_seed: int = 0, batch_size: int = 32, device: str | torch.device = "cpu") -> dict[str, Any]:
     """Monte-Carlo KL(policy ‖ reference) per sequence (nats), measured on fresh samples of the stored policy.
 

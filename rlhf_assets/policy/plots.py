@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def _png(fig) -> bytes:

@@ -28,10 +28,11 @@ import copy
 import math
 import platform
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,15 +44,31 @@ from rlhf_assets.policy.data import collate, encode_prompt, encode_response, joi
 from rlhf_assets.policy.generation import sample
 from rlhf_assets.policy.model import PolicyModel, response_outputs
 from rlhf_assets.policy.ppo_core import (
-    AdaptiveKLController, FixedKLController, RunningMoments, compute_gae, entropy_from_logits, explained_variance,
-    masked_mean, masked_whiten, per_token_rewards, ppo_loss, token_logprobs,
+    AdaptiveKLController,
+    FixedKLController,
+    RunningMoments,
+    compute_gae,
+    entropy_from_logits,
+    explained_variance,
+    masked_mean,
+    masked_whiten,
+    per_token_rewards,
+    ppo_loss,
+    token_logprobs,
 )
 from rlhf_assets.policy.reward_fn import ProxyReward
-from rlhf_assets.policy.sft import response_nll
 from rlhf_assets.policy.runtime import (
-    MetricsLog, adamw, autocast, device_for, load_checkpoint, make_deterministic, save_checkpoint, store_policy,
+    MetricsLog,
+    adamw,
+    autocast,
+    device_for,
+    load_checkpoint,
+    make_deterministic,
+    save_checkpoint,
+    store_policy,
     versions,
 )
+from rlhf_assets.policy.sft import response_nll
 from rlhf_assets.reward.evaluate import load_reward_model
 
 PPO_KIND = "ppo_policy"
@@ -60,16 +77,16 @@ EVAL_SEED_OFFSET = 1_000_003
 
 @dataclass
 class PPOResult:
-    artifact_id: Optional[str]
-    artifact_uri: Optional[str]
-    artifact_dir: Optional[str]
+    artifact_id: str | None
+    artifact_uri: str | None
+    artifact_dir: str | None
     selected_step: int
     selected: dict[str, float]
     history: list[dict]
     evals: list[dict]
     events: list[dict]
-    stop_reason: Optional[str]
-    resumed_from_step: Optional[int]
+    stop_reason: str | None
+    resumed_from_step: int | None
     rollout_tokens_per_s: float
     train_tokens_per_s: float
     wall_time_s: float
@@ -100,9 +117,9 @@ class PPOTrainer:
     """Holds the models and the state that a checkpoint saves; :meth:`run` is the loop."""
 
     def __init__(self, cfg: PPOConfig, sft_dir: str | Path, reward_dir: str | Path, prompts: Sequence[str],
-                 eval_prompts: Sequence[str], *, calibrator: Optional[Mapping[str, Any]] = None,
-                 sft_rows: Sequence[dict] = (), extra_scorers: Optional[Mapping[str, Callable]] = None,
-                 log: Optional[Callable[[str], None]] = None):
+                 eval_prompts: Sequence[str], *, calibrator: Mapping[str, Any] | None = None,
+                 sft_rows: Sequence[dict] = (), extra_scorers: Mapping[str, Callable] | None = None,
+                 log: Callable[[str], None] | None = None):
         self.cfg = cfg
         self.say = log or (lambda msg: None)
         self.device = device_for()
@@ -135,7 +152,7 @@ class PPOTrainer:
         self.best: dict[str, Any] = {}
         self.rejections = 0  # rejected updates since the last update that stayed inside the budget
         self.restored = False  # the current weights were restored by a rejection (not yet updated again)
-        self.prev: Optional[dict] = None  # weights + optimizer before the latest update ("reject" restores it)
+        self.prev: dict | None = None  # weights + optimizer before the latest update ("reject" restores it)
         self.gen_time = self.train_time = 0.0
         self.gen_tokens = self.train_tokens = 0
 
@@ -304,7 +321,7 @@ class PPOTrainer:
         return out
 
     # ---------------------------------------------------------------------------------------------- loop
-    def run(self, ckpt_path: Path, metrics_path: Path) -> Optional[str]:
+    def run(self, ckpt_path: Path, metrics_path: Path) -> str | None:
         cfg = self.cfg
         metrics_log = MetricsLog(metrics_path, self.history)
         if self.step == 0 and not self.evals:
@@ -371,10 +388,10 @@ class PPOTrainer:
 
 
 def train_ppo(config: PPOConfig, sft_dir: str | Path, reward_dir: str | Path, prompts: Sequence[str],
-              eval_prompts: Sequence[str], out_dir: str | Path, *, calibrator: Optional[Mapping[str, Any]] = None,
-              sft_rows: Sequence[dict] = (), store_root: Optional[str] = None, dataset_id: Optional[str] = None,
-              parent_ids: Sequence[str] = (), extra_scorers: Optional[Mapping[str, Callable]] = None,
-              log: Optional[Callable[[str], None]] = None, store: bool = True) -> PPOResult:
+              eval_prompts: Sequence[str], out_dir: str | Path, *, calibrator: Mapping[str, Any] | None = None,
+              sft_rows: Sequence[dict] = (), store_root: str | None = None, dataset_id: str | None = None,
+              parent_ids: Sequence[str] = (), extra_scorers: Mapping[str, Callable] | None = None,
+              log: Callable[[str], None] | None = None, store: bool = True) -> PPOResult:
     """Run PPO (resuming from ``out_dir/checkpoints/last.pt`` when present) and store the selected checkpoint."""
     t0 = time.perf_counter()
     cfg = config.resolved()
@@ -410,7 +427,7 @@ def train_ppo(config: PPOConfig, sft_dir: str | Path, reward_dir: str | Path, pr
             "metrics": {f"selected_{k}": v for k, v in best.items() if isinstance(v, (int, float))},
             "selected_step": int(best["step"]), "stop_reason": stop_reason, "events": trainer.events,
             "evals": trainer.evals, "versions": versions(),
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z"),
+            "created_at": datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
             "run": {"resumed_from_step": resumed_from, "rollout_tokens_per_s": round(rollout_tps, 1),
                     "train_tokens_per_s": round(train_tps, 1), "host": platform.node(), "work_dir": str(work)},
         }

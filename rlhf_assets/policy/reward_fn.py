@@ -10,14 +10,15 @@ Without a calibration the scale is 1 (the raw Bradley–Terry score).
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from rlhf_assets.reward.evaluate import RewardScorer
 
 
-def calibrated_scale(calibrator: Optional[Mapping[str, Any]]) -> float:
+def calibrated_scale(calibrator: Mapping[str, Any] | None) -> float:
     if not calibrator:
         return 1.0
     method = calibrator.get("method")
@@ -36,7 +37,7 @@ def calibrated_scale(calibrator: Optional[Mapping[str, Any]]) -> float:
 class ProxyReward:
     """``scale · r(prompt, response)``; ``no_eos_penalty`` is added when a response hit the length cap."""
 
-    def __init__(self, scorer: RewardScorer, calibrator: Optional[Mapping[str, Any]] = None,
+    def __init__(self, scorer: RewardScorer, calibrator: Mapping[str, Any] | None = None,
                  no_eos_penalty: float = 0.0, batch_size: int = 64):
         self.scorer, self.scale = scorer, calibrated_scale(calibrator)
         self.no_eos_penalty, self.batch_size = float(no_eos_penalty), batch_size

@@ -7,7 +7,7 @@ import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -61,7 +61,7 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path) -> Optional[dict[str, Any]]:
+def load_checkpoint(path: Path) -> dict[str, Any] | None:
     """The checkpoint at ``path`` or None; ``weights_only=True``: tensors and plain values only, no pickled code."""
     if not path.exists():
         return None
@@ -83,7 +83,7 @@ class MetricsLog:
             fh.write(json.dumps(row, sort_keys=True) + "\n")
 
 
-def store_policy(model, tokenizer, stage: str, train_config: dict, manifest: dict, store_root: Optional[str],
+def store_policy(model, tokenizer, stage: str, train_config: dict, manifest: dict, store_root: str | None,
                  work: Path):
     """Save the policy payload into a temporary folder under ``work`` and put it in the artifact store."""
     import tempfile

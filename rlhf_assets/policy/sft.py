@@ -12,10 +12,11 @@ from __future__ import annotations
 import math
 import platform
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import torch
 
@@ -26,8 +27,16 @@ from rlhf_assets.policy.data import collate, encode_prompt, encode_response
 from rlhf_assets.policy.model import PolicyModel, response_outputs
 from rlhf_assets.policy.ppo_core import masked_mean, token_logprobs
 from rlhf_assets.policy.runtime import (
-    MetricsLog, adamw, autocast, device_for, load_checkpoint, make_deterministic, save_checkpoint, store_policy,
-    versions, warmup_linear,
+    MetricsLog,
+    adamw,
+    autocast,
+    device_for,
+    load_checkpoint,
+    make_deterministic,
+    save_checkpoint,
+    store_policy,
+    versions,
+    warmup_linear,
 )
 
 SFT_KIND = "sft_policy"
@@ -40,7 +49,7 @@ class SFTResult:
     artifact_dir: str
     metrics: dict[str, float]
     global_step: int
-    resumed_from_step: Optional[int]
+    resumed_from_step: int | None
     tokens_per_s: float
     wall_time_s: float
     manifest: dict[str, Any] = field(repr=False, default_factory=dict)
@@ -75,8 +84,8 @@ def mean_nll(model: PolicyModel, prompts: list, responses: list, pad_id: int, de
 
 
 def train_sft(config: SFTConfig, rows: Sequence[dict], out_dir: str | Path, *, val_rows: Sequence[dict] = (),
-              store_root: Optional[str] = None, dataset_id: Optional[str] = None,
-              log: Optional[Callable[[str], None]] = None) -> SFTResult:
+              store_root: str | None = None, dataset_id: str | None = None,
+              log: Callable[[str], None] | None = None) -> SFTResult:
     """Fine-tune ``config.preset``'s base policy on ``rows`` ({"prompt", "response"}) and store the artifact."""
     say = log or (lambda msg: None)
     t0 = time.perf_counter()
@@ -151,7 +160,7 @@ def train_sft(config: SFTConfig, rows: Sequence[dict], out_dir: str | Path, *, v
         "config": cfg.to_dict(), "seed": cfg.seed, "metrics": metrics, "parent_ids": parents,
         "data": {"n_train": n, "n_val": len(val_rows)}, "training": {"global_step": total},
         "versions": versions(),
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z"),
+        "created_at": datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
         "run": {"wall_time_s": round(time.perf_counter() - t0, 3), "tokens_per_s": round(tokens_per_s, 1),
                 "resumed_from_step": resumed_from, "host": platform.node(), "work_dir": str(work)},
     }

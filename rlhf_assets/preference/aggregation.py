@@ -142,7 +142,7 @@ def _fit(items, cell, post, n_workers, max_iter, tol, shrinkage) -> AggregationR
     priors = post.mean(axis=1)
     counts, conf, log_conf = _m_step(post, items, cell, observed, n_workers, shrinkage)
     loss, converged, it = -np.inf, False, 0
-    for it in range(1, max_iter + 1):
+    for it in range(1, max_iter + 1):  # noqa: B007 -- `it` is the iteration count reported after the loop
         log_prior = np.log(np.maximum(priors, _EPS))
         post = _e_step(log_conf, log_prior, items, cell, out=post)
         priors = post.mean(axis=1)
@@ -245,7 +245,7 @@ def aggregate_table(item_ids, annotator_ids, labels, *, method: str = "dawid-ske
     n_items, k = len(item_values), len(classes)
 
     def count_votes() -> np.ndarray:
-        return _vote_counts(items, label_codes, n_items, k)
+        return _vote_counts(items, label_codes, n_items, k)  # noqa: F821 -- called before `del label_codes`
 
     if method == "majority":
         result = _majority(count_votes(), **kwargs)

@@ -16,7 +16,7 @@ import json
 import math
 import zlib
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import Any
 
 import polars as pl
@@ -168,7 +168,7 @@ def _coerce(name: str, expected: type | tuple[type, ...], value: Any) -> tuple[A
         return None, None
     if name == "created_at" and isinstance(value, (datetime, date)):  # Parquet timestamps
         if isinstance(value, datetime):
-            value = value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+            value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
         return value.isoformat().replace("+00:00", "Z"), None
     types = expected if isinstance(expected, tuple) else (expected,)
     wanted = "number" if float in types else _TYPE_NAMES[types[0]]  # (int, float) is a number, not an integer

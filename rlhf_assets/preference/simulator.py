@@ -22,10 +22,10 @@ import json
 import math
 import os
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import polars as pl
@@ -165,7 +165,7 @@ def _check_dates(dates: Sequence[str]) -> list[str]:
 
 
 def _timestamp(day: str, second_of_day: int) -> str:
-    t = datetime.fromisoformat(day).replace(tzinfo=timezone.utc) + timedelta(seconds=int(second_of_day))
+    t = datetime.fromisoformat(day).replace(tzinfo=UTC) + timedelta(seconds=int(second_of_day))
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
@@ -101,7 +101,7 @@ def build_suite(rules: ValidationRules) -> list[Any]:
         for name in ("response_a", "response_b")
     ]
     if rules.day is not None:
-        start = datetime.combine(date.fromisoformat(rules.day), datetime.min.time(), tzinfo=timezone.utc)
+        start = datetime.combine(date.fromisoformat(rules.day), datetime.min.time(), tzinfo=UTC)
         suite.append(
             e.ExpectColumnValuesToBeBetween(
                 column=EPOCH,
@@ -122,7 +122,7 @@ def parse_timestamp(value: str | None) -> float | None:
     except ValueError:
         return None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     return parsed.timestamp()
 
 

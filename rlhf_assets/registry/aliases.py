@@ -38,9 +38,10 @@ import random
 import re
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
-from typing import Any, Iterator, Optional
+from datetime import UTC, datetime
+from typing import Any
 
 from rlhf_assets.registry.releases import validate_key
 from rlhf_assets.storage import Storage, synced_temp_beside
@@ -57,7 +58,7 @@ class RegistryConflict(RuntimeError):
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def _dumps(obj: Any) -> bytes:
@@ -104,12 +105,12 @@ class Registry:
         return f"Registry({self.storage.uri!r})"
 
     # reading ------------------------------------------------------------------------------------------------
-    def aliases(self) -> dict[str, Optional[dict[str, Any]]]:
+    def aliases(self) -> dict[str, dict[str, Any] | None]:
         """{"production": holder | None, "canary": holder | None}; a holder is {release, artifacts, since,
         history_seq} (+ share for canary). Always the state implied by the whole history, even if the cache lags."""
         return self._replay()[0]
 
-    def current(self, alias: str) -> Optional[dict[str, Any]]:
+    def current(self, alias: str) -> dict[str, Any] | None:
         return self.aliases()[_check_alias(alias)]
 
     def history(self) -> list[dict[str, Any]]:
@@ -118,7 +119,7 @@ class Registry:
 
     # writing ------------------------------------------------------------------------------------------------
     def set_alias(self, alias: str, release: str, artifacts: dict[str, str], *, action: str, reason: str,
-                  actor: str, share: Optional[float] = None) -> dict[str, Any]:
+                  actor: str, share: float | None = None) -> dict[str, Any]:
         """Point ``alias`` at ``release`` and its artifact ids; returns the new history entry.
 
         ``action`` says why (promote | canary | rollback | override); ``canary`` needs 0 < share <= 1 and only
@@ -143,14 +144,14 @@ class Registry:
         return self._append({"alias": alias, "release": release, "artifacts": dict(artifacts), "share": share,
                              "action": action, **_who(reason, actor)})
 
-    def clear_alias(self, alias: str, *, reason: str, actor: str) -> Optional[dict[str, Any]]:
+    def clear_alias(self, alias: str, *, reason: str, actor: str) -> dict[str, Any] | None:
         """Point ``alias`` at nothing (e.g. end a canary); returns the entry, or None if it was already clear."""
         _check_alias(alias)
         return self._append({"alias": alias, "release": None, "artifacts": {}, "share": None, "action": "clear",
                              **_who(reason, actor)})
 
     # internals ----------------------------------------------------------------------------------------------
-    def _append(self, change: dict[str, Any]) -> Optional[dict[str, Any]]:
+    def _append(self, change: dict[str, Any]) -> dict[str, Any] | None:
         """Claim the next seq by exclusive create (retrying on conflict), then bring the cache up to date."""
         with self._writer_lock():
             for attempt in range(MAX_ATTEMPTS):
@@ -179,7 +180,7 @@ class Registry:
             state = apply_entry(state, entry)
         return state, last, seen
 
-    def _read_cache(self) -> Optional[dict[str, Any]]:
+    def _read_cache(self) -> dict[str, Any] | None:
         try:
             if self.storage.is_local:
                 data = self.cache_path.read_bytes()
@@ -259,7 +260,7 @@ class Registry:
                     raise
         # Not fatal: the entry is in the history, and readers replay past a lagging cache.
 
-    def _etag(self, key: str) -> Optional[str]:
+    def _etag(self, key: str) -> str | None:
         bucket, path, _ = self._fs.split_path(key)
         try:
             return self._fs.call_s3("head_object", Bucket=bucket, Key=path)["ETag"]

@@ -29,10 +29,11 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 from rlhf_assets.storage import Storage
 
@@ -132,7 +133,7 @@ def _fsync_tree(root: Path) -> None:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 class ArtifactStore:
@@ -285,7 +286,7 @@ class ArtifactStore:
             if _HEX64.match(name) and (self.base / name / MANIFEST).exists():
                 yield name
 
-    def list(self, kind: Optional[str] = None) -> list[ArtifactRef]:
+    def list(self, kind: str | None = None) -> list[ArtifactRef]:
         """Committed artifacts (of one kind), newest first by manifest ``created_at`` (then id)."""
         rows = []
         for artifact_id in self._ids():
@@ -295,13 +296,13 @@ class ArtifactStore:
         rows.sort(key=lambda r: (r[0], r[1]), reverse=True)
         return [self._ref(i, k) for _, i, k in rows]
 
-    def latest(self, kind: Optional[str] = None) -> ArtifactRef:
+    def latest(self, kind: str | None = None) -> ArtifactRef:
         refs = self.list(kind)
         if not refs:
             raise ArtifactNotFound(f"no {kind or ''} artifact in {self.base}".replace("  ", " "))
         return refs[0]
 
-    def resolve_id(self, spec: str, kind: Optional[str] = None) -> str:
+    def resolve_id(self, spec: str, kind: str | None = None) -> str:
         """The full id for ``ID``, ``sha256:ID``, a unique id prefix (>= 8 hex digits) or ``latest``."""
         spec = spec.strip()
         if spec == "latest":
@@ -319,7 +320,7 @@ class ArtifactStore:
                 raise ArtifactNotFound(f"artifact id prefix {spec!r} is ambiguous ({len(matches)} artifacts)")
         raise ArtifactNotFound(f"no artifact {spec!r} in {self.base}")
 
-    def resolve(self, spec: str | os.PathLike[str], kind: Optional[str] = None) -> Path:
+    def resolve(self, spec: str | os.PathLike[str], kind: str | None = None) -> Path:
         """A local artifact directory for ``ID | ID-prefix | sha256:ID | DIR | latest``."""
         text = os.fspath(spec)
         if text != "latest" and Path(text).is_dir():

@@ -8,7 +8,7 @@ which artifacts a release produced. Rematerializing the decision rewrites its re
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from rlhf_assets.registry.releases import validate_key
 from rlhf_assets.storage import Storage
@@ -34,7 +34,7 @@ def write_decision(storage: Storage, release: str, record: dict[str, Any]) -> di
     return record
 
 
-def read_decision(storage: Storage, release: str) -> Optional[dict[str, Any]]:
+def read_decision(storage: Storage, release: str) -> dict[str, Any] | None:
     """The release's decision record, or None if it has not been decided yet."""
     path = _decision_path(storage, release)
     return storage.read_json(path) if path.exists() else None

@@ -21,7 +21,7 @@ last held IN PRODUCTION according to the history (whether it got there by promot
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from rlhf_assets.registry.aliases import Registry
 from rlhf_assets.storage import Storage
@@ -36,7 +36,7 @@ class NeverInProduction(ValueError):
         super().__init__(f"release {release} never held production, so there is nothing to roll back to ({did})")
 
 
-def last_in_production(history: list[dict[str, Any]], release: str) -> Optional[dict[str, Any]]:
+def last_in_production(history: list[dict[str, Any]], release: str) -> dict[str, Any] | None:
     """The newest history entry that put ``release`` in production (any action), or None."""
     return next((e for e in reversed(history) if e["alias"] == "production" and e["release"] == release
                  and e["action"] != "clear"), None)
@@ -74,8 +74,8 @@ def _end_canary_of(registry: Registry, release: str, actor: str) -> None:
         registry.clear_alias("canary", reason=f"{release} is in production now", actor=actor)
 
 
-def apply_decision(storage: Storage, release: str, decision: dict[str, Any], *, override_reason: Optional[str] = None,
-                   approver: Optional[str] = None, actor: str = "dagster") -> dict[str, Any]:
+def apply_decision(storage: Storage, release: str, decision: dict[str, Any], *, override_reason: str | None = None,
+                   approver: str | None = None, actor: str = "dagster") -> dict[str, Any]:
     """Move the aliases as ``decision`` says; returns {"action", "alias", "reason", "entry", "aliases"}."""
     registry = Registry(storage)
     verdict, artifacts = decision["verdict"], dict(decision["artifacts"])

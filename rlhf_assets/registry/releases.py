@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 from rlhf_assets.storage import Storage
 
@@ -24,7 +24,7 @@ class Release:
 
 
 def new_release_key(now: datetime | None = None) -> str:
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     return now.strftime("r%Y%m%d-%H%M")
 
 
@@ -47,7 +47,7 @@ def create_release(storage: Storage, key: str | None = None, cutoff: str | None 
         if existing.cutoff != cutoff:
             raise ValueError(f"release {key} exists with cutoff {existing.cutoff}; releases are immutable")
         return existing
-    release = Release(key=key, cutoff=cutoff, created_at=datetime.now(timezone.utc).isoformat(), note=note)
+    release = Release(key=key, cutoff=cutoff, created_at=datetime.now(UTC).isoformat(), note=note)
     storage.write_json(_record_path(storage, key), asdict(release))
     return release
 
@@ -56,7 +56,7 @@ def default_cutoff(key: str) -> str:
     match = KEY_PATTERN.match(key)
     if match:
         return datetime.strptime(match.group(1), "%Y%m%d").date().isoformat()
-    return datetime.now(timezone.utc).date().isoformat()
+    return datetime.now(UTC).date().isoformat()
 
 
 def find_release(storage: Storage, key: str) -> Release | None:

@@ -24,8 +24,9 @@ from __future__ import annotations
 import io
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Union
+from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize
@@ -156,7 +157,7 @@ class PlattCalibrator:
         self.intercept_: float | None = None
         self.n_fit_: int | None = None
 
-    def fit(self, margin: Any, y: Any, sample_weight: Any = None) -> "PlattCalibrator":
+    def fit(self, margin: Any, y: Any, sample_weight: Any = None) -> PlattCalibrator:
         m, y, w = _check_fit_inputs(margin, y, sample_weight)
         w = w / w.sum()
         # Standardise for conditioning; map the coefficients back afterwards.
@@ -201,7 +202,7 @@ class PlattCalibrator:
                 "intercept": float(self.intercept_), "l2": self.l2, "n_fit": self.n_fit_}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "PlattCalibrator":
+    def from_dict(cls, d: Mapping[str, Any]) -> PlattCalibrator:
         _check_method(d, cls.method)
         try:
             slope, intercept = float(d["slope"]), float(d["intercept"])
@@ -236,7 +237,7 @@ class IsotonicCalibrator:
         self.y_thresholds_: np.ndarray | None = None
         self.n_fit_: int | None = None
 
-    def fit(self, margin: Any, y: Any, sample_weight: Any = None) -> "IsotonicCalibrator":
+    def fit(self, margin: Any, y: Any, sample_weight: Any = None) -> IsotonicCalibrator:
         from sklearn.isotonic import IsotonicRegression
 
         m, y, w = _check_fit_inputs(margin, y, sample_weight)
@@ -264,7 +265,7 @@ class IsotonicCalibrator:
                 "y_thresholds": [float(v) for v in self.y_thresholds_], "n_fit": self.n_fit_}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "IsotonicCalibrator":
+    def from_dict(cls, d: Mapping[str, Any]) -> IsotonicCalibrator:
         _check_method(d, cls.method)
         try:
             x = np.asarray(d["x_thresholds"], dtype=np.float64)
@@ -289,7 +290,7 @@ class IsotonicCalibrator:
         return f"IsotonicCalibrator({self.x_thresholds_.size} breakpoints)"
 
 
-Calibrator = Union[PlattCalibrator, IsotonicCalibrator]
+Calibrator = PlattCalibrator | IsotonicCalibrator
 _CALIBRATORS: dict[str, type] = {"platt": PlattCalibrator, "isotonic": IsotonicCalibrator}
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Optional, Union
+from typing import Any, ClassVar
 
 from rlhf_assets.configfile import FileConfig, is_int, is_num
 
@@ -58,13 +58,13 @@ class RMConfig(FileConfig):
     """
 
     preset: str = "tiny"
-    model_path: Optional[str] = None
+    model_path: str | None = None
     max_length: int = 256
-    dropout: Optional[float] = 0.0
+    dropout: float | None = 0.0
 
     batch_size: int = 16
-    eval_batch_size: Optional[int] = None
-    lr: Optional[float] = None
+    eval_batch_size: int | None = None
+    lr: float | None = None
     weight_decay: float = 0.0
     warmup_ratio: float = 0.1
     adam_betas: tuple[float, float] = (0.9, 0.999)
@@ -72,7 +72,7 @@ class RMConfig(FileConfig):
     epochs: int = 1
     max_steps: int = -1
     accumulate_grad_batches: int = 1
-    gradient_clip_val: Optional[float] = 1.0
+    gradient_clip_val: float | None = 1.0
 
     margin: float = 0.0
     use_soft_targets: bool = True
@@ -84,12 +84,12 @@ class RMConfig(FileConfig):
     devices: int = 1
     num_nodes: int = 1
     accelerator: str = "auto"
-    deterministic: Optional[bool] = None
+    deterministic: bool | None = None
     seed: int = 0
 
     early_stopping_patience: int = 3
-    val_check_interval: Union[int, float] = 1.0
-    checkpoint_every_n_steps: Optional[int] = None
+    val_check_interval: int | float = 1.0
+    checkpoint_every_n_steps: int | None = None
     num_workers: int = 0
     length_grouping: bool = True
     mega_batch_mult: int = 50
@@ -186,7 +186,7 @@ class RMConfig(FileConfig):
 
         return "gpu" if torch.cuda.is_available() else "cpu"
 
-    def resolved(self) -> "RMConfig":
+    def resolved(self) -> RMConfig:
         """``lr``, ``precision`` and ``deterministic`` made concrete for this machine."""
         accelerator = self.resolved_accelerator()
         precision = self.precision

@@ -26,9 +26,10 @@ import gzip
 import json
 import math
 import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -112,7 +113,7 @@ def write_pairs(path: str | Path, pairs: Iterable[PreferencePair | dict]) -> Non
 class EncodedSequence:
     input_ids: list[int]
     token_type_ids: list[int]
-    truncation: Optional[str] = None  # None | "prompt" | "response"
+    truncation: str | None = None  # None | "prompt" | "response"
 
 
 @dataclass

@@ -20,10 +20,14 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
-from rlhf_assets.pipes_report import clean as _clean, meta as _meta, pipes as _pipes, rank as _rank
+from rlhf_assets.pipes_report import clean as _clean
+from rlhf_assets.pipes_report import meta as _meta
+from rlhf_assets.pipes_report import pipes as _pipes
+from rlhf_assets.pipes_report import rank as _rank
 
 DEFAULT_OUT = "runs/reward_model"
 
@@ -161,7 +165,7 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(list(argv) if argv is not None else None)
     from rlhf_assets.registry.artifacts import ArtifactNotFound
 

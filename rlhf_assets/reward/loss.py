@@ -13,8 +13,6 @@ only their ratios matter; an all-zero-weight batch gives 0 (no NaN).
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 
@@ -24,7 +22,7 @@ def reward_margin(r_chosen: torch.Tensor, r_rejected: torch.Tensor, margin: floa
     return r_chosen - r_rejected - margin
 
 
-def bt_pair_loss(delta: torch.Tensor, target: Optional[torch.Tensor] = None) -> torch.Tensor:
+def bt_pair_loss(delta: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
     """Per-pair (soft) Bradley–Terry negative log-likelihood; numerically stable via logsigmoid."""
     if target is None:
         return -F.logsigmoid(delta)
@@ -32,8 +30,8 @@ def bt_pair_loss(delta: torch.Tensor, target: Optional[torch.Tensor] = None) -> 
     return -(target * F.logsigmoid(delta) + (1.0 - target) * F.logsigmoid(-delta))
 
 
-def weighted_mean(values: torch.Tensor, weight: Optional[torch.Tensor] = None,
-                  weight_total: Optional[torch.Tensor] = None) -> torch.Tensor:
+def weighted_mean(values: torch.Tensor, weight: torch.Tensor | None = None,
+                  weight_total: torch.Tensor | None = None) -> torch.Tensor:
     """Σ w·v / Σ w (plain mean without weights; 0 when all weights are 0).
 
     ``weight_total`` replaces the local Σ w: under DDP each rank passes (global Σ w) / world_size, so the averaged
@@ -47,15 +45,15 @@ def weighted_mean(values: torch.Tensor, weight: Optional[torch.Tensor] = None,
 
 
 def centering_penalty(r_chosen: torch.Tensor, r_rejected: torch.Tensor,
-                      weight: Optional[torch.Tensor] = None,
-                      weight_total: Optional[torch.Tensor] = None) -> torch.Tensor:
+                      weight: torch.Tensor | None = None,
+                      weight_total: torch.Tensor | None = None) -> torch.Tensor:
     """mean((r_c + r_r)²), weighted like the main loss."""
     return weighted_mean((r_chosen + r_rejected) ** 2, weight, weight_total)
 
 
-def preference_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, *, target: Optional[torch.Tensor] = None,
-                    weight: Optional[torch.Tensor] = None, margin: float | torch.Tensor = 0.0,
-                    center_coef: float = 0.0, weight_total: Optional[torch.Tensor] = None) -> torch.Tensor:
+def preference_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, *, target: torch.Tensor | None = None,
+                    weight: torch.Tensor | None = None, margin: float | torch.Tensor = 0.0,
+                    center_coef: float = 0.0, weight_total: torch.Tensor | None = None) -> torch.Tensor:
     """The full batch loss (see the module docstring)."""
     delta = reward_margin(r_chosen, r_rejected, margin)
     loss = weighted_mean(bt_pair_loss(delta, target), weight, weight_total)
@@ -65,7 +63,7 @@ def preference_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, *, target:
 
 
 def pair_accuracy(r_chosen: torch.Tensor, r_rejected: torch.Tensor,
-                  target: Optional[torch.Tensor] = None) -> torch.Tensor:
+                  target: torch.Tensor | None = None) -> torch.Tensor:
     """Per-pair correctness: 1 when the model prefers the side the (hard-thresholded) target prefers, 0.5 on ties."""
     delta = r_chosen - r_rejected
     pred = torch.where(delta > 0, 1.0, torch.where(delta < 0, 0.0, 0.5))

@@ -17,7 +17,8 @@ from __future__ import annotations
 import math
 import random
 import time
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -46,14 +47,14 @@ class RewardModel(pl.LightningModule):
         super().__init__()
         self.net = net
         self.config = config
-        self._val_sums: Optional[torch.Tensor] = None
+        self._val_sums: torch.Tensor | None = None
         self._t_batch = 0.0
         self.tokens_seen = 0          # real tokens trained on by this rank
         self.train_step_time_s = 0.0  # wall time spent in training batches on this rank
 
     # scoring ------------------------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         return self.net(input_ids, attention_mask, token_type_ids)
 
     def _pair_rewards(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,8 +110,8 @@ class RewardModel(pl.LightningModule):
         self.total_tokens = int(t[0])
         self.mean_step_time_s = float(t[1]) / world
 
-    def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: Optional[float] = None,
-                                    gradient_clip_algorithm: Optional[str] = None) -> None:
+    def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
         if not gradient_clip_val:
             return
         wrapped = self.trainer.strategy.model
@@ -220,7 +221,7 @@ def _tuplify(x: Any) -> Any:
     return tuple(_tuplify(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
-def _per_rank_weight_total(weight: torch.Tensor) -> Optional[torch.Tensor]:
+def _per_rank_weight_total(weight: torch.Tensor) -> torch.Tensor | None:
     """(Σ w over all ranks) / world size under DDP, else None: DDP averages gradients over ranks, so dividing each
     rank's Σ w·loss by this gives exactly the single-process weighted mean of the global batch, even when weights
     differ between ranks (annotator-reliability weights do)."""

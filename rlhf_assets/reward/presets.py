@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -72,7 +72,7 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def _apply_dropout(config: Any, dropout: Optional[float]) -> None:
+def _apply_dropout(config: Any, dropout: float | None) -> None:
     if dropout is None:
         return
     for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "attention_dropout", "hidden_dropout",
@@ -90,7 +90,7 @@ def kind_of(config: Any) -> str:
     return ENCODER
 
 
-def tiny_backbone_config(preset: str, tokenizer: Any, max_length: int, dropout: Optional[float]):
+def tiny_backbone_config(preset: str, tokenizer: Any, max_length: int, dropout: float | None):
     from transformers import BertConfig, LlamaConfig
 
     positions = max(512, max_length)
@@ -210,7 +210,7 @@ class RewardNet(nn.Module):
         return first_real_token_index(attention_mask)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
         if self.kind == DECODER:
             kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

@@ -30,10 +30,11 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -73,10 +74,10 @@ class TrainResult:
     global_step: int
     epochs_completed: int
     selected_checkpoint: str          # "best" or "last"
-    resumed_from_step: Optional[int]  # None for a fresh run
+    resumed_from_step: int | None  # None for a fresh run
     tokens_per_s: float               # real (non-padding) tokens per second of training step time, all ranks
     wall_time_s: float
-    dataset_id: Optional[str]
+    dataset_id: str | None
     manifest: dict[str, Any] = field(repr=False, default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
@@ -110,7 +111,7 @@ def _progress_callbacks(enabled: bool) -> list:
     return [RichProgressBar() if importlib.util.find_spec("rich") else TQDMProgressBar()]
 
 
-def build_strategy(config: RMConfig, accelerator: str, net: Optional[RewardNet] = None) -> Any:
+def build_strategy(config: RMConfig, accelerator: str, net: RewardNet | None = None) -> Any:
     """The Lightning strategy object for ``config.strategy``."""
     from datetime import timedelta
 
@@ -246,9 +247,9 @@ def _versions() -> dict[str, str]:
 
 def train_reward_model(config: RMConfig, train_pairs_path: str | os.PathLike[str],
                        val_pairs_path: str | os.PathLike[str], work_dir: str | os.PathLike[str],
-                       store_root: Optional[str] = None, dataset_id: Optional[str] = None,
+                       store_root: str | None = None, dataset_id: str | None = None,
                        parent_ids: Sequence[str] = (), progress: bool = True,
-                       log: Optional[LogFn] = None, artifact_kind: str = ARTIFACT_KIND) -> Optional[TrainResult]:
+                       log: LogFn | None = None, artifact_kind: str = ARTIFACT_KIND) -> TrainResult | None:
     """Fit, evaluate and store a reward model; returns the result on rank 0 and ``None`` on other ranks.
 
     ``artifact_kind`` names the artifact's role in the store (``judge_reward_model`` for the release's independent
@@ -269,9 +270,9 @@ def train_reward_model(config: RMConfig, train_pairs_path: str | os.PathLike[str
 
 
 def _train(config: RMConfig, train_pairs_path: str | os.PathLike[str], val_pairs_path: str | os.PathLike[str],
-           work_dir: str | os.PathLike[str], store_root: Optional[str], dataset_id: Optional[str],
-           parent_ids: Sequence[str], progress: bool, log: Optional[LogFn],
-           artifact_kind: str = ARTIFACT_KIND) -> Optional[TrainResult]:
+           work_dir: str | os.PathLike[str], store_root: str | None, dataset_id: str | None,
+           parent_ids: Sequence[str], progress: bool, log: LogFn | None,
+           artifact_kind: str = ARTIFACT_KIND) -> TrainResult | None:
     say: LogFn = log or (lambda msg: None)
     t0 = time.perf_counter()
     cfg = config.resolved()
@@ -392,7 +393,7 @@ def _train(config: RMConfig, train_pairs_path: str | os.PathLike[str], val_pairs
         "training": {"global_step": int(trainer.global_step), "epochs_completed": int(trainer.current_epoch),
                      "early_stopped": bool(early_stopped)},
         "versions": _versions(),
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z"),
+        "created_at": datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
         "run": {"wall_time_s": round(time.perf_counter() - t0, 3), "fit_wall_time_s": round(fit_wall, 3),
                 "tokens_per_s": round(tokens_per_s, 1), "tokens_trained": int(total_tokens),
                 "resumed_from_step": resumed_from, "world_size": int(trainer.world_size),

@@ -191,7 +191,8 @@ def test_conservation_on_a_batch_mixing_many_kinds_of_bad_input(storage_root, da
     """Every line of every file is accounted for: rows counted in landing = valid + quarantined + in quarantined
     files, and unreadable files are moved aside with a reason; 31 kinds of bad row plus clean rows, a Parquet
     file, and three unreadable files (one of them a truncated gzip that cannot be counted)."""
-    from rlhf_assets_tests.preference.test_validation import BAD, DAY as BAD_DAY, line, rec
+    from rlhf_assets_tests.preference.test_validation import BAD, line, rec
+    from rlhf_assets_tests.preference.test_validation import DAY as BAD_DAY
 
     storage = Storage(storage_root)
     clean = [line(rec(i)) for i in range(1000, 2000)]  # ids disjoint from the bad rows (c100…c132)

@@ -16,8 +16,7 @@ from rlhf_assets.registry.artifacts import ArtifactStore
 from rlhf_assets.registry.decisions import read_decision
 from rlhf_assets.registry.listing import release_listing
 from rlhf_assets.registry.releases import create_release
-from rlhf_assets_tests.defs.test_reward_pillar import (  # noqa: F401
-    RELEASE, TINY, checks, config, release, run_release)
+from rlhf_assets_tests.defs.test_reward_pillar import RELEASE, TINY, checks, config, release, run_release  # noqa: F401
 
 SFT = {"epochs": 3, "max_prompt_tokens": 24, "max_response_tokens": 16}
 #: Tiny data cannot reach production-grade calibration; these thresholds (the release_thresholds resource, shared by

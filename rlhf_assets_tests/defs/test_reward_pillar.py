@@ -7,8 +7,8 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from rlhf_assets.defs.check_names import CALIBRATED_ECE, NO_NAN_SCORES, TEST_ACCURACY
 from rlhf_assets.definitions import defs
+from rlhf_assets.defs.check_names import CALIBRATED_ECE, NO_NAN_SCORES, TEST_ACCURACY
 from rlhf_assets.evaluation.thresholds import ReleaseThresholds
 from rlhf_assets.preference.simulator import landing_files, simulate_comparisons
 from rlhf_assets.preference.snapshot import SnapshotSettings, prompt_bucket, split_of

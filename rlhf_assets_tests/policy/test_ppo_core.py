@@ -7,8 +7,15 @@ import torch
 
 from rlhf_assets.policy.data import collate
 from rlhf_assets.policy.ppo_core import (
-    AdaptiveKLController, FixedKLController, RunningMoments, compute_gae, masked_mean, masked_whiten,
-    last_token_index, per_token_rewards, ppo_loss,
+    AdaptiveKLController,
+    FixedKLController,
+    RunningMoments,
+    compute_gae,
+    last_token_index,
+    masked_mean,
+    masked_whiten,
+    per_token_rewards,
+    ppo_loss,
 )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import polars as pl
 import pytest
@@ -67,7 +67,7 @@ def test_report_has_sha256_size_and_format():
 
 def test_parquet_timestamp_created_at_becomes_iso_string_with_z():
     naive = datetime(2024, 5, 1, 10, 30, 0)
-    aware = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
+    aware = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
     for value, expected in ((naive, "2024-05-01T10:30:00Z"), (aware, "2024-05-01T12:00:00Z")):
         frame = pl.DataFrame([rec(0, created_at=value)])
         assert frame["created_at"].dtype.is_temporal()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import polars as pl
 import pytest
@@ -39,7 +39,7 @@ def big_batch(hh_pairs):
 
 def _day(ts: str) -> str:
     assert ts.endswith("Z")
-    return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).date().isoformat()
+    return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).date().isoformat()
 
 
 def test_default_panel_mix():

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from rlhf_assets.registry.artifacts import (ArtifactNotFound, ArtifactStore, artifact_digest, payload_files)
+from rlhf_assets.registry.artifacts import ArtifactNotFound, ArtifactStore, artifact_digest, payload_files
 from rlhf_assets.storage import Storage
 
 

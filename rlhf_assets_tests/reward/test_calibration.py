@@ -24,7 +24,6 @@ from rlhf_assets.reward.calibration import (
     select_method,
     slice_accuracy,
 )
-from rlhf_assets.evaluation.evidence import bootstrap_ci
 from rlhf_assets.reward.metrics import accuracy, expected_calibration_error, log_loss, margin_probability, oriented
 
 

@@ -5,8 +5,15 @@ import json
 import numpy as np
 import pytest
 
-from rlhf_assets.reward.data import (PairBatchSampler, PairEncoder, PairsFormatError, PreferencePair,
-                                     global_batches, make_loader, read_pairs)
+from rlhf_assets.reward.data import (
+    PairBatchSampler,
+    PairEncoder,
+    PairsFormatError,
+    PreferencePair,
+    global_batches,
+    make_loader,
+    read_pairs,
+)
 from rlhf_assets.reward.presets import load_tokenizer, minilm_path
 
 

@@ -5,8 +5,7 @@ import math
 import pytest
 import torch
 
-from rlhf_assets.reward.loss import (bt_pair_loss, centering_penalty, pair_accuracy, preference_loss,
-                                     weighted_mean)
+from rlhf_assets.reward.loss import bt_pair_loss, centering_penalty, pair_accuracy, preference_loss, weighted_mean
 
 RC = torch.tensor([2.0, 0.0])
 RR = torch.tensor([0.0, 1.0])  # Δ = [2, -1]

@@ -26,7 +26,6 @@ import subprocess
 import time
 from pathlib import Path
 
-
 from rlhf_assets_tests.reward.conftest import entrypoint_cmd, make_pairs, subprocess_env, write_jsonl
 
 TIMEOUT = 240

@@ -11,8 +11,9 @@ other partitions never push the target partition's out of view) and the asset's 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Literal, Optional
+from typing import Any, Literal
 
 import dagster as dg
 
@@ -28,7 +29,7 @@ class CheckStatus:
     check: str
     status: Literal["passed", "failed", "not measured"]
     detail: str
-    run_id: Optional[str] = None
+    run_id: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
     @property

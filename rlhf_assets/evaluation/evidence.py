@@ -39,24 +39,29 @@ def outcome(ci_low: float | None, ci_high: float | None, threshold: float, compa
     raise ValueError(f"comparison must be one of >=, >, <=; got {comparison!r}")
 
 
+def _resampled(statistic: Callable[..., float], arrays: Sequence[Any], n_boot: int, seed: int) -> np.ndarray | None:
+    """The finite values of ``statistic`` on ``n_boot`` seeded resamples of the rows (the same index for every
+    array); None when there are fewer than 2 rows or fewer than half the resamples are finite."""
+    data = [np.asarray(a) for a in arrays]
+    n = len(data[0]) if data else 0
+    if any(len(a) != n for a in data):
+        raise ValueError("bootstrap: arrays differ in length")
+    if n < 2 or n_boot < 1:
+        return None
+    rng = np.random.default_rng(seed)
+    stats = np.array([statistic(*(a[idx] for a in data)) for idx in (rng.integers(0, n, n) for _ in range(n_boot))],
+                     dtype=np.float64)
+    stats = stats[np.isfinite(stats)]
+    return stats if stats.size >= n_boot / 2 else None
+
+
 def bootstrap_ci(statistic: Callable[..., float], arrays: Sequence[Any], *, n_boot: int = 1000, seed: int = 0,
                  confidence: float = 0.95) -> tuple[float, float]:
     """Seeded percentile-bootstrap interval of ``statistic(*arrays)``, resampling rows (the same index for every
     array). Resamples where the statistic is not finite are dropped; (nan, nan) when fewer than half survive or
     there are fewer than 2 rows."""
-    data = [np.asarray(a) for a in arrays]
-    n = len(data[0]) if data else 0
-    if any(len(a) != n for a in data):
-        raise ValueError("bootstrap_ci: arrays differ in length")
-    if n < 2 or n_boot < 1:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    stats = np.empty(n_boot)
-    for b in range(n_boot):
-        idx = rng.integers(0, n, n)
-        stats[b] = statistic(*(a[idx] for a in data))
-    stats = stats[np.isfinite(stats)]
-    if stats.size < n_boot / 2:
+    stats = _resampled(statistic, arrays, n_boot, seed)
+    if stats is None:
         return float("nan"), float("nan")
     alpha = (1.0 - confidence) / 2.0
     return float(np.quantile(stats, alpha)), float(np.quantile(stats, 1.0 - alpha))
@@ -73,17 +78,10 @@ def bias_corrected_ci(statistic: Callable[..., float], arrays: Sequence[Any], *,
     above 0.05 in most samples — a gate on it would fail every honest model at that size. The corrected interval
     fails none of them and still fails clearly miscalibrated ones (rlhf_assets_tests/evaluation/test_evidence.py).
     """
-    data = [np.asarray(a) for a in arrays]
-    n = len(data[0]) if data else 0
-    nan = float("nan")
-    if n < 2 or n_boot < 1:
-        return nan, nan, nan
-    point = float(statistic(*data))
-    rng = np.random.default_rng(seed)
-    stats = np.array([statistic(*(a[idx] for a in data)) for idx in (rng.integers(0, n, n) for _ in range(n_boot))])
-    stats = stats[np.isfinite(stats)]
-    if not math.isfinite(point) or stats.size < n_boot / 2:
-        return nan, nan, nan
+    stats = _resampled(statistic, arrays, n_boot, seed)
+    point = float(statistic(*(np.asarray(a) for a in arrays))) if stats is not None else float("nan")
+    if stats is None or not math.isfinite(point):
+        return float("nan"), float("nan"), float("nan")
     alpha = (1.0 - confidence) / 2.0
     q_lo, q_hi = np.quantile(stats, [alpha, 1.0 - alpha])
     out = [2 * point - float(stats.mean()), 2 * point - float(q_hi), 2 * point - float(q_lo)]

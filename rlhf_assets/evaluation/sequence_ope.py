@@ -383,7 +383,7 @@ def evaluate_target(log_df: pl.DataFrame, target_dir: PolicySource, reward: Rewa
         mix = behavior_mixture(behaviors, df, tokenizer=tok, batch_size=batch_size, device=device)
         lb = mix.log_q
         base_lw = mix.logp[baseline] - lb
-    log_importance_weights(lt, lb)  # validates the whole log's log-probs
+    log_w_all = log_importance_weights(lt, lb)  # validated on the whole log, then cut to the rows estimated on
 
     r_all = df["reward"].to_numpy()
     human = None
@@ -398,7 +398,7 @@ def evaluate_target(log_df: pl.DataFrame, target_dir: PolicySource, reward: Rewa
     sub = df[rows] if outcome == "human" else df
     lt, lb, r = lt[rows], lb[rows], r_all[rows]
     base_lw = None if base_lw is None else base_lw[rows]
-    log_w = log_importance_weights(lt, lb)
+    log_w = log_w_all[rows]
 
     q = v = None
     direct = None

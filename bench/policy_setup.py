@@ -130,8 +130,9 @@ def train_rm_child(tag: str, rm_kwargs: dict, train_path: str, val_path: str, he
                    store: str) -> dict:
     """Train a reward model (``RMConfig(**rm_kwargs)``) and measure its accuracy on the held-out pairs."""
     _child_init()
+    from rlhf_assets.reward.artifact import load_reward_model
     from rlhf_assets.reward.config import RMConfig
-    from rlhf_assets.reward.evaluate import load_reward_model, score_pairs
+    from rlhf_assets.reward.evaluate import score_pairs
     from rlhf_assets.reward.train import train_reward_model
 
     t0 = time.perf_counter()
@@ -179,7 +180,7 @@ def ppo_child(tag: str, ppo_kwargs: dict, sft_dir: str, rm_dir: str, prompts: li
     extra: dict[str, Callable] = {}
     gold_scores: list[list[float]] = []
     if gold_dir is not None:
-        from rlhf_assets.reward.evaluate import load_reward_model
+        from rlhf_assets.reward.artifact import load_reward_model
 
         gold = load_reward_model(gold_dir)
 

@@ -345,9 +345,10 @@ def _ours_child(train: list[dict], held: list[dict], max_length: int, batch_size
 
     _quiet()
     from bench.flops import non_embedding_parameters
+    from rlhf_assets.reward.artifact import load_reward_model
     from rlhf_assets.reward.config import RMConfig
     from rlhf_assets.reward.data import PairEncoder, PreferencePair, global_batches
-    from rlhf_assets.reward.evaluate import load_reward_model, score_pairs
+    from rlhf_assets.reward.evaluate import score_pairs
     from rlhf_assets.reward.train import train_reward_model
 
     work = Path(work_dir)

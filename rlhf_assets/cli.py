@@ -351,7 +351,7 @@ def ope(
     from rlhf_assets.policy.data import read_jsonl
     from rlhf_assets.policy.reward_fn import ProxyReward
     from rlhf_assets.registry.artifacts import ArtifactNotFound, ArtifactStore
-    from rlhf_assets.reward.evaluate import load_reward_model
+    from rlhf_assets.reward.artifact import load_reward_model
     from rlhf_assets.storage import storage_from_env
 
     if not simulate:

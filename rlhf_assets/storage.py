@@ -56,6 +56,18 @@ def synced_temp_beside(target: str, data: bytes) -> str:
         raise
     return tmp
 
+
+def atomic_write_local(target: str | os.PathLike[str], data: bytes) -> None:
+    """Write a local file atomically (fsynced temporary beside it, then rename): a reader or a kill -9 sees the
+    old file or the new one, never a partial one. Every hand-written tmp-and-rename in the package uses this."""
+    target = os.fspath(target)
+    tmp = synced_temp_beside(target, data)
+    try:
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
 class Storage:
     """Paths under one storage root plus the few operations the pipeline needs, for local and s3 roots alike."""
 
@@ -94,6 +106,19 @@ class Storage:
     def manifest_path(self, asset: str, partition: str | None = None) -> UPath:
         return self.path("tables", asset, f"{partition or '__all__'}.manifest.json")
 
+    # tables with manifests ----------------------------------------------------------------------------------
+    def write_table(self, asset: str, partition: str | None, df: pl.DataFrame, **extra: Any) -> dict[str, Any]:
+        """Write a table partition and then its manifest (so a manifest marks a complete table); returns it."""
+        digest = self.write_parquet(self.table_path(asset, partition), df)
+        manifest = table_manifest(asset, partition, digest, df.height, df.columns, **extra)
+        self.write_json(self.manifest_path(asset, partition), manifest)
+        return manifest
+
+    def read_table_manifest(self, asset: str, partition: str | None) -> dict[str, Any] | None:
+        """A table partition's manifest, None when it has none (never written, or not a table)."""
+        path = self.manifest_path(asset, partition)
+        return self.read_json(path) if path.exists() else None
+
     # operations ---------------------------------------------------------------------------------------------
     def write_bytes(self, path: UPath, data: bytes) -> str:
         """Write atomically and return the sha256 of the bytes.
@@ -102,13 +127,7 @@ class Storage:
         which is atomic by itself. Either way no reader ever sees a partial file under the final name.
         """
         if self.is_local:
-            target = os.fspath(path)
-            tmp = synced_temp_beside(target, data)
-            try:
-                os.replace(tmp, target)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+            atomic_write_local(path, data)
         else:
             path.write_bytes(data)
         return sha256_bytes(data)
@@ -150,6 +169,15 @@ class Storage:
         else:
             self.write_bytes(dst, src.read_bytes())
             src.unlink()
+
+
+def table_manifest(asset: str, partition: str | None, sha256: str, rows: int, columns: list[str],
+                   **extra: Any) -> dict[str, Any]:
+    """What a table partition holds: its content hash, rows, columns and the code that wrote it."""
+    from rlhf_assets.code_version import code_version
+
+    return {"asset": asset, "partition": partition, "sha256": sha256, "rows": rows, "columns": columns,
+            "code_version": code_version(), **extra}
 
 
 def storage_from_env(root: str | None = None) -> Storage:

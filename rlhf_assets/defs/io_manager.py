@@ -20,7 +20,7 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
-from rlhf_assets.manifest import table_manifest
+from rlhf_assets.preference.schema import SCHEMA_VERSION
 from rlhf_assets.storage import Storage, sha256_bytes
 
 
@@ -34,8 +34,7 @@ class StoredPartition:
 
     @cached_property
     def manifest(self) -> dict[str, Any] | None:
-        path = self.storage.manifest_path(self.asset, self.partition)
-        return self.storage.read_json(path) if path.exists() else None
+        return self.storage.read_table_manifest(self.asset, self.partition)
 
     def read_bytes(self) -> bytes:
         path = self.table_path if self.manifest is not None else self.table_path.with_suffix(".json")
@@ -98,9 +97,8 @@ class PolarsTableIOManager(dg.ConfigurableIOManager):
             raise TypeError(f"{context.asset_key.to_user_string()}: expected a polars DataFrame or a dict, "
                             f"got {type(obj)!r}")
         path = storage.table_path(name, partition)
-        digest = storage.write_parquet(path, obj)
-        manifest = table_manifest(name, partition, digest, obj.height, obj.columns)
-        storage.write_json(storage.manifest_path(name, partition), manifest)
+        manifest = storage.write_table(name, partition, obj, schema_version=SCHEMA_VERSION)
+        digest = manifest["sha256"]
         context.add_output_metadata(
             {
                 "dagster/row_count": obj.height,

@@ -22,19 +22,13 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from rlhf_assets.evaluation.logged import (
-    PolicySource,
-    RewardLike,
-    as_reward_fn,
-    policy_from,
-    simulate_log,
-    validate_log,
-)
+from rlhf_assets.evaluation.logged import simulate_log, validate_log
 from rlhf_assets.evaluation.sequence_ope import evaluate_target, markdown_report, weights_histogram_png
-from rlhf_assets.policy.reward_fn import ProxyReward
+from rlhf_assets.policy.inference import PolicySource, policy_from
+from rlhf_assets.policy.reward_fn import ProxyReward, RewardLike, as_reward_fn
 from rlhf_assets.registry.aliases import Registry
 from rlhf_assets.registry.artifacts import ArtifactStore
-from rlhf_assets.reward.evaluate import load_reward_model
+from rlhf_assets.reward.artifact import load_reward_model
 from rlhf_assets.storage import Storage
 
 SERVING_LOGS = "serving-logs"

@@ -61,15 +61,7 @@ import polars as pl
 import torch
 from scipy.special import logsumexp, softmax
 
-from rlhf_assets.evaluation.logged import (
-    PolicySource,
-    RewardLike,
-    as_reward_fn,
-    policy_from,
-    rollout,
-    teacher_forced_logprobs,
-    validate_log,
-)
+from rlhf_assets.evaluation.logged import validate_log
 from rlhf_assets.evaluation.ope import (
     ESTIMATORS,
     bootstrap_ci,
@@ -81,6 +73,8 @@ from rlhf_assets.evaluation.ope import (
     policy_value,
     uplift,
 )
+from rlhf_assets.policy.inference import PolicySource, policy_from, rollout, teacher_forced_logprobs
+from rlhf_assets.policy.reward_fn import RewardLike, as_reward_fn
 
 __all__ = [
     "OUTCOMES",

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
+from rlhf_assets.hf_offline import load_tokenizer, set_offline
 from rlhf_assets.policy.model import PolicyModel, lm_from_config
-from rlhf_assets.reward.presets import load_tokenizer, set_offline
 
 POLICY_FORMAT = "rlhf_assets.policy/v1"
 WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_DIR = "model.safetensors", "config.json", "tokenizer"

@@ -25,10 +25,10 @@ import numpy as np
 import torch
 
 from rlhf_assets.evaluation.evidence import bootstrap_ci
-from rlhf_assets.evaluation.logged import rollout, teacher_forced_logprobs
 from rlhf_assets.evaluation.sequence_ope import check_same_tokenizer
 from rlhf_assets.policy.artifacts import load_policy
 from rlhf_assets.policy.data import encode_prompt
+from rlhf_assets.policy.inference import rollout, teacher_forced_logprobs
 from rlhf_assets.registry.artifacts import ArtifactStore
 from rlhf_assets.storage import Storage
 

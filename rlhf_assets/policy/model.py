@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from rlhf_assets.hf_offline import load_tokenizer, set_offline
 from rlhf_assets.policy.tiny_tokenizer import TINY_TOKENIZER_DIR
-from rlhf_assets.reward.presets import load_tokenizer, set_offline
 
 
 class PolicyModel(nn.Module):

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rlhf_assets.manifest import code_version
+from rlhf_assets.code_version import code_version
 from rlhf_assets.policy.artifacts import load_policy
 from rlhf_assets.policy.config import PPOConfig
 from rlhf_assets.policy.data import collate, encode_prompt, encode_response, join, left_pad
@@ -69,7 +69,7 @@ from rlhf_assets.policy.runtime import (
     versions,
 )
 from rlhf_assets.policy.sft import response_nll
-from rlhf_assets.reward.evaluate import load_reward_model
+from rlhf_assets.reward.artifact import load_reward_model
 
 PPO_KIND = "ppo_policy"
 EVAL_SEED_OFFSET = 1_000_003

@@ -10,12 +10,12 @@ Without a calibration the scale is 1 (the raw Bradley–Terry score).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from rlhf_assets.reward.evaluate import RewardScorer
+from rlhf_assets.reward.artifact import RewardScorer
 
 
 def calibrated_scale(calibrator: Mapping[str, Any] | None) -> float:
@@ -48,3 +48,19 @@ class ProxyReward:
     def __call__(self, prompts: Sequence[str], responses: Sequence[str], ended: Sequence[bool]) -> np.ndarray:
         scores = self.raw(prompts, responses)
         return scores + self.no_eos_penalty * (~np.asarray(ended, dtype=bool))
+
+
+RewardLike = Any  # ProxyReward | RewardScorer | Callable[[prompts, responses], array]
+
+
+def as_reward_fn(reward: RewardLike) -> Callable[[Sequence[str], Sequence[str]], np.ndarray]:
+    """(prompts, responses) → calibrated scores, from a ``ProxyReward`` (its ``raw``: no EOS penalty), a
+    ``RewardScorer`` (scale 1: the raw Bradley–Terry score) or any such callable."""
+    if isinstance(reward, ProxyReward):
+        return reward.raw
+    if isinstance(reward, RewardScorer):
+        return ProxyReward(reward).raw
+    if callable(reward):
+        return lambda prompts, responses: np.asarray(reward(list(prompts), list(responses)), dtype=np.float64)
+    raise ValueError(f"reward must be a ProxyReward, a RewardScorer or a callable(prompts, responses); "
+                     f"got {type(reward).__name__}")

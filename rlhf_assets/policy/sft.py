@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from rlhf_assets.manifest import code_version
+from rlhf_assets.code_version import code_version
 from rlhf_assets.policy.base import base_policy
 from rlhf_assets.policy.config import SFTConfig
 from rlhf_assets.policy.data import collate, encode_prompt, encode_response

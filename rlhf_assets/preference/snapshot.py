@@ -21,7 +21,7 @@ from typing import Any, Literal, Protocol
 
 import polars as pl
 
-from rlhf_assets.manifest import code_version
+from rlhf_assets.code_version import code_version
 from rlhf_assets.preference.schema import SCHEMA_VERSION
 from rlhf_assets.storage import Storage, sha256_bytes
 

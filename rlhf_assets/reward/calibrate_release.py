@@ -17,6 +17,7 @@ import polars as pl
 
 from rlhf_assets.evaluation.thresholds import ReleaseThresholds
 from rlhf_assets.registry.artifacts import ArtifactStore
+from rlhf_assets.reward.artifact import load_reward_model
 from rlhf_assets.reward.calibration import (
     N_FOLDS,
     agreement_level,
@@ -27,7 +28,7 @@ from rlhf_assets.reward.calibration import (
     reliability_diagram_png,
     slice_accuracy,
 )
-from rlhf_assets.reward.evaluate import load_reward_model, score_pairs
+from rlhf_assets.reward.evaluate import score_pairs
 from rlhf_assets.reward.metrics import margin_probability
 from rlhf_assets.storage import Storage
 

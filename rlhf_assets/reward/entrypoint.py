@@ -148,7 +148,8 @@ def _train(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from rlhf_assets.registry.artifacts import ArtifactStore
-    from rlhf_assets.reward.evaluate import evaluate_pairs, load_reward_model
+    from rlhf_assets.reward.artifact import load_reward_model
+    from rlhf_assets.reward.evaluate import evaluate_pairs
     from rlhf_assets.storage import storage_from_env
 
     store = ArtifactStore(storage_from_env(args.store))

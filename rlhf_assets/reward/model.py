@@ -1,4 +1,4 @@
-"""The Lightning module: Bradley–Terry training of a :class:`~rlhf_assets.reward.presets.RewardNet`.
+"""The Lightning module: Bradley–Terry training of a :class:`~rlhf_assets.reward.network.RewardNet`.
 
 A batch holds B pairs as 2B sequences (chosen first, then rejected) that go through ONE forward pass. Logged:
 ``train/loss``, ``train/accuracy``, ``train/reward_mean|min|max``, ``train/margin_mean``, ``train/tokens_per_s``
@@ -26,7 +26,7 @@ import torch
 
 from rlhf_assets.reward.config import RMConfig
 from rlhf_assets.reward.loss import bt_pair_loss, pair_accuracy, preference_loss
-from rlhf_assets.reward.presets import RewardNet
+from rlhf_assets.reward.network import RewardNet
 
 
 def linear_warmup_decay(total_steps: int, warmup_steps: int):
@@ -212,7 +212,7 @@ class RewardModel(pl.LightningModule):
     def score(self, tokenizer: Any, prompts: Sequence[str], responses: Sequence[str],
               batch_size: int = 32) -> np.ndarray:
         """Rewards of (prompt, response) texts with this module's current weights (eval mode)."""
-        from rlhf_assets.reward.evaluate import RewardScorer
+        from rlhf_assets.reward.artifact import RewardScorer
 
         return RewardScorer(self.net, tokenizer, self.config.max_length).score(prompts, responses, batch_size)
 

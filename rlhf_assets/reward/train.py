@@ -42,13 +42,15 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from rlhf_assets.manifest import code_version
+from rlhf_assets.code_version import code_version
+from rlhf_assets.hf_offline import set_offline
 from rlhf_assets.registry.artifacts import ArtifactStore
+from rlhf_assets.reward.artifact import RewardScorer, save_reward_model
 from rlhf_assets.reward.config import RMConfig
 from rlhf_assets.reward.data import PairEncoder, PreparedData, make_loader, read_pairs
-from rlhf_assets.reward.evaluate import RewardScorer, evaluate_pairs, save_reward_model
+from rlhf_assets.reward.evaluate import evaluate_pairs
 from rlhf_assets.reward.model import RewardModel
-from rlhf_assets.reward.presets import RewardNet, build_reward_net, set_offline, transformer_block_classes
+from rlhf_assets.reward.network import RewardNet, build_reward_net, transformer_block_classes
 from rlhf_assets.storage import storage_from_env
 
 ARTIFACT_KIND = "reward_model"

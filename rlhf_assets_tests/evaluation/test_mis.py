@@ -36,7 +36,7 @@ def mis(tiny_setup):  # noqa: F811
     from rlhf_assets.evaluation.sequence_ope import evaluate_target
     from rlhf_assets.policy.artifacts import load_policy
     from rlhf_assets.policy.reward_fn import ProxyReward
-    from rlhf_assets.reward.evaluate import load_reward_model
+    from rlhf_assets.reward.artifact import load_reward_model
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -40,7 +40,7 @@ def ope(tiny_setup):  # noqa: F811
     from rlhf_assets.evaluation.logged import simulate_log
     from rlhf_assets.policy.artifacts import load_policy
     from rlhf_assets.policy.reward_fn import ProxyReward
-    from rlhf_assets.reward.evaluate import load_reward_model
+    from rlhf_assets.reward.artifact import load_reward_model
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -57,7 +57,8 @@ def ope(tiny_setup):  # noqa: F811
 
 
 def test_simulated_log_schema_and_recorded_logprobs(ope):
-    from rlhf_assets.evaluation.logged import LOG_SCHEMA, teacher_forced_logprobs, validate_log
+    from rlhf_assets.evaluation.logged import LOG_SCHEMA, validate_log
+    from rlhf_assets.policy.inference import teacher_forced_logprobs
 
     log = ope["log"]
     assert log.height == N_PROMPTS * PER_PROMPT
@@ -192,7 +193,7 @@ def test_far_target_is_marked_unreliable(ope):
 
 def test_a_target_with_another_tokenizer_is_refused(ope):
     from rlhf_assets.evaluation.sequence_ope import check_same_tokenizer, target_logprobs
-    from rlhf_assets.reward.evaluate import load_reward_model
+    from rlhf_assets.reward.artifact import load_reward_model
 
     other = load_reward_model(ope["setup"]["rm_dir"]).tokenizer  # WordPiece, not the policy's BPE
     with pytest.raises(ValueError, match="share a tokenizer"):

@@ -8,9 +8,8 @@ from dataclasses import dataclass
 import polars as pl
 import pytest
 
-from rlhf_assets.manifest import table_manifest
 from rlhf_assets.preference.snapshot import SPLITS, UPSTREAM_ASSET, SnapshotSettings, build_snapshot, prompt_bucket
-from rlhf_assets.storage import sha256_bytes
+from rlhf_assets.storage import sha256_bytes, table_manifest
 
 N_PROMPTS, PAIRS_PER_PROMPT = 1500, 2
 

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from rlhf_assets.hf_offline import load_tokenizer
 from rlhf_assets.reward.data import (
     PairBatchSampler,
     PairEncoder,
@@ -14,7 +15,7 @@ from rlhf_assets.reward.data import (
     make_loader,
     read_pairs,
 )
-from rlhf_assets.reward.presets import load_tokenizer, minilm_path
+from rlhf_assets.reward.network import minilm_path
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import torch
 
 from rlhf_assets.reward.config import RMConfig
 from rlhf_assets.reward.model import linear_warmup_decay
-from rlhf_assets.reward.presets import build_reward_net, first_real_token_index, last_real_token_index
+from rlhf_assets.reward.network import build_reward_net, first_real_token_index, last_real_token_index
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,7 @@ def test_linear_warmup_then_linear_decay():
 def test_small_preset_loads_the_pretrained_minilm_offline():
     from safetensors import safe_open
 
-    from rlhf_assets.reward.presets import minilm_path
+    from rlhf_assets.reward.network import minilm_path
 
     net, tok = build_reward_net(RMConfig(preset="small", max_length=64))
     assert net.kind == "encoder" and net.backbone.config.hidden_size == 384
@@ -123,7 +123,8 @@ def test_small_preset_loads_the_pretrained_minilm_offline():
 def test_hf_preset_reads_a_local_decoder_checkpoint(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from rlhf_assets.reward.presets import load_tokenizer, minilm_path
+    from rlhf_assets.hf_offline import load_tokenizer
+    from rlhf_assets.reward.network import minilm_path
 
     tok = load_tokenizer(minilm_path())
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
@@ -150,6 +151,6 @@ def test_strategies_are_constructed():
     assert build_strategy(RMConfig(strategy="ddp", devices=2), "gpu", net)._process_group_backend == "nccl"
     fsdp = build_strategy(RMConfig(strategy="fsdp", devices=2), "gpu", net)
     assert isinstance(fsdp, FSDPStrategy) and fsdp._process_group_backend == "nccl"
-    from rlhf_assets.reward.presets import transformer_block_classes
+    from rlhf_assets.reward.network import transformer_block_classes
 
     assert {c.__name__ for c in transformer_block_classes(net.backbone)} == {"BertLayer"}

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from rlhf_assets.reward import entrypoint
-from rlhf_assets.reward.evaluate import evaluate_pairs, load_reward_model, score_pairs
+from rlhf_assets.reward.artifact import load_reward_model
+from rlhf_assets.reward.evaluate import evaluate_pairs, score_pairs
 from rlhf_assets_tests.reward.conftest import entrypoint_cmd, make_pairs, subprocess_env, write_jsonl
 
 EVAL_KEYS = {"n", "accuracy", "auc", "ece", "log_loss"}

@@ -17,13 +17,13 @@ No Lightning import here, so scoring/serving load fast.
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from rlhf_assets.hf_offline import load_tokenizer, set_offline
 from rlhf_assets.reward.config import RMConfig
 
 TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128}
@@ -37,10 +37,6 @@ DECODER_MODEL_TYPES = {
 }
 
 
-def set_offline() -> None:
-    """Never touch the network when loading models or tokenizers."""
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 
 def minilm_path() -> Path:
@@ -55,14 +51,6 @@ def minilm_path() -> Path:
     return path
 
 
-def load_tokenizer(path: str | Path):
-    set_offline()
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    except Exception as exc:  # noqa: BLE001 - say which folder failed
-        raise ValueError(f"cannot load a tokenizer from {path}: {exc}") from exc
 
 
 def _quiet_transformers() -> None:

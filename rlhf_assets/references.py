@@ -1,0 +1,105 @@
+"""Typed references that travel along the asset graph: what an asset made, for the assets downstream of it.
+
+A model asset returns a :class:`ModelRef` (a :class:`PolicyRef` for PPO, with its KL evidence); rm_calibration a
+:class:`CalibrationRef`; preference_dataset a :class:`DatasetTable` (the table with the dataset id it is pinned
+as). Downstream assets take these as inputs, so nobody re-reads a pointer file to learn what a parent already knew.
+References are small and JSON-serialisable: the IO manager stores them as ``<partition>.json`` with their type
+name (``reference_type``) and gives the same class back. No Dagster here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+
+from rlhf_assets.jsonsafe import json_safe
+
+TYPE_KEY = "reference_type"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A stored model artifact: its content id and uri, its role (``kind``: reward_model, judge_reward_model,
+    sft_policy, ppo_policy), the dataset it was trained on, its parent artifacts and its headline metrics."""
+
+    artifact_id: str
+    kind: str
+    dataset_id: str
+    uri: str | None = None
+    parents: tuple[str, ...] = ()
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.artifact_id, str) or not self.artifact_id:
+            raise ValueError(f"{type(self).__name__}: artifact_id must be a non-empty string")
+        object.__setattr__(self, "parents", tuple(self.parents))
+
+    def to_json(self) -> dict[str, Any]:
+        return {TYPE_KEY: type(self).__name__, **json_safe(dataclasses.asdict(self))}
+
+
+@dataclass(frozen=True)
+class PolicyRef(ModelRef):
+    """A PPO policy: the checkpoint it kept and the KL evidence the release gate reads. ``measured_kl`` is the
+    kl_within_budget check's independent measurement ({value, ci_low, ci_high, limit, outcome, ...}); the
+    trainer's own ``selected_kl`` is reported beside it, never gated on."""
+
+    sft_artifact_id: str | None = None
+    reward_model_artifact_id: str | None = None
+    selected_step: int | None = None
+    selected_kl: float | None = None
+    kl_budget: float | None = None
+    measured_kl: dict[str, Any] | None = None
+    stop_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class CalibrationRef:
+    """rm_calibration's result: the reward model it calibrates, the stored calibration artifact (None when nothing
+    could be calibrated, e.g. on non-finite scores), the calibrator, the test-split report and the human–RM
+    correlation the gates read."""
+
+    reward_model_id: str
+    dataset_id: str
+    calibration_artifact_id: str | None
+    calibrator: dict[str, Any] | None
+    report: dict[str, Any]
+    human_correlation: dict[str, Any] | None = None
+    slices: list[Any] = field(default_factory=list)
+    calibration: dict[str, Any] | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {TYPE_KEY: type(self).__name__, **json_safe(dataclasses.asdict(self))}
+
+
+@dataclass(frozen=True)
+class DatasetTable:
+    """A release's preference dataset: the table and the content id it is pinned as (the snapshot's id)."""
+
+    dataset_id: str
+    table: pl.DataFrame
+
+
+REFERENCE_TYPES: dict[str, type] = {cls.__name__: cls for cls in (ModelRef, PolicyRef, CalibrationRef)}
+
+
+def is_reference(obj: Any) -> bool:
+    return type(obj) in REFERENCE_TYPES.values()
+
+
+def reference_from_json(doc: dict[str, Any]) -> ModelRef | CalibrationRef:
+    """The reference a :meth:`to_json` document describes; unknown types and fields are errors, not guesses."""
+    name = doc.get(TYPE_KEY) if isinstance(doc, dict) else None
+    cls = REFERENCE_TYPES.get(name)
+    if cls is None:
+        raise ValueError(f"not a stored reference (reference_type {name!r}; known: {', '.join(REFERENCE_TYPES)})")
+    fields = {f.name for f in dataclasses.fields(cls)}
+    data = {k: v for k, v in doc.items() if k != TYPE_KEY}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise ValueError(f"{name}: unknown field(s) {', '.join(unknown)}")
+    return cls(**data)

@@ -100,6 +100,73 @@ def run_demo(storage_root: str | None = None, dagster_home: str | None = None, *
     return summary
 
 
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """What ``rlhf demo`` prints after :func:`run_demo`: rows in and quarantined, labels, checks, and for a
+    release its reward model, policies, off-policy evaluation, gates and decision; then where to look."""
+    lines: list[str] = []
+    days = summary["days"].values()
+    kappas = [d["fleiss_kappa"] for d in days if d.get("fleiss_kappa") is not None]
+    accs = [d["accuracy_vs_simulator_truth"] for d in days if "accuracy_vs_simulator_truth" in d]
+    lines.append("")
+    lines.append(f"rows in:            {sum(d['rows_in'] or 0 for d in days)}")
+    lines.append(f"rows quarantined:   {sum(d['rows_quarantined'] or 0 for d in days)}  "
+                 f"(reasons: {summary['storage_root']}/quarantine/)")
+    lines.append(f"labels aggregated:  {sum(d['pairs_aggregated'] or 0 for d in days)} pairs (Dawid–Skene)")
+    if accs:
+        lines.append(f"label accuracy:     {min(accs):.3f}–{max(accs):.3f} vs the simulator's truth")
+    if kappas:
+        lines.append(f"Fleiss' kappa:      {min(kappas):.3f}–{max(kappas):.3f} per day")
+    lines.append(f"asset checks:       {sum(d['checks_passed'] for d in days)} passed, "
+                 f"{sum(len(d['checks_failed']) for d in days)} failed")
+    release = summary.get("release")
+    if release:
+        passed = [name for name, ok in release["checks"].items() if ok]
+        failed = [name for name, ok in release["checks"].items() if not ok]
+        lines.append(f"release:            {release['release']}: {release.get('pairs')} pairs "
+                     f"{release.get('splits')}, dataset {release.get('dataset_id')}…")
+        lines.append(f"reward model:       artifact {release.get('artifact_id')}…, test accuracy "
+                     f"{_fmt(release.get('test_accuracy'))}, AUC {_fmt(release.get('test_auc'))}, ECE "
+                     f"{_fmt(release.get('ece_before'))} → {_fmt(release.get('ece_after'))} "
+                     f"({release.get('method')})")
+        lines.append(f"release checks:     passed {', '.join(passed) or '-'}; failed {', '.join(failed) or '-'}"
+                     + ("  (blocking: nothing downstream of the failed check runs for this release)"
+                        if failed else ""))
+        if release.get("ppo_policy"):
+            lines.append(f"policy:             SFT {release.get('sft_policy')}… → PPO "
+                         f"{release.get('ppo_policy')}…, kept step {release.get('ppo_selected_step')} (held-out "
+                         f"proxy reward {_fmt(release.get('ppo_selected_proxy_reward'))}, KL "
+                         f"{_fmt(release.get('ppo_selected_kl'))})")
+        if release.get("verdict"):
+            lines.append(f"off-policy eval:    judge uplift {_fmt(release.get('ope_judge_uplift'))} "
+                         f"[{_fmt(release.get('ope_judge_uplift_ci_low'))}, "
+                         f"{_fmt(release.get('ope_judge_uplift_ci_high'))}] (gates); proxy uplift "
+                         f"{_fmt(release.get('ope_proxy_uplift'))} [{_fmt(release.get('ope_proxy_uplift_ci_low'))}, "
+                         f"{_fmt(release.get('ope_proxy_uplift_ci_high'))}] (reported); ESS share "
+                         f"{_fmt(release.get('ope_ess_share'))}, k̂ {_fmt(release.get('ope_pareto_k'))}, "
+                         f"reliable {release.get('ope_reliable')}")
+            lines.append("gates:              gate, value, interval, threshold, outcome")
+            for name, g in (release.get("gates") or {}).items():
+                value = (f"{sum(v.endswith(': passed') for v in g['value'])}/{len(g['value'])} passed"
+                         if isinstance(g["value"], list) else _fmt(g["value"]))
+                interval = f"[{_fmt(g['ci_low'])}, {_fmt(g['ci_high'])}]" if g.get("ci_low") is not None else "-"
+                lines.append(f"  {name:<21} {value:<10} {interval:<17} {_fmt(g['threshold']):<7} {g['outcome']}")
+            aliases = release.get("aliases", {})
+            lines.append(f"decision:           {release['verdict']}; production → "
+                         f"{aliases.get('production') or '-'}, canary → {aliases.get('canary') or '-'}   "
+                         f"(rlhf release list)")
+    lines.append(f"tables:             {summary['storage_root']}/tables/")
+    lines.append(f"Dagster instance:   {summary['dagster_home']}")
+    lines.append(f"open the UI:        DAGSTER_HOME={summary['dagster_home']} "
+                 f"RLHF_STORAGE_ROOT={summary['storage_root']} dagster dev   (then http://127.0.0.1:3000)")
+    return lines
+
+
+def _fmt(value) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return f"{value:.3f}" if isinstance(value, (int, float)) else "-"
+
+
 #: The demo's tiny preset trains fewer steps; every threshold keeps its production value (the release gates act on
 #: bootstrap intervals, so a small test split gives "inconclusive" → canary rather than a coin-toss reject).
 TINY_DEMO_OPS = {"sft_policy": {"config": {"epochs": 1}},

@@ -17,7 +17,8 @@ import io
 import json
 import os
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, BinaryIO
 
 import polars as pl
 from upath import UPath
@@ -40,14 +41,20 @@ def storage_options_from_env() -> dict[str, Any]:
 
 
 
-def synced_temp_beside(target: str, data: bytes) -> str:
+def synced_temp_beside(target: str, data: bytes | Callable[[BinaryIO], Any]) -> str:
     """Write ``data`` to a fresh hidden temporary file next to ``target`` and fsync it; returns its path. The
-    caller renames (replace) or links (exclusive create) it into place, so readers never see a partial file."""
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    tmp = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.tmp-{uuid.uuid4().hex}")
+    caller renames (replace) or links (exclusive create) it into place, so readers never see a partial file.
+    ``data`` is the bytes, or a function that writes them into the open file (``lambda fh: torch.save(obj, fh)``),
+    so a large payload streams to disk instead of being held in memory whole."""
+    folder = os.path.dirname(os.path.abspath(target))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(target)}.tmp-{uuid.uuid4().hex}")
     try:
         with open(tmp, "wb") as fh:
-            fh.write(data)
+            if callable(data):
+                data(fh)
+            else:
+                fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
     except BaseException:
@@ -57,9 +64,10 @@ def synced_temp_beside(target: str, data: bytes) -> str:
     return tmp
 
 
-def atomic_write_local(target: str | os.PathLike[str], data: bytes) -> None:
+def atomic_write_local(target: str | os.PathLike[str], data: bytes | Callable[[BinaryIO], Any]) -> None:
     """Write a local file atomically (fsynced temporary beside it, then rename): a reader or a kill -9 sees the
-    old file or the new one, never a partial one. Every hand-written tmp-and-rename in the package uses this."""
+    old file or the new one, never a partial one. ``data`` as for :func:`synced_temp_beside`. Every hand-written
+    tmp-and-rename of a file in the package uses this."""
     target = os.fspath(target)
     tmp = synced_temp_beside(target, data)
     try:
@@ -102,6 +110,10 @@ class Storage:
 
     def table_path(self, asset: str, partition: str | None = None) -> UPath:
         return self.path("tables", asset, f"{partition or '__all__'}.parquet")
+
+    def reference_path(self, asset: str, partition: str | None = None) -> UPath:
+        """Where an asset's small typed output (rlhf_assets/references.py) for a partition is kept, as JSON."""
+        return self.path("tables", asset, f"{partition or '__all__'}.json")
 
     def manifest_path(self, asset: str, partition: str | None = None) -> UPath:
         return self.path("tables", asset, f"{partition or '__all__'}.manifest.json")

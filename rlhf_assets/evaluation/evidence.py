@@ -4,13 +4,14 @@ of the threshold), ``fail`` (the whole interval is on the wrong side), ``inconcl
 A point estimate against a threshold is a coin toss when the estimate's noise is as large as the margin; acting on
 the interval instead means a release is only rejected on evidence that it is bad and only promoted on evidence
 that it is good. Missing evidence (no value or no interval) is ``not measured``, which the gates treat as failing
-closed. Also: a seeded percentile bootstrap that every interval in the release path uses.
+closed. Also: the seeded bootstrap resampling that every interval in the release path uses
+(:func:`resample_rows`, :func:`resampled`), and percentile / bias-corrected intervals on it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -19,6 +20,8 @@ PASS, FAIL, INCONCLUSIVE, NOT_MEASURED = "pass", "fail", "inconclusive", "not me
 Outcome = Literal["pass", "fail", "inconclusive", "not measured"]
 #: ``>=`` / ``>``: higher is better (accuracy, correlation, uplift); ``<=``: lower is better (ECE, KL).
 Comparison = Literal[">=", ">", "<="]
+#: Resampled values per array in one bootstrap chunk: bounds the memory of a vectorised bootstrap.
+BOOT_CHUNK_VALUES = 2_000_000
 
 
 def _finite(x: Any) -> bool:
@@ -39,6 +42,27 @@ def outcome(ci_low: float | None, ci_high: float | None, threshold: float, compa
     raise ValueError(f"comparison must be one of >=, >, <=; got {comparison!r}")
 
 
+def resample_rows(n: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
+    """The row indices of ``n_boot`` seeded bootstrap resamples of ``n`` rows, in chunks of shape (b, n) that hold
+    at most :data:`BOOT_CHUNK_VALUES` indices (at least one resample). One generator, drawn row after row, so the
+    same (n, n_boot, seed) gives the same resamples whoever consumes them — one stream behind every bootstrap."""
+    rng = np.random.default_rng(seed)
+    chunk = max(1, min(n_boot, BOOT_CHUNK_VALUES // n))
+    for start in range(0, n_boot, chunk):
+        yield rng.integers(0, n, size=(min(chunk, n_boot - start), n))
+
+
+def resampled(statistic: Callable[..., Any], arrays: Sequence[np.ndarray | None], n_boot: int,
+              seed: int) -> np.ndarray:
+    """``statistic`` on the ``n_boot`` resamples of :func:`resample_rows`, vectorised: it receives every array
+    resampled to (b, n) — the same rows for each; a None array stays None — and returns b values (or b rows of
+    values); they come back concatenated as float64, (n_boot,) or (n_boot, k). Empty when ``n_boot`` is 0."""
+    n = next(len(a) for a in arrays if a is not None)
+    out = [np.asarray(statistic(*(None if a is None else a[idx] for a in arrays)), dtype=np.float64)
+           for idx in resample_rows(n, n_boot, seed)]
+    return np.concatenate(out) if out else np.empty(0)
+
+
 def _resampled(statistic: Callable[..., float], arrays: Sequence[Any], n_boot: int, seed: int) -> np.ndarray | None:
     """The finite values of ``statistic`` on ``n_boot`` seeded resamples of the rows (the same index for every
     array); None when there are fewer than 2 rows or fewer than half the resamples are finite."""
@@ -48,9 +72,11 @@ def _resampled(statistic: Callable[..., float], arrays: Sequence[Any], n_boot: i
         raise ValueError("bootstrap: arrays differ in length")
     if n < 2 or n_boot < 1:
         return None
-    rng = np.random.default_rng(seed)
-    stats = np.array([statistic(*(a[idx] for a in data)) for idx in (rng.integers(0, n, n) for _ in range(n_boot))],
-                     dtype=np.float64)
+
+    def one_by_one(*rows: np.ndarray) -> list[float]:
+        return [statistic(*(a[i] for a in rows)) for i in range(len(rows[0]))]
+
+    stats = resampled(one_by_one, data, n_boot, seed)
     stats = stats[np.isfinite(stats)]
     return stats if stats.size >= n_boot / 2 else None
 

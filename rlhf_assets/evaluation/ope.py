@@ -44,12 +44,16 @@ No Dagster here; the ``ope_report`` asset calls these functions.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 from scipy.special import logsumexp, softmax
+
+from rlhf_assets.arrays import float_vector
+from rlhf_assets.evaluation.evidence import resampled
+from rlhf_assets.jsonsafe import finite_or_none
 
 __all__ = [
     "ESTIMATORS",
@@ -72,18 +76,13 @@ ESTIMATORS = ("is", "snis", "clipped_is", "dr", "sndr")
 _NEEDS_BASELINE = ("dr", "sndr")
 # A discrete sequence has probability ≤ 1, so its log-probability is ≤ 0; allow float32 log_softmax rounding.
 _LOGP_TOL = 1e-3
-_BOOT_CHUNK_FLOATS = 2_000_000  # resampled floats per array per bootstrap chunk
 
 
 # --------------------------------------------------------------------------------------------------- validation
 
 
 def _as_1d(x: Any, name: str) -> np.ndarray:
-    arr = np.asarray(x, dtype=np.float64)
-    if arr.ndim == 0:
-        arr = arr.reshape(1)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be one-dimensional (one value per logged sample); got shape {arr.shape}")
+    arr = float_vector(x, name, " (one value per logged sample)")
     bad = int((~np.isfinite(arr)).sum())
     if bad:
         raise ValueError(f"{name} has {bad} non-finite value(s) of {arr.size}; drop or fix those samples first")
@@ -351,20 +350,6 @@ def _weights_summary(log_w: np.ndarray, log_clip: float) -> dict[str, float]:
 # -------------------------------------------------------------------------------------------------- bootstrap
 
 
-def _bootstrap(statistic: Callable[..., np.ndarray], arrays: Sequence[np.ndarray | None], n_boot: int,
-               seed: int) -> np.ndarray:
-    """n_boot values of ``statistic`` on resamples of the rows; None arrays stay None. Seeded and chunked, so the
-    same (n, n_boot, seed) draws the same indices whatever the statistic — which is what pairs :func:`uplift`."""
-    n = next(a.size for a in arrays if a is not None)
-    rng = np.random.default_rng(seed)
-    chunk = max(1, min(n_boot, _BOOT_CHUNK_FLOATS // n))
-    out = []
-    for start in range(0, n_boot, chunk):
-        idx = rng.integers(0, n, size=(min(chunk, n_boot - start), n))
-        out.append(np.asarray(statistic(*(None if a is None else a[idx] for a in arrays)), dtype=np.float64))
-    return np.concatenate(out) if out else np.empty(0)
-
-
 def _percentile_interval(boots: np.ndarray, level: float) -> tuple[float, float]:
     if boots.size == 0:
         return math.nan, math.nan
@@ -384,14 +369,10 @@ def bootstrap_ci(statistic: Callable[..., np.ndarray], *arrays: Any, n_boot: int
     arrs = [_as_1d(a, f"arrays[{i}]") for i, a in enumerate(arrays)]
     if not arrs or len({a.size for a in arrs}) != 1:
         raise ValueError(f"bootstrap_ci needs one or more equally long arrays; got lengths {[a.size for a in arrs]}")
-    return _percentile_interval(_bootstrap(statistic, arrs, int(n_boot), seed), level)
+    return _percentile_interval(resampled(statistic, arrs, int(n_boot), seed), level)
 
 
 # -------------------------------------------------------------------------------------------- the estimates
-
-
-def _json_float(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None
 
 
 @dataclass
@@ -421,8 +402,8 @@ class OPEEstimate:
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: non-finite floats (k̂ = ±inf, a missing interval) become None."""
         d = asdict(self)
-        out = {k: _json_float(v) if isinstance(v, float) else v for k, v in d.items() if k != "weights"}
-        out["weights"] = {k: _json_float(v) if isinstance(v, float) else v for k, v in self.weights.items()}
+        out = {k: finite_or_none(v) if isinstance(v, float) else v for k, v in d.items() if k != "weights"}
+        out["weights"] = {k: finite_or_none(v) if isinstance(v, float) else v for k, v in self.weights.items()}
         return out
 
 
@@ -469,7 +450,7 @@ def estimate_policy_value(logp_target: Any, logp_behavior: Any, rewards: Any, q_
     log_clip = math.log(clip)
     kernel = _kernel(estimator, log_clip)
     value = float(kernel(log_w, r, q, v))
-    ci_low, ci_high = _percentile_interval(_bootstrap(kernel, (log_w, r, q, v), int(n_boot), seed), level)
+    ci_low, ci_high = _percentile_interval(resampled(kernel, (log_w, r, q, v), int(n_boot), seed), level)
     ess, k = effective_sample_size(log_w), pareto_k(log_w)
     reason = _unreliable_reason(value, n, ess, k, min_ess_share, max_pareto_k)
     return OPEEstimate(
@@ -506,9 +487,9 @@ class UpliftEstimate:
         return self.target.reason
 
     def to_dict(self) -> dict[str, Any]:
-        return {"value": _json_float(self.value), "ci_low": _json_float(self.ci_low),
-                "ci_high": _json_float(self.ci_high), "level": self.level, "n_boot": self.n_boot,
-                "behavior_value": _json_float(self.behavior_value), "reliable": self.reliable,
+        return {"value": finite_or_none(self.value), "ci_low": finite_or_none(self.ci_low),
+                "ci_high": finite_or_none(self.ci_high), "level": self.level, "n_boot": self.n_boot,
+                "behavior_value": finite_or_none(self.behavior_value), "reliable": self.reliable,
                 "reason": self.reason, "target": self.target.to_dict()}
 
 
@@ -545,6 +526,6 @@ def uplift(logp_target: Any, logp_behavior: Any, rewards: Any, q_logged: Any = N
         base = rr.mean(axis=-1) if bb is None else _self_normalized_mean(bb, rr)
         return kernel(lw, rr, qq, vv) - base
 
-    ci_low, ci_high = _percentile_interval(_bootstrap(difference, (log_w, r, q, v, bw), int(n_boot), seed), level)
+    ci_low, ci_high = _percentile_interval(resampled(difference, (log_w, r, q, v, bw), int(n_boot), seed), level)
     return UpliftEstimate(value=target.value - behavior_value, ci_low=ci_low, ci_high=ci_high, level=float(level),
                           n_boot=int(n_boot), behavior_value=behavior_value, target=target)

@@ -73,6 +73,7 @@ from rlhf_assets.evaluation.ope import (
     policy_value,
     uplift,
 )
+from rlhf_assets.jsonsafe import finite_or_none
 from rlhf_assets.policy.inference import PolicySource, policy_from, rollout, teacher_forced_logprobs
 from rlhf_assets.policy.reward_fn import RewardLike, as_reward_fn
 
@@ -316,10 +317,6 @@ def _normalized_log10(log_w: np.ndarray) -> np.ndarray:
     return (log_w - (logsumexp(log_w) - math.log(log_w.size))) / math.log(10.0)
 
 
-def _json(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None
-
-
 def evaluate_target(log_df: pl.DataFrame, target_dir: PolicySource, reward: RewardLike = None, *,
                     estimator: str = "sndr", target_temperature: float = 1.0, n_boot: int = 1000,
                     level: float = 0.95, seed: int = 0, min_ess_share: float = 0.1, max_pareto_k: float = 0.7,
@@ -439,16 +436,16 @@ def evaluate_target(log_df: pl.DataFrame, target_dir: PolicySource, reward: Rewa
         "target_temperature": float(target_temperature),
         "behavior_temperatures": sorted(float(t) for t in df["temperature"].unique().to_list()),
         "target": tgt.to_dict(),
-        "behavior": {"value": up.behavior_value, "ci_low": _json(b_lo), "ci_high": _json(b_hi),
+        "behavior": {"value": up.behavior_value, "ci_low": finite_or_none(b_lo), "ci_high": finite_or_none(b_hi),
                      "level": float(level), "n": int(rows.size), "policy_id": baseline,
                      "estimator": "mean of the logged outcome" if base_lw is None
                      else "snis over the mixture (multiple importance sampling)",
-                     "own_rows": {"value": _json(float(y[own_rows].mean())) if own_rows.any() else None,
+                     "own_rows": {"value": finite_or_none(float(y[own_rows].mean())) if own_rows.any() else None,
                                   "n": int(own_rows.sum())}},
         "uplift": uplift_dict,
         "ess": float(tgt.ess),
         "ess_share": float(tgt.ess_share),
-        "pareto_k": _json(tgt.pareto_k),
+        "pareto_k": finite_or_none(tgt.pareto_k),
         "reliable": bool(tgt.reliable),
         "reason": tgt.reason,
         "thresholds": {"min_ess_share": float(min_ess_share), "max_pareto_k": float(max_pareto_k),

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from rlhf_assets.storage import atomic_write_local
 
 
 def device_for() -> torch.device:
@@ -51,14 +52,9 @@ def warmup_linear(optimizer: torch.optim.Optimizer, total_steps: int, warmup_rat
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write atomically (tmp + fsync + rename): a kill -9 leaves the previous checkpoint intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(state, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """Write atomically (streamed to an fsynced temporary, then renamed): a kill -9 leaves the previous checkpoint
+    intact."""
+    atomic_write_local(path, lambda fh: torch.save(state, fh))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any] | None:

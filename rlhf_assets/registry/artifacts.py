@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 import shutil
@@ -35,6 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from rlhf_assets.jsonsafe import json_plain
 from rlhf_assets.storage import Storage
 
 MANIFEST = "manifest.json"
@@ -64,18 +64,13 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 
 def _jsonable(value: Any) -> Any:
-    """Plain JSON values: numpy scalars → python, NaN/inf → None, paths → str, tuples → lists."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
+    """Plain JSON values (:func:`.jsonsafe.json_plain`: numpy scalars → python, NaN/inf → None, tuples → lists),
+    torch scalars → python, paths → str, anything else → its str."""
+    return json_plain(value, _other_jsonable)
+
+
+def _other_jsonable(value: Any) -> Any:
+    if hasattr(value, "item") and callable(value.item):  # torch scalars
         return _jsonable(value.item())
     if isinstance(value, os.PathLike):
         return os.fspath(value)

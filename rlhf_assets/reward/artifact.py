@@ -12,7 +12,6 @@ returns a :class:`RewardScorer`. No Lightning import here, so scoring and servin
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,15 +19,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from rlhf_assets.artifact_payload import (
+    TOKENIZER_DIR,
+    WEIGHTS_FILE,
+    check_weights_match,
+    read_config,
+    write_config_and_tokenizer,
+)
 from rlhf_assets.hf_offline import load_tokenizer, set_offline
 from rlhf_assets.reward.config import RMConfig
 from rlhf_assets.reward.data import PairCollator, PairEncoder
 from rlhf_assets.reward.network import RewardNet, backbone_from_config
 
 ARTIFACT_FORMAT = "rlhf_assets.reward_model/v1"
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-TOKENIZER_DIR = "tokenizer"
 
 
 def save_reward_model(net: RewardNet, tokenizer: Any, config: RMConfig, out_dir: str | Path) -> Path:
@@ -43,8 +46,7 @@ def save_reward_model(net: RewardNet, tokenizer: Any, config: RMConfig, out_dir:
     backbone_config = net.backbone.config.to_dict()
     doc = {"format": ARTIFACT_FORMAT, "kind": net.kind, "rm_config": config.to_dict(),
            "backbone_config": backbone_config}
-    (out / CONFIG_FILE).write_text(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
-    tokenizer.save_pretrained(str(out / TOKENIZER_DIR))
+    write_config_and_tokenizer(out, doc, tokenizer)
     return out
 
 
@@ -98,23 +100,14 @@ def load_reward_model(artifact_dir: str | Path, device: str | torch.device = "cp
     from transformers import AutoConfig
 
     set_offline()
-    d = Path(artifact_dir)
-    for name in (WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_DIR):
-        if not (d / name).exists():
-            raise ValueError(f"{d} is not a reward-model artifact: {name} is missing")
-    doc = json.loads((d / CONFIG_FILE).read_text())
-    if doc.get("format") != ARTIFACT_FORMAT:
-        raise ValueError(f"{d / CONFIG_FILE}: unknown artifact format {doc.get('format')!r}")
+    d, doc = read_config(artifact_dir, ARTIFACT_FORMAT, "reward-model")
     rm_config = RMConfig.from_dict({k: v for k, v in doc["rm_config"].items() if k in RMConfig.field_names()})
     bcfg = dict(doc["backbone_config"])
     backbone_config = AutoConfig.for_model(bcfg.pop("model_type"), **bcfg)
     with torch.random.fork_rng(devices=[]):
         backbone = backbone_from_config(backbone_config)
         net = RewardNet(backbone, doc["kind"], seed=rm_config.seed)
-    missing, unexpected = load_model(net, str(d / WEIGHTS_FILE), strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{d / WEIGHTS_FILE} does not match its config.json: missing {sorted(missing)[:5]}, "
-                         f"unexpected {sorted(unexpected)[:5]}")
+    check_weights_match(d, *load_model(net, str(d / WEIGHTS_FILE), strict=False))
     net.to(device).eval()
     tokenizer = load_tokenizer(d / TOKENIZER_DIR)
     return RewardScorer(net, tokenizer, rm_config.max_length, device)

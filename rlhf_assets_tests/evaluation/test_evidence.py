@@ -4,7 +4,7 @@ still fail clearly miscalibrated ones (the plain percentile interval fails the h
 import numpy as np
 
 from rlhf_assets.evaluation.evidence import bias_corrected_ci, bootstrap_ci, outcome
-from rlhf_assets.reward.calibration import expected_calibration_error
+from rlhf_assets.reward.metrics import expected_calibration_error
 
 
 def _ece(p, y):

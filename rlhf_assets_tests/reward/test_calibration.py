@@ -13,15 +13,17 @@ from rlhf_assets.reward.calibration import (
     CalibrationReport,
     IsotonicCalibrator,
     PlattCalibrator,
-    agreement_level,
     calibrator_from_dict,
     cross_validated_log_loss,
     fit_and_select,
+    select_method,
+)
+from rlhf_assets.reward.calibration_diagnostics import (
+    agreement_level,
     human_correlation,
     length_bucket,
     metric_intervals,
     reliability_diagram_png,
-    select_method,
     slice_accuracy,
 )
 from rlhf_assets.reward.metrics import accuracy, expected_calibration_error, log_loss, margin_probability, oriented

@@ -44,7 +44,8 @@ lint: install
 test: lint
 	$(BIN)/python -m pytest
 
-# Everything but the tests that train models or run Dagster jobs (marked slow in rlhf_assets_tests/conftest.py).
+# Everything but the tests that train models or run Dagster jobs (marked slow: whole modules in
+# rlhf_assets_tests/conftest.py SLOW_MODULES, single tests with @pytest.mark.slow).
 test-fast: lint
 	$(BIN)/python -m pytest -m "not slow"
 

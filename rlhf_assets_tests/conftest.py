@@ -4,6 +4,7 @@ import uuid
 import pytest
 
 from rlhf_assets.storage import Storage
+from rlhf_assets_tests.support import learnable_pairs, write_jsonl
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
@@ -60,21 +61,59 @@ def s3_storage(s3_endpoint):
     storage.root.fs.clear_instance_cache()
 
 
-# The `slow` marker (declared in pyproject.toml): tests that train models or run Dagster jobs. `make test` runs
-# everything; `make test-fast` runs the rest (-m "not slow"). Listed by module, so a new test in one of these
-# modules is slow by default.
+# Tiny trained models (policy, evaluation and CLI tests) -------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_setup(tmp_path_factory):
+    """A tiny learnable RLHF set-up, trained once per session: prompts whose good answers are polite and helpful and
+    whose bad answers are rude; a tiny reward model that has learned the difference; a tiny SFT policy trained on a
+    MIX of both kinds of answer, so its samples vary and PPO has something to improve.
+
+    (store root, reward-model artifact dir, SFT artifact dir, train prompts, held-out prompts, sft rows)."""
+    import torch
+
+    from rlhf_assets.policy.config import SFTConfig
+    from rlhf_assets.policy.sft import train_sft
+    from rlhf_assets.reward.config import RMConfig
+    from rlhf_assets.reward.train import train_reward_model
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("policy")
+    store = str(root / "store")
+    pairs = learnable_pairs(240)
+    rm = train_reward_model(RMConfig(preset="tiny", max_length=48, batch_size=16, epochs=4, lr=3e-3),
+                           write_jsonl(root / "train.jsonl", pairs[:200]), write_jsonl(root / "val.jsonl", pairs[200:]),
+                           root / "rm", store_root=store, progress=False)
+    sft_rows = [{"prompt": p["prompt"], "response": p["chosen"] if i % 2 else p["rejected"]}
+                for i, p in enumerate(pairs)]
+    sft = train_sft(SFTConfig(epochs=3, max_prompt_tokens=24, max_response_tokens=16), sft_rows, root / "sft",
+                    store_root=store)
+    torch.set_num_threads(threads)
+    held = [p["prompt"] for p in learnable_pairs(32, start=1000)]
+    return {"store": store, "rm_dir": rm.artifact_dir, "rm_id": rm.artifact_id, "sft_dir": sft.artifact_dir,
+            "sft_id": sft.artifact_id, "prompts": [p["prompt"] for p in pairs], "eval_prompts": held,
+            "sft_rows": sft_rows, "root": root, "rm_val_accuracy": rm.metrics["val_accuracy"]}
+
+
+# The `slow` marker (declared in pyproject.toml): tests that train models or run Dagster jobs (materialize,
+# execute_in_process, the CLI commands that do either). `make test` runs everything; `make test-fast` runs the rest
+# (-m "not slow"). Modules whose every test is slow are listed here, so a new test in one of them is slow by
+# default; modules that mix quick tests with slow ones mark their slow tests with @pytest.mark.slow.
 SLOW_MODULES = {
-    "defs/test_checks_lookup.py", "defs/test_data_pillar.py", "defs/test_release_chain.py",
-    "defs/test_release_lineage.py", "defs/test_reward_pillar.py", "defs/test_kl_check.py",
-    "evaluation/test_mis.py", "evaluation/test_release_judge.py", "evaluation/test_sequence_ope.py",
+    "defs/test_kl_check.py", "defs/test_release_chain.py", "defs/test_release_lineage.py",
+    "evaluation/test_release_judge.py", "evaluation/test_sequence_ope.py",
     "policy/test_kl_check.py", "policy/test_ppo_training.py", "policy/test_resume_and_entrypoint.py",
-    "reward/test_resume_and_ddp.py", "reward/test_training.py", "test_cli_ope.py", "test_cli_release.py",
-    "test_bench_policy.py", "test_bench_reward.py", "test_end_to_end.py",
+    "policy/test_small_preset.py", "reward/test_resume_and_ddp.py", "test_cli_ope.py", "test_cli_release.py",
 }
 
 
 def pytest_collection_modifyitems(config, items):
     root = os.path.dirname(__file__)
+    missing = sorted(m for m in SLOW_MODULES if not os.path.isfile(os.path.join(root, m)))
+    if missing:  # a renamed module would silently join the fast suite
+        raise pytest.UsageError(f"SLOW_MODULES in {__file__} names missing modules: {missing}")
     for item in items:
         if os.path.relpath(str(item.fspath), root) in SLOW_MODULES:
             item.add_marker(pytest.mark.slow)

@@ -8,6 +8,7 @@ pytest.importorskip("crowdkit")
 aggregation_bench = pytest.importorskip("bench.aggregation")
 
 
+@pytest.mark.slow
 def test_quick_benchmark_runs_both_methods():
     # what `python -m bench.aggregation --quick` runs
     result = aggregation_bench.main(rows=50_000, n_items=10_000, n_annotators=200, n_iter=20, big_rows=0,

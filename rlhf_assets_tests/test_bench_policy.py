@@ -142,6 +142,7 @@ def test_overoptimization_plot_writes_a_png(tmp_path):
 # end to end, quick mode -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_overoptimization_quick_end_to_end(tmp_path, capsys):
     plot = tmp_path / "o.png"
     r = overopt.cli(["--quick", "--json", "--plot", str(plot)])
@@ -165,6 +166,7 @@ def test_overoptimization_quick_end_to_end(tmp_path, capsys):
     assert "gold peak" in out and "selected" in out and ("PASS" in out or "FAIL" in out)
 
 
+@pytest.mark.slow
 def test_ppo_stability_quick_end_to_end(capsys):
     r = stability.cli(["--quick", "--json"])
     out = capsys.readouterr().out

@@ -37,6 +37,7 @@ def _quick_train_pairs() -> list[dict]:
     return [pairs[i] for i in perm[:len(pairs) - n_held]][:QUICK["n_train"]]
 
 
+@pytest.mark.slow
 def test_quick_benchmark_reports_every_trainer(quick_result):
     assert quick_result["errors"] == {}
     runs = {r["trainer"]: r for r in quick_result["runs"]}
@@ -74,6 +75,7 @@ def test_quick_benchmark_reports_every_trainer(quick_result):
     json.dumps(quick_result)  # the --json output
 
 
+@pytest.mark.slow
 def test_trl_drops_exactly_the_pairs_longer_than_max_length(quick_result):
     from transformers import AutoTokenizer
 

@@ -1,10 +1,12 @@
 """The CI asset-check run: the demo's graph on the bundled sample, with a real temporary Dagster instance."""
 
 import dagster as dg
+import pytest
 
 from rlhf_assets.demo import DEMO_DAYS, run_demo
 
 
+@pytest.mark.slow
 def test_demo_materializes_bundled_sample_and_every_check_passes(tmp_path, monkeypatch):
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
     # the reward pillar has its own Dagster test on learnable data (test_reward_pillar.py)

@@ -37,3 +37,46 @@ def test_domain_packages_do_not_import_dagster():
             assert not pattern.search(path.read_text()), path
     storage = (REPO / "rlhf_assets" / "storage.py").read_text()
     assert "dagster" not in storage
+
+
+#: The plain helper modules tests may import; fixtures come from conftest.py files, which pytest finds by name.
+TEST_HELPER_MODULES = {"rlhf_assets_tests.support", "rlhf_assets_tests.records",
+                       "rlhf_assets_tests.defs.dagster_support"}
+
+
+def test_tests_import_only_plain_helper_modules_not_test_modules_or_conftests():
+    """A fixture imported from another module is a separate copy (a session-scoped model trained again per
+    importer), and helpers kept in test modules or conftest.py files tie unrelated tests together."""
+    import ast
+
+    tests = REPO / "rlhf_assets_tests"
+
+    def module_name(path: Path) -> str:
+        parts = path.relative_to(REPO).with_suffix("").parts
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+    def is_module(name: str) -> bool:
+        path = REPO.joinpath(*name.split("."))
+        return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+    for helper in TEST_HELPER_MODULES:
+        assert is_module(helper) and not helper.rsplit(".", 1)[-1].startswith(("test_", "conftest")), helper
+    offences = []
+    for path in sorted(tests.rglob("*.py")):
+        package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: resolve against this file's package
+                    anchor = package.split(".")[:len(package.split(".")) - (node.level - 1)]
+                    base = ".".join([*anchor, *([base] if base else [])])
+                # `from pkg import mod` imports the module pkg.mod; `from mod import name` imports from mod
+                targets = [f"{base}.{a.name}" if is_module(f"{base}.{a.name}") else base for a in node.names]
+            else:
+                continue
+            offences += [f"{path.relative_to(REPO)}:{node.lineno} imports {target}" for target in targets
+                         if (target == "rlhf_assets_tests" or target.startswith("rlhf_assets_tests."))
+                         and target not in TEST_HELPER_MODULES]
+    assert not offences, "\n".join(offences)

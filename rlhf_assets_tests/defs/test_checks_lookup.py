@@ -20,7 +20,7 @@ from rlhf_assets.defs.check_names import (
 from rlhf_assets.defs.partitions import release_partitions
 from rlhf_assets.defs.release.checks_lookup import blocking_check_statuses, check_status
 from rlhf_assets.evaluation.gates import decide
-from rlhf_assets_tests.evaluation.test_gates import GOOD
+from rlhf_assets_tests.support import GOOD
 
 
 def _calibration_asset(outcomes: dict[str, bool], explode: set[str] = frozenset()):
@@ -58,6 +58,7 @@ def test_a_fresh_instance_has_nothing_measured_and_the_gate_rejects(dagster_inst
     assert d.verdict == "reject" and "upstream_checks" in d.reasons[-1]
 
 
+@pytest.mark.slow
 def test_a_failure_stays_visible_behind_many_evaluations_of_other_partitions(dagster_instance):
     others = [f"r{i:03d}" for i in range(62)]
     dagster_instance.add_dynamic_partitions("release", ["target", *others])
@@ -73,6 +74,7 @@ def test_a_failure_stays_visible_behind_many_evaluations_of_other_partitions(dag
     assert _statuses(dagster_instance, "r000")[f"rm_calibration:{TEST_ACCURACY}"] == "passed"
 
 
+@pytest.mark.slow
 def test_evaluations_are_stored_against_their_partition(dagster_instance):
     dagster_instance.add_dynamic_partitions("release", ["a", "b"])
     asset = _calibration_asset({"b": False})
@@ -85,6 +87,7 @@ def test_evaluations_are_stored_against_their_partition(dagster_instance):
     assert [r.event.dagster_event.event_specific_data.partition for r in history] == ["b", "a"]
 
 
+@pytest.mark.slow
 def test_planned_but_never_executed_is_not_measured(dagster_instance):
     dagster_instance.add_dynamic_partitions("release", ["r1"])
     _run(dagster_instance, _calibration_asset({}), "r1")
@@ -95,6 +98,7 @@ def test_planned_but_never_executed_is_not_measured(dagster_instance):
     assert status.status == "not measured" and "planned in run" in status.detail
 
 
+@pytest.mark.slow
 def test_an_evaluation_of_an_older_materialization_is_not_measured(dagster_instance):
     dagster_instance.add_dynamic_partitions("release", ["r1"])
     _run(dagster_instance, _calibration_asset({}), "r1")
@@ -104,9 +108,10 @@ def test_an_evaluation_of_an_older_materialization_is_not_measured(dagster_insta
     assert status.status == "not measured" and "older materialization" in status.detail
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [QUARANTINE_RATE, ROWS_CONSERVED])
 def test_the_data_pillar_stores_its_blocking_checks_per_day(storage_root, dagster_instance, name):
-    from rlhf_assets_tests.defs.test_data_pillar import DAY, lay, run_day
+    from rlhf_assets_tests.defs.dagster_support import DAY, lay, run_day
 
     lay(storage_root, n_pairs=20)
     assert run_day(dagster_instance).success

@@ -12,22 +12,7 @@ from rlhf_assets.definitions import defs
 from rlhf_assets.preference.sample_data import load_hh_pairs
 from rlhf_assets.preference.simulator import landing_files, simulate_comparisons
 from rlhf_assets.storage import Storage
-
-DAY = "2025-06-01"
-
-
-def lay(root, *, n_pairs=60, bad_row_rate=0.0, seed=1):
-    storage = Storage(root)
-    batch = simulate_comparisons(load_hh_pairs(limit=n_pairs), dates=[DAY], labels_per_pair=5, seed=seed,
-                                 bad_row_rate=bad_row_rate)
-    for day, (name, data) in landing_files(batch).items():
-        storage.write_bytes(storage.landing_dir(day).joinpath(name), data)
-    return storage, batch
-
-
-def run_day(instance, day=DAY):
-    return defs().resolve_job_def("data_pillar").execute_in_process(partition_key=day, instance=instance,
-                                                                      raise_on_error=False)
+from rlhf_assets_tests.defs.dagster_support import DAY, lay, run_day
 
 
 def checks(result):
@@ -57,6 +42,7 @@ def test_definitions_load_and_validate(storage_root):
     assert d.resolve_job_def("data_pillar").partitions_def is not None
 
 
+@pytest.mark.slow
 def test_clean_partition_materializes_with_manifests(storage_root, dagster_instance):
     storage, batch = lay(storage_root)
     result = run_day(dagster_instance)
@@ -78,6 +64,7 @@ def test_clean_partition_materializes_with_manifests(storage_root, dagster_insta
     assert status is not None and status.dagster_event.partition == DAY
 
 
+@pytest.mark.slow
 def test_rematerializing_gives_identical_content(storage_root, dagster_instance):
     storage, _ = lay(storage_root)
     assert run_day(dagster_instance).success
@@ -86,6 +73,7 @@ def test_rematerializing_gives_identical_content(storage_root, dagster_instance)
     assert json.loads(storage.manifest_path("aggregated_labels", DAY).read_text())["sha256"] == first
 
 
+@pytest.mark.slow
 def test_bad_batch_fails_blocking_check_and_stops_downstream(storage_root, dagster_instance):
     storage, batch = lay(storage_root, bad_row_rate=0.2)
     result = run_day(dagster_instance)
@@ -107,6 +95,7 @@ def _duplicate_first(frame: pl.DataFrame) -> pl.DataFrame:
     return pl.concat([frame, frame.head(1)])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["ingest", "validation"])
 @pytest.mark.parametrize("bug, difference", [(_drop_last, 1), (_duplicate_first, -1)], ids=["drop", "duplicate"])
 def test_rows_lost_or_duplicated_after_landing_fail_rows_conserved_and_block(
@@ -148,6 +137,7 @@ def test_rows_lost_or_duplicated_after_landing_fail_rows_conserved_and_block(
     assert bad_file["landing"] - bad_file["valid_or_quarantined"] == difference
 
 
+@pytest.mark.slow
 def test_threshold_is_config(storage_root, dagster_instance):
     lay(storage_root, bad_row_rate=0.2)
     config = dg.RunConfig(ops={"validated_pairs": {"config": {"max_quarantine_rate": 0.5}}})
@@ -156,6 +146,7 @@ def test_threshold_is_config(storage_root, dagster_instance):
     assert result.success and checks(result)["quarantine_rate"] is True
 
 
+@pytest.mark.slow
 def test_unreadable_file_is_quarantined_and_reported(storage_root, dagster_instance):
     storage, batch = lay(storage_root)
     storage.write_bytes(storage.landing_dir(DAY).joinpath("broken.jsonl"), b"\x00\x01binary")
@@ -169,12 +160,14 @@ def test_unreadable_file_is_quarantined_and_reported(storage_root, dagster_insta
     assert "binary" in reason["error"]
 
 
+@pytest.mark.slow
 def test_empty_partition_succeeds(storage_root, dagster_instance):
     result = run_day(dagster_instance, day="2025-06-05")
     assert result.success
     assert all(checks(result).values())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["majority"])
 def test_majority_vote_config(storage_root, dagster_instance, method):
     storage, _ = lay(storage_root)
@@ -187,12 +180,13 @@ def test_majority_vote_config(storage_root, dagster_instance, method):
     assert labels.filter(pl.col("n_votes") != 5).height == 0
 
 
+@pytest.mark.slow
 def test_conservation_on_a_batch_mixing_many_kinds_of_bad_input(storage_root, dagster_instance):
     """Every line of every file is accounted for: rows counted in landing = valid + quarantined + in quarantined
     files, and unreadable files are moved aside with a reason; 31 kinds of bad row plus clean rows, a Parquet
     file, and three unreadable files (one of them a truncated gzip that cannot be counted)."""
-    from rlhf_assets_tests.preference.test_validation import BAD, line, rec
-    from rlhf_assets_tests.preference.test_validation import DAY as BAD_DAY
+    from rlhf_assets_tests.records import BAD, line, rec
+    from rlhf_assets_tests.records import DAY as BAD_DAY
 
     storage = Storage(storage_root)
     clean = [line(rec(i)) for i in range(1000, 2000)]  # ids disjoint from the bad rows (c100…c132)
@@ -235,6 +229,7 @@ def test_conservation_on_a_batch_mixing_many_kinds_of_bad_input(storage_root, da
     assert reason["landing_rows"] is None and "gunzip" in reason["landing_rows_error"]
 
 
+@pytest.mark.slow
 def test_data_pillar_on_an_s3_storage_root(s3_storage, monkeypatch, dagster_instance):
     """Landing zone, tables, manifests and quarantine on s3:// (moto on loopback), through the same assets."""
     storage, client, bucket = s3_storage

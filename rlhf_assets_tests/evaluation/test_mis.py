@@ -21,7 +21,7 @@ import polars as pl
 import pytest
 import torch
 
-from rlhf_assets_tests.policy.conftest import learnable_pairs, tiny_setup  # noqa: F401
+from rlhf_assets_tests.support import learnable_pairs
 
 N_PROMPTS, PER_PROMPT, MAX_PROMPT, MAX_NEW = 300, 3, 24, 16
 T_TARGET, CANARY = 0.5, "canary-sft-t0.5"
@@ -29,7 +29,7 @@ TOL = 1.6
 
 
 @pytest.fixture(scope="module")
-def mis(tiny_setup):  # noqa: F811
+def mis(tiny_setup):
     """Production log (T = 1), canary rows (T = 0.5, 10% of the mixed log), the target's on-policy truth, and the
     target's MIS report on the mixed log (``report``)."""
     from rlhf_assets.evaluation.logged import simulate_log
@@ -111,6 +111,7 @@ def test_linear_outcome_map():
 # --------------------------------------------------------------------------------------- the tiny policies
 
 
+@pytest.mark.slow
 def test_a_canary_share_makes_a_refused_target_measurable(mis):
     """The target refused on the production-only log is estimated reliably, and near its on-policy truth, from the
     log where it served 10% of the rows itself; its weights stay ≤ 1/share; the uplift is against production."""
@@ -145,6 +146,7 @@ def test_a_canary_share_makes_a_refused_target_measurable(mis):
     assert rep["uplift"]["ci_low"] > 0.0  # the colder target beats production, and the mixed log shows it
 
 
+@pytest.mark.slow
 def test_a_mixed_log_needs_its_behaviour_policies(mis):
     from rlhf_assets.evaluation.sequence_ope import evaluate_target
 
@@ -161,6 +163,7 @@ def test_a_mixed_log_needs_its_behaviour_policies(mis):
         evaluate_target(mis["prod"].head(10), target, estimator="snis", baseline_policy_id="nobody")
 
 
+@pytest.mark.slow
 def test_a_policy_that_does_not_reproduce_its_rows_makes_the_estimate_unreliable(mis):
     """The canary's rows claim T = 0.8 while they were sampled (and their log-probs logged) at T = 0.5: rescoring
     them disagrees with the log, so the mixture density is wrong and the report says which policy."""
@@ -177,6 +180,7 @@ def test_a_policy_that_does_not_reproduce_its_rows_makes_the_estimate_unreliable
     assert not rep["target"]["reliable"] and not rep["uplift"]["reliable"]
 
 
+@pytest.mark.slow
 def test_one_policy_given_as_behaviors_matches_the_logged_density(mis):
     """A one-policy log with ``behaviors``: teacher forcing reproduces the logged log-probs, so the estimate is the
     single-behaviour one (to float rounding); without ``behaviors`` the report has no MIS part."""
@@ -204,6 +208,7 @@ def _with_human_labels(log: pl.DataFrame, seed: int, share: float = 0.6) -> pl.D
     return log.with_columns(pl.Series("human_label", h).fill_nan(None))
 
 
+@pytest.mark.slow
 def test_the_human_outcome_estimate_tracks_the_humans_not_the_reward_model(mis):
     """On the mixed log with labels = −RM + noise on 60% of the rows, the human-outcome SNDR and SNIS of the target
     land near the human truth (−1 × the RM truth: the noise has mean 0), far from the RM's own value.
@@ -240,6 +245,7 @@ def test_the_human_outcome_estimate_tracks_the_humans_not_the_reward_model(mis):
     assert sndr["uplift"]["ci_high"] < 0.0
 
 
+@pytest.mark.slow
 def test_human_outcome_on_a_one_policy_log(mis):
     """Target = the behaviour policy: unit weights, so the human value is the mean label of the labelled rows."""
     from rlhf_assets.evaluation.sequence_ope import evaluate_target
@@ -260,6 +266,7 @@ def test_human_outcome_on_a_one_policy_log(mis):
 # ---------------------------------------------------------------------------------------------- serving logs
 
 
+@pytest.mark.slow
 def test_serving_log_adds_the_canary_rows_on_request(mis, tmp_path):
     from rlhf_assets.evaluation.release_ope import SERVING_LOGS, serving_log
     from rlhf_assets.registry.aliases import Registry

@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-from rlhf_assets_tests.policy.conftest import learnable_pairs, tiny_setup  # noqa: F401
+from rlhf_assets_tests.support import learnable_pairs
 
 N_PROMPTS, PER_PROMPT, MAX_PROMPT, MAX_NEW, T = 48, 2, 24, 16, 1.2
 OPE = {"target_temperature": T, "n_boot": 300, "dm_samples": 2, "seed": 3}
 
 
 @pytest.fixture(scope="module")
-def judged(tiny_setup):  # noqa: F811
+def judged(tiny_setup):
     from rlhf_assets.evaluation.logged import simulate_log
     from rlhf_assets.evaluation.release_ope import proxy_and_judge
     from rlhf_assets.policy.artifacts import load_policy

@@ -29,13 +29,13 @@ import polars as pl
 import pytest
 import torch
 
-from rlhf_assets_tests.policy.conftest import learnable_pairs, tiny_setup  # noqa: F401
+from rlhf_assets_tests.support import learnable_pairs
 
 N_PROMPTS, PER_PROMPT, MAX_PROMPT, MAX_NEW = 200, 3, 24, 16
 
 
 @pytest.fixture(scope="module")
-def ope(tiny_setup):  # noqa: F811
+def ope(tiny_setup):
     """The SFT policy loaded once, the calibrated reward, 200 held-out prompts and a 600-response log at T = 1."""
     from rlhf_assets.evaluation.logged import simulate_log
     from rlhf_assets.policy.artifacts import load_policy

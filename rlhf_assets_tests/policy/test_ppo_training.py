@@ -7,7 +7,7 @@ import pytest
 
 from rlhf_assets.policy.config import PPOConfig
 from rlhf_assets.policy.ppo import train_ppo
-from rlhf_assets_tests.policy.conftest import TINY_PPO
+from rlhf_assets_tests.support import TINY_PPO
 
 
 @pytest.fixture(autouse=True)

@@ -16,8 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from rlhf_assets_tests.policy.conftest import TINY_PPO, policy_cmd, write_jsonl
-from rlhf_assets_tests.reward.conftest import subprocess_env
+from rlhf_assets_tests.support import TINY_PPO, policy_cmd, subprocess_env, write_jsonl
 
 TIMEOUT = 300
 TIMING_KEYS = ("rollout_tokens_per_s", "train_tokens_per_s", "tokens_per_s")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import polars as pl
@@ -13,7 +12,7 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 from rlhf_assets.preference.ingest import read_comparison_file  # noqa: E402
 from rlhf_assets.preference.schema import RECORD_SCHEMA  # noqa: E402
 from rlhf_assets.preference.validation import ValidationResult, ValidationRules, validate  # noqa: E402
-from rlhf_assets_tests.records import DAY, rec
+from rlhf_assets_tests.records import BAD, DAY, line, rec
 
 RULES = ValidationRules(day=DAY, max_prompt_chars=200, max_response_chars=100)
 
@@ -22,10 +21,6 @@ def read(lines: list[bytes]) -> pl.DataFrame:
     frame, report = read_comparison_file("batch.jsonl", b"\n".join(lines) + b"\n")
     assert report.status == "ok", report.error
     return frame
-
-
-def line(row: dict) -> bytes:
-    return json.dumps(row).encode()
 
 
 def test_clean_batch_is_all_valid():
@@ -49,60 +44,6 @@ def test_clean_batch_is_all_valid():
     assert "failed_expectations" in result.quarantined.columns
     assert all(e["success"] for e in result.expectations)
     assert result.valid.columns == list(RECORD_SCHEMA)
-
-
-# name -> (line, substrings that must appear among its failed_expectations)
-BAD: dict[str, tuple[bytes, list[str]]] = {
-    "missing label": (line(rec(100, label=...)), ["to_not_be_null(label)"]),
-    "label A": (line(rec(101, label="A")), ["to_be_in_set(label)"]),
-    "label maybe": (line(rec(102, label="maybe")), ["to_be_in_set(label)"]),
-    "label int": (line(rec(103, label=1)), ["to_be_null(ingest_error)", "to_not_be_null(label)"]),
-    "empty annotator_id": (line(rec(104, annotator_id="")), ["to_match_regex(annotator_id)"]),
-    "whitespace annotator_id": (line(rec(105, annotator_id=" \t ")), ["to_match_regex(annotator_id)"]),
-    "missing annotator_id": (line(rec(106, annotator_id=...)), ["to_not_be_null(annotator_id)"]),
-    "identical responses": (
-        line(rec(107, response_a="same", response_b="same")),
-        ["unique_within_record(response_a,response_b)"],
-    ),
-    "empty response": (line(rec(108, response_b="")), ["lengths_to_be_between(response_b)"]),
-    "response too long": (line(rec(109, response_a="x" * 101)), ["lengths_to_be_between(response_a)"]),
-    "prompt too long": (line(rec(110, prompt="p" * 201)), ["lengths_to_be_between(prompt)"]),
-    "repeat judgement": (
-        line(rec(113, annotator_id="rep", prompt="P", response_a="X", response_b="Y")),
-        ["compound_columns_to_be_unique(annotator_id,pair_id)"],
-    ),
-    "repeat judgement swapped": (
-        line(rec(114, annotator_id="rep", prompt="P", response_a="Y", response_b="X", label="b")),
-        ["compound_columns_to_be_unique(annotator_id,pair_id)"],
-    ),
-    "repeat judgement same order": (
-        line(rec(131, annotator_id="rep2", prompt="Q", response_a="X", response_b="Y")),
-        ["compound_columns_to_be_unique(annotator_id,pair_id)"],
-    ),
-    "repeat judgement same order again": (
-        line(rec(132, annotator_id="rep2", prompt="Q", response_a="X", response_b="Y", label="tie")),
-        ["compound_columns_to_be_unique(annotator_id,pair_id)"],
-    ),
-    "created_at unparseable": (line(rec(115, created_at="yesterday")), ["to_not_be_null(created_at_epoch)"]),
-    "created_at next day": (line(rec(116, created_at="2024-05-02T00:00:00Z")), ["to_be_between(created_at_epoch)"]),
-    "created_at day before": (
-        line(rec(117, created_at="2024-05-01T01:00:00+02:00")),
-        ["to_be_between(created_at_epoch)"],
-    ),
-    "created_at missing": (line(rec(118, created_at=...)), ["to_not_be_null(created_at)"]),
-    "confidence 9": (line(rec(119, confidence=9)), ["to_be_between(confidence)"]),
-    "confidence 0": (line(rec(120, confidence=0)), ["to_be_between(confidence)"]),
-    "negative annotation_ms": (line(rec(121, annotation_ms=-5)), ["to_be_between(annotation_ms)"]),
-    "annotation_ms over a day": (line(rec(122, annotation_ms=25 * 3600 * 1000)), ["to_be_between(annotation_ms)"]),
-    "temperature out of range": (line(rec(123, temperature=-1.0)), ["to_be_between(temperature)"]),
-    "blank comparison_id": (line(rec(124, comparison_id=" ")), ["to_match_regex(comparison_id)"]),
-    "annotation_ms as string": (line(rec(125, annotation_ms="900")), ["to_be_null(ingest_error)"]),
-    "confidence bool": (line(rec(126, confidence=True)), ["to_be_null(ingest_error)"]),
-    "prompt object": (line(rec(127, prompt={"x": 1})), ["to_be_null(ingest_error)", "to_not_be_null(prompt)"]),
-    "malformed JSON line": (b'{"comparison_id": "c128", "label": "a"', ["to_be_null(ingest_error)"]),
-    "invalid UTF-8 line": (b"\xff\xfe" + line(rec(129)), ["to_be_null(ingest_error)"]),
-    "JSON array line": (b'["c130", "a"]', ["to_be_null(ingest_error)", "to_not_be_null(comparison_id)"]),
-}
 
 
 def test_mixed_batch_quarantines_each_bad_row_with_its_reason():

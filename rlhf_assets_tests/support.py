@@ -1,0 +1,93 @@
+"""Plain helpers shared by several test modules: tiny synthetic data, JSONL files, entry-point commands and their
+environment, tiny training settings, and a set of gate inputs that passes every gate.
+
+Fixtures live in conftest.py files (pytest finds them by name); what tests import by name lives here (or in
+records.py, defs/dagster_support.py). Test modules never import from conftest.py files or from other test modules
+(test_project.py checks this).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+from pathlib import Path
+
+from rlhf_assets.evaluation.gates import GateInputs, Measured
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Data ----------------------------------------------------------------------------------------------------------
+
+
+def learnable_pairs(n: int = 240, start: int = 0) -> list[dict]:
+    """Chosen responses say something helpful, rejected ones something rude: a tiny model learns it in seconds."""
+    return [{"prompt": f"Human: question number {k}?\n\nAssistant:",
+             "chosen": f"sure, here is a helpful answer about topic {k % 17}",
+             "rejected": f"no, go away, that is a stupid question about topic {k % 13}"} for k in range(start, start + n)]
+
+
+TOPICS = ["the weather", "a recipe", "my code", "the movie", "this book", "the trip", "a poem", "the game",
+          "our plan", "the garden"]
+FILLER = ["it is", "i think it is", "honestly it is", "overall it seems", "to me it looks", "in short it is"]
+
+
+def make_pairs(n: int, seed: int = 0) -> list[dict]:
+    """Tiny synthetic preference pairs: the chosen response says "good", the rejected one "bad"."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        topic = rng.choice(TOPICS)
+        f1, f2 = rng.choice(FILLER), rng.choice(FILLER)
+        rows.append({"prompt": f"what do you think about {topic}? ({i})",
+                     "chosen": f"{f1} good , {topic} .", "rejected": f"{f2} bad , {topic} ."})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+# Entry points in subprocesses ----------------------------------------------------------------------------------
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """Environment for entry-point subprocesses: offline, one intra-op thread per process (on a busy 2-core
+    machine two OpenMP threads per process spin against each other and a step takes 50x longer)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DAGSTER_PIPES_CONTEXT", "DAGSTER_PIPES_MESSAGES", "RANK", "LOCAL_RANK", "WORLD_SIZE",
+                        "MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "PL_GLOBAL_SEED")}
+    env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)})
+    env.update(extra)
+    return env
+
+
+def entrypoint_cmd(*args: str) -> list[str]:
+    """The reward-model training entry point."""
+    return [sys.executable, "-m", "rlhf_assets.reward.entrypoint", *args]
+
+
+def policy_cmd(*args: str) -> list[str]:
+    """The policy (SFT, PPO) training entry point."""
+    return [sys.executable, "-m", "rlhf_assets.policy.entrypoint", *args]
+
+
+# Training settings ---------------------------------------------------------------------------------------------
+
+#: A PPO run that finishes in seconds on one CPU thread.
+TINY_PPO = {"steps": 8, "rollout_prompts": 16, "minibatch_size": 8, "micro_batch_size": 8, "max_new_tokens": 12,
+            "max_prompt_tokens": 24, "eval_every": 2, "n_eval_prompts": 16, "lr": 1e-3, "update_epochs": 2}
+
+# Deployment gates ----------------------------------------------------------------------------------------------
+
+CHECKS_OK = [{"check": "rm_calibration:test_accuracy", "status": "passed", "detail": "passed in run x"},
+             {"check": "ppo_policy:kl_within_budget", "status": "passed", "detail": "passed in run x"}]
+#: Gate inputs on which every gate passes (decide(GOOD) promotes).
+GOOD = GateInputs(
+    upstream_checks=CHECKS_OK,
+    rm_test_accuracy=Measured(0.72, 0.66, 0.78), calibrated_ece=Measured(0.02, 0.01, 0.04),
+    human_rm_correlation=Measured(0.45, 0.35, 0.55), kl=Measured(4.0, 3.5, 4.5), kl_budget=12.0,
+    ope_reliable=True, uplift=Measured(0.05, 0.02, 0.08), proxy_uplift=Measured(0.3, 0.2, 0.4))

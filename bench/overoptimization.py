@@ -81,7 +81,7 @@ PROXY_RM = {"preset": "tiny", "max_length": 256, "batch_size": 16, "epochs": 8, 
             "early_stopping_patience": 0}
 SFT = {"preset": "tiny", "epochs": 3, "max_prompt_tokens": 64, "max_response_tokens": 24, "batch_size": 16}
 PPO = {"preset": "tiny", "steps": 60, "rollout_prompts": 32, "minibatch_size": 16, "micro_batch_size": 16,
-       "max_new_tokens": 24, "max_prompt_tokens": 64, "ppo_epochs": 4, "lr": 2e-3, "eval_every": 5,
+       "max_new_tokens": 24, "max_prompt_tokens": 64, "update_epochs": 4, "lr": 2e-3, "eval_every": 5,
        "n_eval_prompts": 128}
 #: The two runs differ only here. ``budget`` keeps PPOConfig's defaults (init_kl_coef 0.05, adaptive_kl, kl_target
 #: 4, kl_budget 12, on_kl_over_budget "reject").
@@ -91,7 +91,7 @@ RUNS = {"loose": {"init_kl_coef": 0.0, "adaptive_kl": False, "kl_budget": 1e9}, 
 QUICK = {"n_pairs": 160, "gold_rm": {"max_length": 64, "epochs": 1}, "proxy_rm": {"max_length": 64, "epochs": 1},
          "sft": {"epochs": 1, "max_prompt_tokens": 32, "max_response_tokens": 8},
          "ppo": {"steps": 4, "rollout_prompts": 8, "minibatch_size": 8, "micro_batch_size": 8, "max_new_tokens": 8,
-                 "max_prompt_tokens": 32, "ppo_epochs": 1, "eval_every": 2, "n_eval_prompts": 8},
+                 "max_prompt_tokens": 32, "update_epochs": 1, "eval_every": 2, "n_eval_prompts": 8},
          "proxy_fraction": 0.25}
 
 

@@ -81,7 +81,7 @@ SMALL_RM = {"preset": "small", "max_length": 256, "batch_size": 16, "epochs": 1,
 QUICK = {"seeds": 2, "n_pairs": 160, "rm": {"max_length": 64, "epochs": 1},
          "sft": {"epochs": 1, "max_prompt_tokens": 32, "max_response_tokens": 8},
          "ppo": {"steps": 3, "rollout_prompts": 8, "minibatch_size": 8, "micro_batch_size": 8, "max_new_tokens": 8,
-                 "max_prompt_tokens": 32, "ppo_epochs": 1, "eval_every": 3, "n_eval_prompts": 8}}
+                 "max_prompt_tokens": 32, "update_epochs": 1, "eval_every": 3, "n_eval_prompts": 8}}
 JSON_KEYS = ("seeds", "collapsed", "kl_over_budget", "proxy_reward_gain", "rollout_tokens_per_s",
              "train_tokens_per_s")
 
@@ -237,7 +237,7 @@ def main(seeds: int = SEEDS, steps: int | None = None, json_out: bool = False, q
     print(f"reward model: {rm['preset']}, {rm_r['n_pairs']} HH pairs, held-out accuracy {rm_r['heldout_accuracy']:.3f} "
           f"({rm_r['wall_s']:.0f} s); SFT: {len(sft_rows)} chosen responses, train NLL {sft_r['train_nll']:.3f} "
           f"({sft_r['wall_s']:.0f} s)")
-    print(f"PPO: {cfg.rollout_prompts} rollouts/step, {cfg.ppo_epochs} epochs, lr {cfg.lr:g}, β {cfg.init_kl_coef:g} "
+    print(f"PPO: {cfg.rollout_prompts} rollouts/step, {cfg.update_epochs} epochs, lr {cfg.lr:g}, β {cfg.init_kl_coef:g} "
           f"{'adaptive' if cfg.adaptive_kl else 'fixed'} (target {cfg.kl_target:g}), budget {cfg.kl_budget:g} nats "
           f"({cfg.on_kl_over_budget}), held-out eval on {cfg.n_eval_prompts} prompts every {cfg.eval_every} steps")
     print()

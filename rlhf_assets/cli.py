@@ -40,69 +40,15 @@ def demo(
     = "tiny",
 ):
     """Lay the bundled sample data into the landing zone and materialize the graph on the local instance."""
-    from rlhf_assets.demo import run_demo
+    from rlhf_assets.demo import run_demo, summary_lines
 
     preset = None if reward_preset == "none" else reward_preset
     summary = run_demo(root, dagster_home, n_pairs=pairs, reward_preset=preset,
                        progress=lambda m: typer.echo(m, err=True))
-    days = summary["days"].values()
-    kappas = [d["fleiss_kappa"] for d in days if d.get("fleiss_kappa") is not None]
-    accs = [d["accuracy_vs_simulator_truth"] for d in days if "accuracy_vs_simulator_truth" in d]
-    typer.echo("")
-    typer.echo(f"rows in:            {sum(d['rows_in'] or 0 for d in days)}")
-    typer.echo(f"rows quarantined:   {sum(d['rows_quarantined'] or 0 for d in days)}  "
-               f"(reasons: {summary['storage_root']}/quarantine/)")
-    typer.echo(f"labels aggregated:  {sum(d['pairs_aggregated'] or 0 for d in days)} pairs (Dawid–Skene)")
-    if accs:
-        typer.echo(f"label accuracy:     {min(accs):.3f}–{max(accs):.3f} vs the simulator's truth")
-    if kappas:
-        typer.echo(f"Fleiss' kappa:      {min(kappas):.3f}–{max(kappas):.3f} per day")
-    typer.echo(f"asset checks:       {sum(d['checks_passed'] for d in days)} passed, "
-               f"{sum(len(d['checks_failed']) for d in days)} failed")
-    release = summary.get("release")
-    if release:
-        passed = [name for name, ok in release["checks"].items() if ok]
-        failed = [name for name, ok in release["checks"].items() if not ok]
-        typer.echo(f"release:            {release['release']}: {release.get('pairs')} pairs "
-                   f"{release.get('splits')}, dataset {release.get('dataset_id')}…")
-        typer.echo(f"reward model:       artifact {release.get('artifact_id')}…, test accuracy "
-                   f"{_fmt(release.get('test_accuracy'))}, AUC {_fmt(release.get('test_auc'))}, ECE "
-                   f"{_fmt(release.get('ece_before'))} → {_fmt(release.get('ece_after'))} ({release.get('method')})")
-        typer.echo(f"release checks:     passed {', '.join(passed) or '-'}; failed {', '.join(failed) or '-'}"
-                   + ("  (blocking: nothing downstream of the failed check runs for this release)" if failed else ""))
-        if release.get("ppo_policy"):
-            typer.echo(f"policy:             SFT {release.get('sft_policy')}… → PPO {release.get('ppo_policy')}…, "
-                       f"kept step {release.get('ppo_selected_step')} (held-out proxy reward "
-                       f"{_fmt(release.get('ppo_selected_proxy_reward'))}, KL {_fmt(release.get('ppo_selected_kl'))})")
-        if release.get("verdict"):
-            typer.echo(f"off-policy eval:    judge uplift {_fmt(release.get('ope_judge_uplift'))} "
-                       f"[{_fmt(release.get('ope_judge_uplift_ci_low'))}, "
-                       f"{_fmt(release.get('ope_judge_uplift_ci_high'))}] (gates); proxy uplift "
-                       f"{_fmt(release.get('ope_proxy_uplift'))} [{_fmt(release.get('ope_proxy_uplift_ci_low'))}, "
-                       f"{_fmt(release.get('ope_proxy_uplift_ci_high'))}] (reported); ESS share "
-                       f"{_fmt(release.get('ope_ess_share'))}, k̂ {_fmt(release.get('ope_pareto_k'))}, "
-                       f"reliable {release.get('ope_reliable')}")
-            typer.echo("gates:              gate, value, interval, threshold, outcome")
-            for name, g in (release.get("gates") or {}).items():
-                value = (f"{sum(v.endswith(': passed') for v in g['value'])}/{len(g['value'])} passed"
-                         if isinstance(g["value"], list) else _fmt(g["value"]))
-                interval = f"[{_fmt(g['ci_low'])}, {_fmt(g['ci_high'])}]" if g.get("ci_low") is not None else "-"
-                typer.echo(f"  {name:<21} {value:<10} {interval:<17} {_fmt(g['threshold']):<7} {g['outcome']}")
-            aliases = release.get("aliases", {})
-            typer.echo(f"decision:           {release['verdict']}; production → {aliases.get('production') or '-'}, "
-                       f"canary → {aliases.get('canary') or '-'}   (rlhf release list)")
-    typer.echo(f"tables:             {summary['storage_root']}/tables/")
-    typer.echo(f"Dagster instance:   {summary['dagster_home']}")
-    typer.echo(f"open the UI:        DAGSTER_HOME={summary['dagster_home']} "
-               f"RLHF_STORAGE_ROOT={summary['storage_root']} dagster dev   (then http://127.0.0.1:3000)")
+    for line in summary_lines(summary):
+        typer.echo(line)
     if not summary["success"]:
         _fail("some runs failed; see the run logs in the UI", 1)
-
-
-def _fmt(value) -> str:
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    return f"{value:.3f}" if isinstance(value, (int, float)) else "-"
 
 
 @app.command()
@@ -287,8 +233,8 @@ def _materialize_production_release(release: str, run_config: dict) -> None:
         _fail(f"the apply_release_decision run {result.run_id} failed"
               + (f": {failures[0]}" if failures and failures[0] else "") + "; see it in the Dagster UI")
     out = result.output_for_node("production_release")
-    typer.echo(json.dumps({"run_id": result.run_id, "action": out["action"], "reason": out["reason"],
-                           "aliases": out["aliases"]}, indent=2))
+    typer.echo(json.dumps({"run_id": result.run_id, "action": out.action, "reason": out.reason,
+                           "aliases": out.aliases}, indent=2))
 
 
 @release_app.command("rollback")
@@ -337,55 +283,35 @@ def ope(
              "it and its uplift is reported next to the proxy's. Without it the judge uplift — the one that "
              "gates a release — is not measured.")] = None,
     samples_per_prompt: int = 2,
-    max_prompt_tokens: int = 96,
-    max_new_tokens: int = 24,
+    max_prompt_tokens: Annotated[int | None, typer.Option(help="Default: the target's training config.")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Default: the target's training config.")] = None,
     log_out: Annotated[Path | None, typer.Option(help="Write the simulated log here (Parquet).")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
     root: Annotated[str | None, typer.Option(help="Storage root (default $RLHF_STORAGE_ROOT or ./.rlhf).")] = None,
 ):
     """Off-policy estimate of a target policy's value and uplift from a behaviour policy's log: with the proxy
-    (--reward-model, the one PPO optimised) and, given --judge-model, with the held-out judge, side by side."""
-    from rlhf_assets.evaluation.logged import simulate_log
-    from rlhf_assets.evaluation.release_ope import behavior_policy_id, proxy_and_judge
-    from rlhf_assets.evaluation.sequence_ope import markdown_report
+    (--reward-model, the one PPO optimised) and, given --judge-model, with the held-out judge, side by side. The
+    same evaluation ope_report runs (rlhf_assets/evaluation/release_ope.py)."""
+    from rlhf_assets.evaluation.release_ope import OPESettings, evaluate_release
     from rlhf_assets.policy.data import read_jsonl
-    from rlhf_assets.policy.reward_fn import ProxyReward
-    from rlhf_assets.registry.artifacts import ArtifactNotFound, ArtifactStore
-    from rlhf_assets.reward.artifact import load_reward_model
+    from rlhf_assets.registry.artifacts import ArtifactNotFound
     from rlhf_assets.storage import storage_from_env
 
     if not simulate:
         _fail("only --simulate is supported from the command line; serving logs are read by the ope_report asset")
-    storage = storage_from_env(root)
-    store = ArtifactStore(storage)
     try:
-        if behavior == "production":
-            fallback = store.resolve_id(sft, kind="sft_policy") if sft else None
-            behavior_id, _ = behavior_policy_id(storage, fallback or "")
-            if not behavior_id:
-                _fail("nothing is in production: pass --sft ID (the behaviour policy before any promotion)")
-            behavior_dir = store.get(behavior_id)
-        else:
-            behavior_dir = store.resolve(behavior)
-        target_dir = store.resolve(target, kind="ppo_policy")
-        reward_dir = store.resolve(reward_model, kind="reward_model")
-        reward = ProxyReward(load_reward_model(reward_dir),
-                             json.loads(calibration.read_text()).get("calibrator") if calibration else None)
-        judge_dir = store.resolve(judge_model, kind="judge_reward_model") if judge_model else None
-        if judge_dir is not None and judge_dir.resolve() == reward_dir.resolve():
-            _fail("--judge-model is the --reward-model itself: the judge must be a model the policy was not "
-                  "trained on (the release's judge_reward_model)")
-        judge = ProxyReward(load_reward_model(judge_dir)) if judge_dir is not None else None  # raw BT score
+        calibrator = json.loads(calibration.read_text()).get("calibrator") if calibration else None
         rows = [r["prompt"] for r in read_jsonl(prompts, ("prompt",))]
-        log = simulate_log(behavior_dir, reward, rows, samples_per_prompt=samples_per_prompt,
-                           max_prompt_tokens=max_prompt_tokens, max_new_tokens=max_new_tokens)
-        report, log, _ = proxy_and_judge(log, target_dir, reward, judge, proxy_id=reward_dir.name,
-                                         judge_id=judge_dir.name if judge_dir is not None else None)
-    except (ValueError, ArtifactNotFound) as exc:
+        result = evaluate_release(
+            storage_from_env(root), target=target, reward_model=reward_model, calibrator=calibrator, prompts=rows,
+            judge=judge_model, sft=sft, behavior=None if behavior == "production" else behavior, simulate=True,
+            max_prompt_tokens=max_prompt_tokens, max_new_tokens=max_new_tokens,
+            settings=OPESettings(n_prompts=max(1, len(rows)), samples_per_prompt=samples_per_prompt))
+    except (ValueError, ArtifactNotFound, OSError) as exc:
         _fail(str(exc))
     if log_out:
-        log.write_parquet(log_out)
-    typer.echo(json.dumps(report, indent=2) if as_json else markdown_report(report))
+        result.log.write_parquet(log_out)
+    typer.echo(json.dumps(result.report, indent=2) if as_json else result.markdown)
 
 
 @bench_app.command("reward")

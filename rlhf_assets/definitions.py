@@ -4,7 +4,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from rlhf_assets.defs.io_manager import PolarsTableIOManager
+from rlhf_assets.defs.io_manager import StorageIOManager
 from rlhf_assets.defs.resources import ReleaseThresholdsResource, storage_resource_from_env
 
 
@@ -17,7 +17,8 @@ def defs() -> dg.Definitions:
             resources={
                 "storage": storage,
                 "release_thresholds": ReleaseThresholdsResource(),
-                "table_io_manager": PolarsTableIOManager(root=storage.root, s3_endpoint_url=storage.s3_endpoint_url),
+                # every asset's output: tables as Parquet, typed references as JSON (defs/io_manager.py)
+                "io_manager": StorageIOManager(root=storage.root, s3_endpoint_url=storage.s3_endpoint_url),
                 # Training runs as its own process (Lightning's launcher owns DDP ranks); rank 0 reports back.
                 "pipes_subprocess_client": dg.PipesSubprocessClient(),
             },

@@ -6,10 +6,10 @@ import shutil
 from typer.testing import CliRunner
 
 from rlhf_assets.cli import app
-from rlhf_assets_tests.policy.conftest import learnable_pairs, tiny_setup, write_jsonl  # noqa: F401
+from rlhf_assets_tests.support import learnable_pairs, write_jsonl
 
 
-def test_ope_prints_the_proxy_and_the_judge_uplift(tiny_setup, tmp_path):  # noqa: F811
+def test_ope_prints_the_proxy_and_the_judge_uplift(tiny_setup, tmp_path):
     prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p["prompt"]} for p in learnable_pairs(6, 3000)])
     judge_dir = tmp_path / "judge"  # another artifact directory (the same weights: the plumbing is under test)
     shutil.copytree(tiny_setup["rm_dir"], judge_dir)
@@ -36,4 +36,4 @@ def test_ope_prints_the_proxy_and_the_judge_uplift(tiny_setup, tmp_path):  # noq
     assert unjudged.exit_code == 0 and "judge uplift: not measured" in unjudged.stdout
 
     same = runner.invoke(app, base + ["--judge-model", tiny_setup["rm_id"]])
-    assert same.exit_code == 2 and "the --reward-model itself" in same.output
+    assert same.exit_code == 2 and "the judge is the proxy reward model itself" in same.output

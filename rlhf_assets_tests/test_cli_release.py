@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+from rlhf_assets.references import DecisionRef, write_reference
 from rlhf_assets.registry.artifacts import ArtifactStore
 from rlhf_assets.registry.releases import create_release
 from rlhf_assets.storage import Storage
@@ -32,8 +33,8 @@ def test_release_list_and_rollback_through_dagster(tmp_path):
         payload.mkdir()
         (payload / "w.bin").write_text(key)
         policy = store.put_dir(payload, kind="policy_stub", manifest={}).id
-        storage.write_json(storage.table_path("deployment_decision", key).with_suffix(".json"),
-                           {"release": key, "verdict": "promote", "reasons": [], "artifacts": {"policy": policy}})
+        write_reference(storage, "deployment_decision", key,
+                        DecisionRef(release=key, verdict="promote", artifacts={"policy": policy}))
         storage.write_json(storage.path("registry", "decisions", f"{key}.json"),
                            {"release": key, "verdict": "promote", "artifacts": {"policy": policy}})
         promoted = rlhf(env, "promote", key)
@@ -84,7 +85,7 @@ def test_rollback_restores_an_override_and_refuses_a_canary_only_release(tmp_pat
             (payload / "w.bin").write_text(payload.name)
             arts[name] = store.put_dir(payload, kind="policy_stub", manifest={}).id
         decisions[key] = {"release": key, "verdict": verdict, "reasons": [], "artifacts": arts, "canary_share": 0.2}
-        storage.write_json(storage.table_path("deployment_decision", key).with_suffix(".json"), decisions[key])
+        write_reference(storage, "deployment_decision", key, DecisionRef(**decisions[key]))
         storage.write_json(storage.path("registry", "decisions", f"{key}.json"), decisions[key])
     instance = dg.DagsterInstance.from_config(str(home))
     instance.add_dynamic_partitions("release", list(verdicts))

@@ -1,9 +1,14 @@
-"""A small IO manager over the storage root (dagster-polars does not support polars 2).
+"""A small IO manager over the storage root (dagster-polars does not support polars 2). It stores two things:
 
-Tables (polars DataFrames) are written to <root>/tables/<asset>/<partition>.parquet with a manifest beside it
-(content sha256, rows, columns, schema and code version); both are atomic writes, and the manifest also goes into
-the materialization metadata, so the UI shows exactly which bytes a partition holds. Small references (a dict:
-an artifact id, a calibrator) are written as <partition>.json. Nothing is pickled.
+- tables: a polars DataFrame (or a :class:`~rlhf_assets.references.DatasetTable`, a table with the dataset id it is
+  pinned as) → <root>/tables/<asset>/<partition>.parquet with a manifest beside it (content sha256, rows, columns,
+  schema and code version, and the dataset id); both are atomic writes, and the manifest also goes into the
+  materialization metadata, so the UI shows exactly which bytes a partition holds. Read back checked against the
+  manifest's sha256.
+- typed references (rlhf_assets/references.py: a model artifact, a calibration, an OPE report, a decision) →
+  <partition>.json with their type name, read back as the same class.
+
+Anything else is refused; nothing is pickled. Every materialization says which it stored (``stored_as``).
 
 An input over ONE partition gets the stored object. An input over many (e.g. AllPartitionMapping: every daily key
 since the partitions' start, ~1,000, most never materialized) gets :class:`StoredPartitions`: the stored ones
@@ -21,14 +26,17 @@ import dagster as dg
 import polars as pl
 
 from rlhf_assets.preference.schema import SCHEMA_VERSION
+from rlhf_assets.references import DatasetTable, Reference, is_reference, reference_from_json
 from rlhf_assets.storage import Storage, sha256_bytes
+
+Stored = pl.DataFrame | DatasetTable | Reference
 
 
 class StoredPartition:
     """One stored partition of an asset: its manifest (tables: {partition, sha256, rows, ...}; None for a JSON
     reference), its bytes, or the object itself (a table is checked against its manifest's sha256)."""
 
-    def __init__(self, storage: Storage, asset: str, partition: str):
+    def __init__(self, storage: Storage, asset: str, partition: str | None):
         self.storage, self.asset, self.partition = storage, asset, partition
         self.table_path = storage.table_path(asset, partition)
 
@@ -37,16 +45,23 @@ class StoredPartition:
         return self.storage.read_table_manifest(self.asset, self.partition)
 
     def read_bytes(self) -> bytes:
-        path = self.table_path if self.manifest is not None else self.table_path.with_suffix(".json")
+        path = self.table_path if self.manifest is not None else self.storage.reference_path(self.asset, self.partition)
         return self.storage.read_bytes(path)
 
-    def load(self) -> pl.DataFrame | dict:
+    def load(self) -> Stored:
         if self.manifest is None:
-            return self.storage.read_json(self.table_path.with_suffix(".json"))
+            reference = self.storage.reference_path(self.asset, self.partition)
+            if not reference.exists():
+                raise FileNotFoundError(f"{self.asset} has no stored output for partition {self.partition!r} (looked "
+                                        f"for {self.table_path} and {reference})")
+            return reference_from_json(self.storage.read_json(reference))
         data = self.read_bytes()
         if sha256_bytes(data) != self.manifest["sha256"]:
             raise ValueError(f"{self.asset}/{self.partition}: stored table does not match its manifest's sha256")
-        return pl.read_parquet(io.BytesIO(data))
+        table = pl.read_parquet(io.BytesIO(data))
+        if self.manifest.get("dataset_id"):
+            return DatasetTable(dataset_id=self.manifest["dataset_id"], table=table)
+        return table
 
     def __repr__(self) -> str:
         return f"StoredPartition({self.asset!r}, {self.partition!r})"
@@ -72,7 +87,9 @@ class StoredPartitions(Mapping[str, StoredPartition]):
         return len(self._items)
 
 
-class PolarsTableIOManager(dg.ConfigurableIOManager):
+class StorageIOManager(dg.ConfigurableIOManager):
+    """Tables as Parquet with a manifest, typed references as JSON, under the storage root (see the module doc)."""
+
     root: str
     s3_endpoint_url: str | None = None
 
@@ -84,47 +101,38 @@ class PolarsTableIOManager(dg.ConfigurableIOManager):
     def _name(key: dg.AssetKey) -> str:
         return "__".join(key.path)
 
-    def handle_output(self, context: dg.OutputContext, obj: pl.DataFrame | dict) -> None:
+    def handle_output(self, context: dg.OutputContext, obj: Stored) -> None:
         storage = self._storage()
         name = self._name(context.asset_key)
         partition = context.partition_key if context.has_partition_key else None
-        if isinstance(obj, dict):
-            path = storage.table_path(name, partition).with_suffix(".json")
-            digest = storage.write_json(path, obj)
-            context.add_output_metadata({"path": dg.MetadataValue.path(str(path)), "content_sha256": digest})
+        if is_reference(obj):
+            path = storage.reference_path(name, partition)
+            digest = storage.write_json(path, obj.to_json())
+            context.add_output_metadata({"stored_as": f"json {type(obj).__name__}",
+                                         "path": dg.MetadataValue.path(str(path)), "content_sha256": digest})
             return
+        extra: dict[str, Any] = {}
+        if isinstance(obj, DatasetTable):
+            obj, extra = obj.table, {"dataset_id": obj.dataset_id}
         if not isinstance(obj, pl.DataFrame):
-            raise TypeError(f"{context.asset_key.to_user_string()}: expected a polars DataFrame or a dict, "
-                            f"got {type(obj)!r}")
-        path = storage.table_path(name, partition)
-        manifest = storage.write_table(name, partition, obj, schema_version=SCHEMA_VERSION)
-        digest = manifest["sha256"]
-        context.add_output_metadata(
-            {
-                "dagster/row_count": obj.height,
-                "path": dg.MetadataValue.path(str(path)),
-                "content_sha256": digest,
-                "code_version": manifest["code_version"],
-                "schema_version": manifest["schema_version"],
-            }
-        )
+            raise TypeError(f"{context.asset_key.to_user_string()}: the table IO manager stores a polars DataFrame, "
+                            f"a DatasetTable or a typed reference (rlhf_assets/references.py), not {type(obj)!r}")
+        manifest = storage.write_table(name, partition, obj, schema_version=SCHEMA_VERSION, **extra)
+        context.add_output_metadata({
+            "stored_as": "parquet table" + (" (DatasetTable)" if extra else ""),
+            "dagster/row_count": obj.height,
+            "path": dg.MetadataValue.path(str(storage.table_path(name, partition))),
+            "content_sha256": manifest["sha256"],
+            "code_version": manifest["code_version"],
+            "schema_version": manifest["schema_version"],
+        })
 
-    def load_input(self, context: dg.InputContext) -> pl.DataFrame | dict | StoredPartitions:
+    def load_input(self, context: dg.InputContext) -> Stored | StoredPartitions:
         storage = self._storage()
         name = self._name(context.asset_key)
         if not context.has_asset_partitions:
-            return self._read(storage, name, None)
+            return StoredPartition(storage, name, None).load()
         keys = list(context.asset_partition_keys)
         if len(keys) == 1:  # same-partition (or any one-to-one) dependency
-            return self._read(storage, name, keys[0])
+            return StoredPartition(storage, name, keys[0]).load()
         return StoredPartitions(storage, name, keys)
-
-    @staticmethod
-    def _read(storage: Storage, name: str, partition: str | None) -> pl.DataFrame | dict:
-        table = storage.table_path(name, partition)
-        if table.exists():
-            return storage.read_parquet(table)
-        reference = table.with_suffix(".json")
-        if reference.exists():
-            return storage.read_json(reference)
-        raise FileNotFoundError(f"{name} has no stored output for partition {partition!r} (looked for {table})")

@@ -1,11 +1,10 @@
-"""The storage resource: the one place that knows where the storage root is."""
+"""Resources: the storage root (the one place that knows where it is) and the release thresholds."""
 
 from __future__ import annotations
 
-from dataclasses import fields
-
 import dagster as dg
 
+from rlhf_assets.defs.config_classes import config_class, settings_from
 from rlhf_assets.evaluation.thresholds import ReleaseThresholds
 from rlhf_assets.storage import DEFAULT_ROOT, ROOT_ENV, S3_ENDPOINT_ENV, Storage
 
@@ -28,18 +27,12 @@ def storage_resource_from_env() -> StorageResource:
     )
 
 
-class ReleaseThresholdsResource(dg.ConfigurableResource):
-    """The release-quality thresholds (rlhf_assets/evaluation/thresholds.py), shared by the blocking checks and the
-    deployment gates: configure them here once. Each field has ReleaseThresholds' default."""
-
-    min_rm_test_accuracy: float = ReleaseThresholds.min_rm_test_accuracy
-    max_calibrated_ece: float = ReleaseThresholds.max_calibrated_ece
-    min_human_rm_correlation: float = ReleaseThresholds.min_human_rm_correlation
-    min_uplift: float = ReleaseThresholds.min_uplift
-    max_kl: float | None = ReleaseThresholds.max_kl
-    n_bootstrap: int = ReleaseThresholds.n_bootstrap
-    confidence: float = ReleaseThresholds.confidence
-    seed: int = ReleaseThresholds.seed
-
+class _ThresholdsResource(dg.ConfigurableResource):
     def thresholds(self) -> ReleaseThresholds:
-        return ReleaseThresholds(**{f.name: getattr(self, f.name) for f in fields(ReleaseThresholds)})
+        return settings_from(self, ReleaseThresholds)
+
+
+ReleaseThresholdsResource = config_class(
+    "ReleaseThresholdsResource", ReleaseThresholds, base=_ThresholdsResource,
+    doc="The release-quality thresholds (rlhf_assets/evaluation/thresholds.py), shared by the blocking checks and "
+        "the deployment gates: configure them here once.")

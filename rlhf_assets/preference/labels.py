@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import polars as pl
+from pydantic import Field
 
+from rlhf_assets.config_schema import settings
 from rlhf_assets.preference.aggregation import AggregationResult, dawid_skene, majority_vote
 from rlhf_assets.preference.agreement import annotator_disagreement, cohen_kappa_pairs, fleiss_kappa_items
 from rlhf_assets.preference.schema import LABELS
@@ -22,14 +24,22 @@ Method = Literal["dawid-skene", "majority"]
 _FLIP = {"a": "b", "b": "a", "tie": "tie"}
 
 
-@dataclass(frozen=True)
+@settings
 class AggregationSettings:
+    """How one label per pair is aggregated from every annotator's judgement."""
+
     method: Method = "dawid-skene"
-    shrinkage: float = 2.0  # pseudo-counts pulling each annotator's confusion matrix toward the pooled one
-    max_iter: int = 300  # EM crawls when a class (ties) is rare; 100 was not always enough on the demo data
-    tol: float = 1e-5
-    seed: int = 0  # majority-vote tie-breaking
-    min_overlap: int = 20  # items two annotators must share for a Cohen's kappa
+    """dawid-skene: EM over per-annotator confusion matrices | majority: majority vote."""
+    shrinkage: Annotated[float, Field(ge=0)] = 2.0
+    """Pseudo-counts pulling each annotator's confusion matrix toward the pooled one (0 = plain Dawid–Skene)."""
+    max_iter: Annotated[int, Field(ge=1)] = 300
+    """EM iterations at most (EM crawls when a class, ties, is rare; 100 was not always enough on the demo data)."""
+    tol: Annotated[float, Field(gt=0)] = 1e-5
+    """EM stops when the log-likelihood improves by less than this."""
+    seed: Annotated[int, Field(ge=0)] = 0
+    """Seed of majority-vote tie-breaking."""
+    min_overlap: Annotated[int, Field(ge=1)] = 20
+    """Items two annotators must share before their Cohen's kappa is reported."""
 
 
 @dataclass

@@ -17,11 +17,13 @@ import io
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 import polars as pl
+from pydantic import Field
 
 from rlhf_assets.code_version import code_version
+from rlhf_assets.config_schema import settings
 from rlhf_assets.preference.schema import SCHEMA_VERSION
 from rlhf_assets.storage import Storage, sha256_bytes
 
@@ -36,22 +38,27 @@ class SnapshotError(RuntimeError):
 SPLITS = ("train", "validation", "judge", "test")
 
 
-@dataclass(frozen=True)
+@settings
 class SnapshotSettings:
-    """Split fractions (of prompts, by hash) default to train 0.6 / validation 0.1 / judge 0.2 / test 0.1: the judge
-    gets a third of the reward model's training budget — enough pairs to rank responses on its own — while the
-    validation and test splits keep their former 0.1 each (early stopping, calibration and OPE prompts are
-    unchanged in size). ``judge_fraction=0`` gives the former train/validation/test split exactly."""
+    """How a release's preference dataset is cut from the aggregated days. Split fractions (of prompts, by hash)
+    default to train 0.6 / validation 0.1 / judge 0.2 / test 0.1: the judge gets a third of the reward model's
+    training budget — enough pairs to rank responses on its own — while the validation and test splits keep their
+    former 0.1 each (early stopping, calibration and OPE prompts are unchanged in size). ``judge_fraction=0`` gives
+    the former train/validation/test split exactly."""
 
-    tie_policy: Literal["drop", "half"] = "drop"  # drop tied pairs, or keep them with target 0.5
+    tie_policy: Literal["drop", "half"] = "drop"
+    """Tied pairs: drop them, or keep them with target 0.5."""
     train_fraction: float = 0.6
+    """Share of prompts (by hash) in the train split."""
     validation_fraction: float = 0.1
-    judge_fraction: float = 0.2  # the held-out judge reward model's pairs; the rest is the test split
-    min_confidence: float = 0.0  # drop pairs whose aggregated label is less certain than this
+    """Share of prompts in the validation split (early stopping, calibration)."""
+    judge_fraction: float = 0.2
+    """Share of prompts held out for the independent judge reward model (judge_reward_model); the rest after train,
+    validation and judge is the test split."""
+    min_confidence: Annotated[float, Field(ge=0, le=1)] = 0.0
+    """Drop pairs whose aggregated label's posterior confidence is below this."""
 
     def __post_init__(self):
-        if self.tie_policy not in ("drop", "half"):
-            raise ValueError(f"tie_policy must be 'drop' or 'half', got {self.tie_policy!r}")
         if not (0 < self.train_fraction < 1 and 0 <= self.validation_fraction < 1 and 0 <= self.judge_fraction < 1
                 and self.train_fraction + self.validation_fraction + self.judge_fraction <= 1 + 1e-12):
             raise ValueError("need 0 < train_fraction < 1, 0 <= validation_fraction, 0 <= judge_fraction and "
@@ -165,13 +172,6 @@ def _pointer(storage: Storage, release: str):
     return storage.path("registry", "releases", f"{release}.dataset.json")
 
 
-def pinned_dataset_id(storage: Storage, release: str) -> str:
-    pointer = _pointer(storage, release)
-    if not pointer.exists():
-        raise SnapshotError(f"release {release} has no preference dataset yet: materialize preference_dataset first")
-    return storage.read_json(pointer)["dataset_id"]
-
-
 def load_or_build_snapshot(storage: Storage, release: str, cutoff: str, upstream: Mapping[str, UpstreamDay],
                            settings: SnapshotSettings | None = None) -> DatasetSnapshot:
     """The release's pinned snapshot when it has one (``upstream`` is then not read at all: late annotations do not
@@ -207,7 +207,12 @@ def sft_jsonl(table: pl.DataFrame, split: str) -> bytes:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows.iter_rows(named=True)).encode()
 
 
+def split_prompts(table: pl.DataFrame, split: str) -> list[str]:
+    """A split's distinct prompts, in first-seen order (PPO's rollout and held-out prompts, the KL check's and the
+    OPE's test prompts)."""
+    return table.filter(pl.col("split") == split).select("prompt").unique(maintain_order=True)["prompt"].to_list()
+
+
 def prompts_jsonl(table: pl.DataFrame, split: str) -> bytes:
-    """A split's distinct prompts, in first-seen order: {"prompt"} per line (PPO's rollout prompts)."""
-    prompts = table.filter(pl.col("split") == split).select("prompt").unique(maintain_order=True)
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in prompts.iter_rows(named=True)).encode()
+    """:func:`split_prompts` as JSONL: {"prompt"} per line."""
+    return "".join(json.dumps({"prompt": p}, ensure_ascii=False) + "\n" for p in split_prompts(table, split)).encode()

@@ -16,10 +16,12 @@ import os
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
-from typing import Any
+from typing import Annotated, Any
 
 import polars as pl
+from pydantic import Field
 
+from rlhf_assets.config_schema import settings
 from rlhf_assets.preference.schema import LABELS, RECORD_SCHEMA, REQUIRED_FIELDS
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -28,15 +30,23 @@ ROW = "_row"
 EPOCH = "created_at_epoch"
 
 
-@dataclass(frozen=True)
+@settings
 class ValidationRules:
-    """Thresholds of the suite; every one is a config field of the `validated_pairs` asset."""
+    """Thresholds of the suite and of the day's quarantine check; every one but ``day`` is a config field of the
+    ``validated_pairs`` asset."""
 
-    day: str | None = None  # partition day "YYYY-MM-DD"; None: created_at must only parse
-    max_prompt_chars: int = 60_000
-    max_response_chars: int = 20_000
-    min_response_chars: int = 1
-    max_annotation_ms: int = 24 * 3600 * 1000
+    day: str | None = None
+    """Partition day "YYYY-MM-DD" created_at must fall in (set by the asset); None: created_at must only parse."""
+    max_prompt_chars: Annotated[int, Field(ge=1)] = 60_000
+    """Longest prompt accepted, in characters."""
+    max_response_chars: Annotated[int, Field(ge=1)] = 20_000
+    """Longest response accepted, in characters."""
+    min_response_chars: Annotated[int, Field(ge=0)] = 1
+    """Shortest response accepted, in characters."""
+    max_annotation_ms: Annotated[int, Field(ge=1)] = 24 * 3600 * 1000
+    """Longest plausible annotation time (annotation_ms), in milliseconds."""
+    max_quarantine_rate: Annotated[float, Field(ge=0, le=1)] = 0.05
+    """Blocking: the partition fails (and nothing downstream runs) when a larger share of its rows is quarantined."""
 
 
 @dataclass

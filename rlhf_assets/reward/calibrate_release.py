@@ -9,19 +9,22 @@ confidence and seed come from :class:`rlhf_assets.evaluation.thresholds.ReleaseT
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import polars as pl
+from pydantic import Field
 
+from rlhf_assets.config_schema import settings
 from rlhf_assets.evaluation.thresholds import ReleaseThresholds
+from rlhf_assets.references import CalibrationRef
 from rlhf_assets.registry.artifacts import ArtifactStore
 from rlhf_assets.reward.artifact import load_reward_model
-from rlhf_assets.reward.calibration import (
-    N_FOLDS,
+from rlhf_assets.reward.calibration import N_FOLDS, fit_and_select
+from rlhf_assets.reward.calibration_diagnostics import (
     agreement_level,
-    fit_and_select,
     human_correlation,
     length_bucket,
     metric_intervals,
@@ -33,13 +36,16 @@ from rlhf_assets.reward.metrics import margin_probability
 from rlhf_assets.storage import Storage
 
 
-@dataclass(frozen=True)
+@settings
 class CalibrationSettings:
-    """How to calibrate (not what to accept: the limits are ReleaseThresholds')."""
+    """How to calibrate (not what to accept: the limits are the release_thresholds resource's)."""
 
-    batch_size: int = 64
-    n_folds: int = N_FOLDS  # K of the cross-validation that picks Platt or isotonic on the validation split
-    fold_seed: int = 0
+    batch_size: Annotated[int, Field(ge=1)] = 64
+    """Pairs per scoring batch."""
+    n_folds: Annotated[int, Field(ge=2)] = N_FOLDS
+    """K of the cross-validation on the validation split that chooses Platt or isotonic (ties → Platt)."""
+    fold_seed: Annotated[int, Field(ge=0)] = 0
+    """Seed of the cross-validation folds."""
 
 
 #: The report's measured keys besides the intervals (all None when the scores are not finite).
@@ -49,7 +55,7 @@ MEASURED = ("method", "cv_log_loss", "accuracy", "auc", "ece_before", "ece_after
 
 @dataclass
 class ReleaseCalibration:
-    record: dict[str, Any]  # JSON: calibrator, report, correlation, slices (the asset's stored value)
+    ref: CalibrationRef  # the asset's stored value: calibrator, report, correlation, slices
     report: dict[str, Any]
     reliability_png: bytes | None  # None when nothing could be measured
     nan_scores: int  # non-finite scores (NaN or ±inf) over the validation and test splits
@@ -81,7 +87,7 @@ def store_calibration(storage: Storage, reward_model_id: str, calibrator: dict, 
 
 def calibrate_release(storage: Storage, artifact_id: str, dataset: pl.DataFrame,
                       settings: CalibrationSettings | None = None,
-                      thresholds: ReleaseThresholds | None = None) -> ReleaseCalibration:
+                      thresholds: ReleaseThresholds | None = None, *, dataset_id: str = "") -> ReleaseCalibration:
     """Score the validation and test splits, calibrate and measure.
 
     A reward model that gives any pair a non-finite score is not calibrated at all: its accuracy and ECE are left
@@ -98,14 +104,15 @@ def calibrate_release(storage: Storage, artifact_id: str, dataset: pl.DataFrame,
     base = {"n_validation": int(val_m.size), "n_test": int(test_m.size), "nan_scores": nan_scores,
             "n_folds": settings.n_folds, "fold_seed": settings.fold_seed, "n_bootstrap": thresholds.n_bootstrap,
             "confidence": thresholds.confidence, "bootstrap_seed": thresholds.seed}
-    record = {"artifact_id": artifact_id, "settings": settings.__dict__}
+    record = {"reward_model_id": artifact_id, "dataset_id": dataset_id, "settings": dataclasses.asdict(settings)}
     if nan_scores:
         report = base | dict.fromkeys(MEASURED, None) | {
             "accuracy_ci": [None, None], "ece_after_debiased": None, "ece_after_ci": [None, None],
             "reason": f"{nan_scores} non-finite reward-model score(s): not calibrated, not measured"}
         record |= {"calibration_artifact_id": None, "calibrator": None, "report": report, "calibration": None,
                    "human_correlation": None, "slices": []}
-        return ReleaseCalibration(record=record, report=report, reliability_png=None, nan_scores=nan_scores)
+        return ReleaseCalibration(ref=CalibrationRef(**record), report=report, reliability_png=None,
+                                  nan_scores=nan_scores)
 
     calibration = fit_and_select(val_m, val_y, test_m, test_y, n_folds=settings.n_folds, seed=settings.fold_seed)
     p_after = calibration.predict(test_m)
@@ -139,4 +146,4 @@ def calibrate_release(storage: Storage, artifact_id: str, dataset: pl.DataFrame,
     calibration_id = store_calibration(storage, artifact_id, full["calibrator"], report)
     record |= {"calibration_artifact_id": calibration_id, "calibrator": full["calibrator"], "report": report,
                "calibration": full, "human_correlation": correlation, "slices": slices}
-    return ReleaseCalibration(record=record, report=report, reliability_png=png, nan_scores=nan_scores)
+    return ReleaseCalibration(ref=CalibrationRef(**record), report=report, reliability_png=png, nan_scores=nan_scores)

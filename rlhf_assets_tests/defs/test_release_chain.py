@@ -3,20 +3,19 @@ rm_calibration → sft_policy → ppo_policy (both through Pipes), the held-out 
 ope_report → deployment_decision →
 production_release; and rollback by materializing an older production_release partition."""
 
-import json
-
 import dagster as dg
 from pytest import approx
 
 from rlhf_assets.definitions import defs
-from rlhf_assets.evaluation.gates import decide, gate_inputs
+from rlhf_assets.evaluation.gates import GateInputs, decide
 from rlhf_assets.evaluation.thresholds import ReleaseThresholds
+from rlhf_assets.references import DecisionRef, read_reference, write_reference
 from rlhf_assets.registry.aliases import Registry
 from rlhf_assets.registry.artifacts import ArtifactStore
 from rlhf_assets.registry.decisions import read_decision
 from rlhf_assets.registry.listing import release_listing
 from rlhf_assets.registry.releases import create_release
-from rlhf_assets_tests.defs.test_reward_pillar import RELEASE, TINY, checks, config, release, run_release  # noqa: F401
+from rlhf_assets_tests.defs.dagster_support import RELEASE, TINY, checks, config, run_release
 
 SFT = {"epochs": 3, "max_prompt_tokens": 24, "max_response_tokens": 16}
 #: Tiny data cannot reach production-grade calibration; these thresholds (the release_thresholds resource, shared by
@@ -26,7 +25,7 @@ PPO = {"steps": 4, "rollout_prompts": 16, "minibatch_size": 8, "micro_batch_size
        "max_prompt_tokens": 24, "eval_every": 2, "n_eval_prompts": 16, "lr": 1e-3}
 
 
-def test_whole_release_chain_decides_and_moves_the_alias(release, dagster_instance):  # noqa: F811
+def test_whole_release_chain_decides_and_moves_the_alias(release, dagster_instance):
     run_config = config()
     run_config["ops"].update({"sft_policy": {"config": SFT}, "ppo_policy": {"config": PPO},
                               "ope_report": {"config": {"n_boot": 200}},
@@ -38,42 +37,47 @@ def test_whole_release_chain_decides_and_moves_the_alias(release, dagster_instan
     assert result.success, [e.message for e in result.all_events if e.is_failure]
     assert checks(result)["kl_within_budget"] is True
     storage = release
-    sft = json.loads(storage.table_path("sft_policy", RELEASE).with_suffix(".json").read_text())
-    ppo = json.loads(storage.table_path("ppo_policy", RELEASE).with_suffix(".json").read_text())
-    rm = json.loads(storage.table_path("reward_model", RELEASE).with_suffix(".json").read_text())
+    sft = read_reference(storage, "sft_policy", RELEASE)
+    ppo = read_reference(storage, "ppo_policy", RELEASE)
+    rm = read_reference(storage, "reward_model", RELEASE)
     store = ArtifactStore(storage)
-    manifest = store.manifest(ppo["artifact_id"])
-    assert manifest["kind"] == "ppo_policy" and manifest["parent_ids"] == [sft["artifact_id"], rm["artifact_id"]]
-    assert manifest["dataset_id"] == sft["dataset_id"] == rm["dataset_id"]
-    assert store.manifest(sft["artifact_id"])["kind"] == "sft_policy"
+    manifest = store.manifest(ppo.artifact_id)
+    assert manifest["kind"] == "ppo_policy" and manifest["parent_ids"] == [sft.artifact_id, rm.artifact_id]
+    assert manifest["dataset_id"] == sft.dataset_id == rm.dataset_id == ppo.dataset_id
+    assert list(ppo.parents) == [sft.artifact_id, rm.artifact_id] and ppo.sft_artifact_id == sft.artifact_id
+    assert store.manifest(sft.artifact_id)["kind"] == "sft_policy"
     events = {e.event_specific_data.materialization.asset_key.to_user_string(): e.event_specific_data.materialization
               for e in result.get_asset_materialization_events()}
     meta = events["ppo_policy"].metadata
-    assert meta["artifact_id"].value == ppo["artifact_id"]      # reported back from the PPO process
+    assert meta["artifact_id"].value == ppo.artifact_id      # reported back from the PPO process
+    assert meta["stored_as"].value == "json PolicyRef"
     for plot in ("reward_vs_sqrt_kl", "kl_and_beta", "response_length"):
         assert meta[plot].value.startswith("![")
     assert len(meta["history"].value) == PPO["steps"]
-    assert ppo["selected_kl"] <= ppo["kl_budget"]
+    assert ppo.selected_kl <= ppo.kl_budget
 
     # OPE → decision → alias
-    ope = json.loads(storage.table_path("ope_report", RELEASE).with_suffix(".json").read_text())
-    assert ope["target_policy_id"] == ppo["artifact_id"] and ope["behavior_policy_id"] == sft["artifact_id"]
+    ope_ref = read_reference(storage, "ope_report", RELEASE)
+    ope = ope_ref.report
+    assert ope_ref.log_sha256 == ope["log_sha256"]
+    assert ope["target_policy_id"] == ppo.artifact_id and ope["behavior_policy_id"] == sft.artifact_id
     ope_log = storage.read_parquet(storage.table_path("ope_log", RELEASE))
     assert ope["n"] == ope_log.height > 0
 
     # the judge: its own reward model, trained on the judge split only (prompts PPO's reward model never saw),
     # scores the same log; both uplifts are reported, labelled
-    judge = json.loads(storage.table_path("judge_reward_model", RELEASE).with_suffix(".json").read_text())
+    judge = read_reference(storage, "judge_reward_model", RELEASE)
     dataset = storage.read_parquet(storage.table_path("preference_dataset", RELEASE))
-    judge_manifest, rm_manifest = store.manifest(judge["artifact_id"]), store.manifest(rm["artifact_id"])
-    assert judge["artifact_id"] != rm["artifact_id"] and judge_manifest["kind"] == "judge_reward_model"
-    assert judge["dataset_id"] == judge_manifest["dataset_id"] == rm["dataset_id"]
+    judge_manifest, rm_manifest = store.manifest(judge.artifact_id), store.manifest(rm.artifact_id)
+    assert judge.artifact_id != rm.artifact_id and judge_manifest["kind"] == "judge_reward_model"
+    assert judge.kind == "judge_reward_model" and rm.kind == "reward_model"
+    assert judge.dataset_id == judge_manifest["dataset_id"] == rm.dataset_id
     assert judge_manifest["data"]["n_train"] == (dataset["split"] == "judge").sum() > 0
     assert rm_manifest["data"]["n_train"] == (dataset["split"] == "train").sum()
     assert judge_manifest["data"]["val_sha256"] == rm_manifest["data"]["val_sha256"]  # early-stopped on validation
     assert judge_manifest["seed"] != rm_manifest["seed"]
-    assert ope["judge"]["reward_model_id"] == ope["judge_reward_model_id"] == judge["artifact_id"]
-    assert ope["proxy"]["reward_model_id"] == ope["reward_model_id"] == rm["artifact_id"]
+    assert ope["judge"]["reward_model_id"] == ope["judge_reward_model_id"] == judge.artifact_id
+    assert ope["proxy"]["reward_model_id"] == ope["reward_model_id"] == rm.artifact_id
     assert ope["judge"]["behavior"]["value"] == approx(float(ope_log["judge_reward"].mean()))
     assert ope["proxy"]["behavior"]["value"] == approx(float(ope_log["reward"].mean()))
     ope_meta = events["ope_report"].metadata
@@ -81,12 +85,14 @@ def test_whole_release_chain_decides_and_moves_the_alias(release, dagster_instan
     assert ope_meta["proxy_uplift"].value == ope["proxy"]["uplift"]["value"]
     assert "judge uplift" in ope_meta["report"].value and "proxy uplift" in ope_meta["report"].value
     record = read_decision(storage, RELEASE)
-    calibration = json.loads(storage.table_path("rm_calibration", RELEASE).with_suffix(".json").read_text())
+    calibration = read_reference(storage, "rm_calibration", RELEASE)
     upstream = record["inputs"]["upstream_checks"]
     assert {c["status"] for c in upstream} == {"passed"} and len(upstream) == 4  # read back from the instance
-    expected = decide(gate_inputs(ope, ppo, calibration, upstream), ReleaseThresholds(**GATES))
+    expected = decide(GateInputs.from_release(ope_ref, ppo, calibration, upstream), ReleaseThresholds(**GATES))
     assert record["gates"] == expected.to_dict()["gates"]
-    assert record["verdict"] == expected.verdict and record["artifacts"]["policy"] == ppo["artifact_id"]
+    assert record["verdict"] == expected.verdict and record["artifacts"]["policy"] == ppo.artifact_id
+    decision = read_reference(storage, "deployment_decision", RELEASE)
+    assert decision.verdict == record["verdict"] and decision.artifacts == record["artifacts"]
     assert store.manifest(record["artifacts"]["calibration"])["kind"] == "calibration"
     assert "gates" in events["deployment_decision"].metadata
     aliases = Registry(storage).aliases()
@@ -120,14 +126,13 @@ def test_rollback_is_rematerializing_an_older_production_release(storage_root, d
         create_release(storage, key=key)
         dagster_instance.add_dynamic_partitions("release", [key])
         arts = {"policy": _artifact(store, tmp_path, f"{key}-policy"), "reward_model": _artifact(store, tmp_path, f"{key}-rm")}
-        storage.write_json(storage.table_path("deployment_decision", key).with_suffix(".json"),
-                           {"release": key, "verdict": "promote", "reasons": [], "artifacts": arts})
+        write_reference(storage, "deployment_decision", key, DecisionRef(release=key, verdict="promote", artifacts=arts))
     job = defs().resolve_job_def("apply_release_decision")
     for key in (r1, r2, r1):
         assert job.execute_in_process(partition_key=key, instance=dagster_instance).success
     reg = Registry(storage)
-    r1_arts = storage.read_json(storage.table_path("deployment_decision", r1).with_suffix(".json"))["artifacts"]
-    r2_arts = storage.read_json(storage.table_path("deployment_decision", r2).with_suffix(".json"))["artifacts"]
+    r1_arts = read_reference(storage, "deployment_decision", r1).artifacts
+    r2_arts = read_reference(storage, "deployment_decision", r2).artifacts
     assert reg.current("production")["artifacts"] == r1_arts
     assert [h["action"] for h in reg.history()] == ["promote", "promote", "rollback"]
     assert all(store.exists(i) for i in r2_arts.values())

@@ -13,6 +13,7 @@ from dagster._core.execution.backfill import PartitionBackfill
 
 from rlhf_assets.definitions import defs
 from rlhf_assets.preference.simulator import landing_files, simulate_comparisons
+from rlhf_assets.references import DecisionRef, read_reference, write_reference
 from rlhf_assets.registry.aliases import Registry
 from rlhf_assets.registry.deployment import apply_decision
 from rlhf_assets.registry.releases import create_release
@@ -36,9 +37,8 @@ def decided(storage_root, dagster_instance):
     storage = Storage(storage_root)
     for n, (key, verdict) in enumerate(((R1, "promote"), (R2, "promote"), (R3, "canary")), start=1):
         create_release(storage, key=key)
-        storage.write_json(storage.table_path("deployment_decision", key).with_suffix(".json"),
-                           {"release": key, "verdict": verdict, "reasons": [], "canary_share": 0.2,
-                            "artifacts": {"policy": f"{n:064x}"}})
+        write_reference(storage, "deployment_decision", key, DecisionRef(
+            release=key, verdict=verdict, canary_share=0.2, artifacts={"policy": f"{n:064x}"}))
     dagster_instance.add_dynamic_partitions("release", [R1, R2, R3])
     return storage
 
@@ -90,7 +90,7 @@ def test_rollback_mode_restores_the_history_and_refuses_a_canary_only_release(de
     artifacts (re-applying r1's stored promote decision would put other ones live); r3 (canary only) fails."""
     override = {"verdict": "reject", "artifacts": {"policy": "f" * 64}}
     apply_decision(decided, R1, override, override_reason="hotfix", approver="ana")
-    apply_decision(decided, R2, decided.read_json(decided.table_path("deployment_decision", R2).with_suffix(".json")))
+    apply_decision(decided, R2, read_reference(decided, "deployment_decision", R2).as_decision())
     rollback = {"ops": {"production_release": {"config": {"mode": "rollback"}}}}
     before = Registry(decided).history()
     canary = apply_job().execute_in_process(partition_key=R3, instance=dagster_instance, run_config=rollback,
@@ -99,7 +99,7 @@ def test_rollback_mode_restores_the_history_and_refuses_a_canary_only_release(de
     assert Registry(decided).history() == before
     back = apply_job().execute_in_process(partition_key=R1, instance=dagster_instance, run_config=rollback)
     out = back.output_for_node("production_release")
-    assert out["action"] == "rollback" and out["artifacts"] == override["artifacts"]
+    assert out.action == "rollback" and out.artifacts == override["artifacts"] and out.mode == "rollback"
     assert Registry(decided).current("production")["artifacts"] == override["artifacts"]
 
 

@@ -1,5 +1,6 @@
 """preference_dataset → reward_model (Lightning through Dagster Pipes) → rm_calibration on a tiny release."""
 
+import dataclasses
 import json
 import shutil
 
@@ -12,36 +13,10 @@ from rlhf_assets.defs.check_names import CALIBRATED_ECE, NO_NAN_SCORES, TEST_ACC
 from rlhf_assets.evaluation.thresholds import ReleaseThresholds
 from rlhf_assets.preference.simulator import landing_files, simulate_comparisons
 from rlhf_assets.preference.snapshot import SnapshotSettings, prompt_bucket, split_of
+from rlhf_assets.references import CalibrationRef, ModelRef, read_reference, write_reference
 from rlhf_assets.registry.artifacts import ArtifactStore
-from rlhf_assets.registry.releases import create_release
-from rlhf_assets.storage import Storage
-
-DAY = "2025-06-01"
-RELEASE = "r20250601-2359"
-TINY = {"preset": "tiny", "max_length": 48, "batch_size": 16, "epochs": 4, "lr": 3e-3}
-
-
-def learnable_pairs(n=240, start=0):
-    """Chosen responses say something helpful, rejected ones something rude: a tiny model learns it in seconds."""
-    return [{"prompt": f"Human: question number {k}?\n\nAssistant:",
-             "chosen": f"sure, here is a helpful answer about topic {k % 17}",
-             "rejected": f"no, go away, that is a stupid question about topic {k % 13}"} for k in range(start, start + n)]
-
-
-def land_release(storage_root, instance, pairs):
-    storage = Storage(storage_root)
-    batch = simulate_comparisons(pairs, dates=[DAY], labels_per_pair=3, seed=3)
-    for day, (name, data) in landing_files(batch).items():
-        storage.write_bytes(storage.landing_dir(day).joinpath(name), data)
-    assert defs().resolve_job_def("data_pillar").execute_in_process(partition_key=DAY, instance=instance).success
-    create_release(storage, key=RELEASE)
-    instance.add_dynamic_partitions("release", [RELEASE])
-    return storage
-
-
-@pytest.fixture
-def release(storage_root, dagster_instance):
-    return land_release(storage_root, dagster_instance, learnable_pairs())
+from rlhf_assets_tests.defs.dagster_support import DAY, RELEASE, TINY, checks, config, land_release, run_release
+from rlhf_assets_tests.support import learnable_pairs
 
 
 def on_test_split(pairs):
@@ -60,16 +35,6 @@ def release_test_humans_disagree(storage_root, dagster_instance):
     return land_release(storage_root, dagster_instance, flipped)
 
 
-def run_release(instance, run_config, definitions=None, job="reward_pillar"):
-    d = definitions or defs()
-    return d.resolve_job_def(job).execute_in_process(partition_key=RELEASE, instance=instance,
-                                                     run_config=run_config, raise_on_error=False)
-
-
-def checks(result):
-    return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-
-
 def check_metadata(result, name):
     (evaluation,) = [e for e in result.get_asset_check_evaluations() if e.check_name == name]
     return {k: v.value for k, v in evaluation.metadata.items()}
@@ -78,13 +43,6 @@ def check_metadata(result, name):
 def materialized(result):
     return {e.event_specific_data.materialization.asset_key.to_user_string()
             for e in result.get_asset_materialization_events()}
-
-
-def config(min_accuracy=ReleaseThresholds.min_rm_test_accuracy, max_ece=0.5):
-    """Tiny data cannot reach the production ECE limit (34 test pairs): the shared thresholds are relaxed."""
-    return {"ops": {"reward_model": {"config": TINY}},
-            "resources": {"release_thresholds": {"config": {
-                "min_rm_test_accuracy": min_accuracy, "max_calibrated_ece": max_ece, "n_bootstrap": 200}}}}
 
 
 #: rm_calibration and what follows it up to PPO: sft_policy is in the selection, so ppo_policy has every input and
@@ -112,33 +70,39 @@ def assert_ppo_blocked(result):
     assert not [e for e in result.all_events if e.step_key == "ppo_policy" and e.event_type_value == "STEP_START"]
 
 
+@pytest.mark.slow
 def test_reward_pillar_materializes_a_tiny_release(release, dagster_instance):
     result = run_release(dagster_instance, config())
     assert result.success, [e.message for e in result.all_events if e.is_failure]
     assert checks(result) == {TEST_ACCURACY: True, CALIBRATED_ECE: True, NO_NAN_SCORES: True}
     storage = release
-    reference = json.loads(storage.table_path("reward_model", RELEASE).with_suffix(".json").read_text())
-    manifest = ArtifactStore(storage).manifest(reference["artifact_id"])
+    reference = read_reference(storage, "reward_model", RELEASE)
+    assert isinstance(reference, ModelRef) and reference.kind == "reward_model"
+    manifest = ArtifactStore(storage).manifest(reference.artifact_id)
     pointer = json.loads(storage.path("registry", "releases", f"{RELEASE}.dataset.json").read_text())
-    assert manifest["dataset_id"] == reference["dataset_id"] == pointer["dataset_id"]
-    calibration = json.loads(storage.table_path("rm_calibration", RELEASE).with_suffix(".json").read_text())
-    assert calibration["artifact_id"] == reference["artifact_id"]
-    assert calibration["calibrator"]["method"] in ("platt", "isotonic")
-    report = calibration["report"]
+    assert manifest["dataset_id"] == reference.dataset_id == pointer["dataset_id"]
+    calibration = read_reference(storage, "rm_calibration", RELEASE)
+    assert isinstance(calibration, CalibrationRef)
+    assert calibration.reward_model_id == reference.artifact_id and calibration.dataset_id == reference.dataset_id
+    assert calibration.calibrator["method"] in ("platt", "isotonic")
+    report = calibration.report
     assert report["method"] == min(report["cv_log_loss"], key=report["cv_log_loss"].get)
     for key, ci in (("accuracy", "accuracy_ci"), ("ece_after_debiased", "ece_after_ci")):
         assert report[ci][0] <= report[key] <= report[ci][1]
-    assert report["n_bootstrap"] == 200 and calibration["human_correlation"]["n_boot"] == 200
+    assert report["n_bootstrap"] == 200 and calibration.human_correlation["n_boot"] == 200
     accuracy = check_metadata(result, TEST_ACCURACY)
     assert accuracy["outcome"] in ("pass", "inconclusive") and accuracy["threshold"] == 0.6
     assert [accuracy["ci_low"], accuracy["ci_high"]] == report["accuracy_ci"]
     events = {e.event_specific_data.materialization.asset_key.to_user_string(): e.event_specific_data.materialization
               for e in result.get_asset_materialization_events()}
     rm_meta = events["reward_model"].metadata
-    assert rm_meta["artifact_id"].value == reference["artifact_id"]  # reported back from the training process
+    assert rm_meta["artifact_id"].value == reference.artifact_id  # reported back from the training process
+    assert rm_meta["stored_as"].value == "json ModelRef"
+    assert events["preference_dataset"].metadata["stored_as"].value == "parquet table (DatasetTable)"
     assert "reliability_diagram" in events["rm_calibration"].metadata
 
 
+@pytest.mark.slow
 def test_rematerializing_an_old_release_reads_its_own_snapshot(release, dagster_instance):
     only_dataset = {"ops": {}}
     d = defs()
@@ -176,6 +140,7 @@ def test_interval_check_fails_only_on_evidence_or_nothing_measured():
         assert meta == {"value": 0.5, "ci_low": ci[0], "ci_high": ci[1], "threshold": threshold, "outcome": expected}
 
 
+@pytest.mark.slow
 def test_inaccurate_reward_model_fails_test_accuracy_and_blocks_ppo(release_test_humans_disagree,
                                                                    dagster_instance):
     """Accuracy's interval wholly below the limit fails the check, and ppo_policy in the same run does not train on
@@ -188,6 +153,7 @@ def test_inaccurate_reward_model_fails_test_accuracy_and_blocks_ppo(release_test
     assert_ppo_blocked(result)
 
 
+@pytest.mark.slow
 def test_tight_ece_threshold_fails_calibrated_ece_and_blocks_ppo(release, dagster_instance):
     """The limit comes from the release_thresholds resource (not the asset's config): tightened there, the ECE
     interval lies wholly above it and the check fails."""
@@ -219,6 +185,7 @@ def nan_weights_artifact(storage, artifact_id, tmp_path):
     return store.put_dir(work, kind=store.manifest(artifact_id)["kind"], manifest=manifest).id
 
 
+@pytest.mark.slow
 def test_nan_reward_model_fails_no_nan_scores_and_blocks_ppo(release, dagster_instance, tmp_path):
     """The stored reward model is swapped for one whose weights are NaN: every score is NaN, nothing can be
     calibrated, and rm_calibration still reports — no_nan_scores fails and accuracy / ECE fail closed as not
@@ -226,10 +193,9 @@ def test_nan_reward_model_fails_no_nan_scores_and_blocks_ppo(release, dagster_in
     storage = release
     first = run_through_ppo(dagster_instance, config(), selection=THROUGH_PPO[:2])
     assert first.success
-    reference_path = storage.table_path("reward_model", RELEASE).with_suffix(".json")
-    reference = json.loads(reference_path.read_text())
-    reference["artifact_id"] = nan_weights_artifact(storage, reference["artifact_id"], tmp_path)
-    storage.write_json(reference_path, reference)
+    reference = read_reference(storage, "reward_model", RELEASE)
+    broken = dataclasses.replace(reference, artifact_id=nan_weights_artifact(storage, reference.artifact_id, tmp_path))
+    write_reference(storage, "reward_model", RELEASE, broken)
 
     result = run_through_ppo(dagster_instance, config(max_ece=1.0), selection=THROUGH_PPO[2:])
     assert checks(result) == {TEST_ACCURACY: False, CALIBRATED_ECE: False, NO_NAN_SCORES: False}
@@ -237,12 +203,13 @@ def test_nan_reward_model_fails_no_nan_scores_and_blocks_ppo(release, dagster_in
     for name in (TEST_ACCURACY, CALIBRATED_ECE):
         meta = check_metadata(result, name)
         assert meta["outcome"] == "not measured" and meta["value"] is None
-    record = json.loads(storage.table_path("rm_calibration", RELEASE).with_suffix(".json").read_text())
-    assert record["calibrator"] is None and record["report"]["nan_scores"] == check_metadata(
+    record = read_reference(storage, "rm_calibration", RELEASE)
+    assert record.calibrator is None and record.report["nan_scores"] == check_metadata(
         result, NO_NAN_SCORES)["nan_scores"]
     assert_ppo_blocked(result)
 
 
+@pytest.mark.slow
 def test_ddp_through_dagster_pipes_matches_one_process(release, dagster_instance):
     """The asset's own path: PipesSubprocessClient → `rm train` → Lightning DDP over 2 CPU processes (gloo); only
     rank 0 reports back. Same global batch (2 × 8 vs 1 × 16) → the same validation metrics within 1e-4."""

@@ -13,17 +13,10 @@ from rlhf_assets.evaluation.gates import (
     GateInputs,
     Measured,
     decide,
-    gate_inputs,
 )
 from rlhf_assets.evaluation.thresholds import ReleaseThresholds
-
-CHECKS_OK = [{"check": "rm_calibration:test_accuracy", "status": "passed", "detail": "passed in run x"},
-             {"check": "ppo_policy:kl_within_budget", "status": "passed", "detail": "passed in run x"}]
-GOOD = GateInputs(
-    upstream_checks=CHECKS_OK,
-    rm_test_accuracy=Measured(0.72, 0.66, 0.78), calibrated_ece=Measured(0.02, 0.01, 0.04),
-    human_rm_correlation=Measured(0.45, 0.35, 0.55), kl=Measured(4.0, 3.5, 4.5), kl_budget=12.0,
-    ope_reliable=True, uplift=Measured(0.05, 0.02, 0.08), proxy_uplift=Measured(0.3, 0.2, 0.4))
+from rlhf_assets.references import CalibrationRef, OPERef, PolicyRef
+from rlhf_assets_tests.support import CHECKS_OK, GOOD
 
 
 def _with(**changes):
@@ -155,20 +148,34 @@ def test_an_interval_without_bounds_or_a_not_measured_check_fails_closed():
     assert decide(GateInputs()).verdict == "reject"
 
 
-def test_gate_inputs_from_records_and_old_records_fail_closed():
-    ope = {"reliable": True, "reason": None, "judge": {"uplift": {"value": 0.05, "ci_low": 0.02, "ci_high": 0.08}},
-           "proxy": {"uplift": {"value": 0.3, "ci_low": 0.2, "ci_high": 0.4}}}
-    ppo = {"kl_budget": 12.0, "measured_kl": {"value": 4.0, "ci_low": 3.5, "ci_high": 4.5}}
-    cal = {"report": {"accuracy": 0.72, "accuracy_ci": [0.66, 0.78], "ece_after": 0.03, "ece_after_debiased": 0.02,
-                       "ece_after_ci": [0.01, 0.04]},
-           "human_correlation": {"spearman": 0.45, "spearman_ci_low": 0.35, "spearman_ci_high": 0.55}}
-    assert gate_inputs(ope, ppo, cal, CHECKS_OK) == GOOD
+def _ope(report):
+    return OPERef(report=report, log_uri="ope_log/r.parquet", log_sha256="0" * 64)
+
+
+def _ppo(**kw):
+    return PolicyRef(artifact_id="p" * 64, kind="ppo_policy", dataset_id="d" * 64, **kw)
+
+
+def _cal(report, human):
+    return CalibrationRef(reward_model_id="r" * 64, dataset_id="d" * 64, calibration_artifact_id=None,
+                          calibrator=None, report=report, human_correlation=human)
+
+
+def test_gate_inputs_from_the_release_references_and_old_records_fail_closed():
+    ope = _ope({"reliable": True, "reason": None, "judge": {"uplift": {"value": 0.05, "ci_low": 0.02, "ci_high": 0.08}},
+                "proxy": {"uplift": {"value": 0.3, "ci_low": 0.2, "ci_high": 0.4}}})
+    ppo = _ppo(kl_budget=12.0, measured_kl={"value": 4.0, "ci_low": 3.5, "ci_high": 4.5})
+    human = {"spearman": 0.45, "spearman_ci_low": 0.35, "spearman_ci_high": 0.55}
+    cal = _cal({"accuracy": 0.72, "accuracy_ci": [0.66, 0.78], "ece_after": 0.03, "ece_after_debiased": 0.02,
+                "ece_after_ci": [0.01, 0.04]}, human)
+    assert GateInputs.from_release(ope, ppo, cal, CHECKS_OK) == GOOD
     # a record without intervals or without the judge (older code) cannot pass
-    old_ope = {"reliable": True, "uplift": {"value": 0.05, "ci_low": 0.02, "ci_high": 0.08}}
-    assert decide(gate_inputs(old_ope, ppo, cal, CHECKS_OK)).verdict == "reject"
-    old_cal = {"report": {"accuracy": 0.72, "ece_after": 0.02}, "human_correlation": cal["human_correlation"]}
-    assert decide(gate_inputs(ope, ppo, old_cal, CHECKS_OK)).verdict == "reject"
-    assert decide(gate_inputs(ope, {"selected_kl": 4.0, "kl_budget": 12.0}, cal, CHECKS_OK)).verdict == "reject"
+    old_ope = _ope({"reliable": True, "uplift": {"value": 0.05, "ci_low": 0.02, "ci_high": 0.08}})
+    assert decide(GateInputs.from_release(old_ope, ppo, cal, CHECKS_OK)).verdict == "reject"
+    old_cal = _cal({"accuracy": 0.72, "ece_after": 0.02}, human)
+    assert decide(GateInputs.from_release(ope, ppo, old_cal, CHECKS_OK)).verdict == "reject"
+    unmeasured_kl = _ppo(selected_kl=4.0, kl_budget=12.0)  # the trainer's own KL is not evidence
+    assert decide(GateInputs.from_release(ope, unmeasured_kl, cal, CHECKS_OK)).verdict == "reject"
 
 
 def test_to_dict_is_json_and_keeps_thresholds_settings_and_inputs():
@@ -192,11 +199,12 @@ def test_markdown_table_shows_value_interval_threshold_and_outcome():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"max_kl": -1.0}, "max_kl must be > 0"),
-    ({"max_calibrated_ece": 2.0}, "must be in"),
-    ({"min_human_rm_correlation": 1.5}, "min_human_rm_correlation must be in"),
-    ({"max_calibrated_ece": float("nan")}, "must be a number"),
-    ({"n_bootstrap": 10}, "n_bootstrap must be ≥ 100"),
+    ({"max_kl": -1.0}, "max_kl\n.*greater than 0"),
+    ({"max_calibrated_ece": 2.0}, "max_calibrated_ece\n.*less than or equal to 1"),
+    ({"min_human_rm_correlation": 1.5}, "min_human_rm_correlation\n.*less than or equal to 1"),
+    ({"max_calibrated_ece": float("nan")}, "max_calibrated_ece\n.*finite number"),
+    ({"n_bootstrap": 10}, "n_bootstrap\n.*greater than or equal to 100"),
+    ({"n_bootstrap": 1000.0}, "n_bootstrap\n.*valid integer"),
 ])
 def test_invalid_thresholds_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -204,7 +212,7 @@ def test_invalid_thresholds_are_refused(kwargs, match):
 
 
 def test_invalid_settings_and_inputs_are_refused():
-    with pytest.raises(ValueError, match="canary_share must be in"):
+    with pytest.raises(ValueError, match="canary_share\n.*greater than 0"):
         DecisionSettings(canary_share=0.0)
     with pytest.raises(ValueError, match="escalation needs more evidence"):
         decide(GOOD, ReleaseThresholds(min_uplift=0.5))

@@ -24,14 +24,14 @@ def test_gae_matches_a_hand_computed_example():
     r = torch.tensor([[0.0, 0.5, 1.0, 7.0]])
     v = torch.tensor([[0.2, 0.4, 0.6, 9.0]])
     m = torch.tensor([[1, 1, 1, 0]])
-    g, lam = 0.9, 0.8
+    g, gae_lambda = 0.9, 0.8
     d2 = 1.0 - 0.6                      # last real token: no bootstrap from padding
     d1 = 0.5 + g * 0.6 - 0.4
     d0 = 0.0 + g * 0.4 - 0.2
     a2 = d2
-    a1 = d1 + g * lam * a2
-    a0 = d0 + g * lam * a1
-    adv, ret = compute_gae(r, v, m, g, lam)
+    a1 = d1 + g * gae_lambda * a2
+    a0 = d0 + g * gae_lambda * a1
+    adv, ret = compute_gae(r, v, m, g, gae_lambda)
     assert torch.allclose(adv, torch.tensor([[a0, a1, a2, 0.0]]), atol=1e-6)
     assert torch.allclose(ret, torch.tensor([[a0 + 0.2, a1 + 0.4, a2 + 0.6, 0.0]]), atol=1e-6)
 
@@ -91,13 +91,13 @@ def test_adaptive_kl_controller_raises_beta_when_kl_is_too_high_and_lowers_it_wh
     assert restored.value == high.value
 
 
-def test_clipped_surrogate_stops_the_gradient_beyond_the_clip_range():
+def test_clipped_surrogate_stops_the_gradient_beyond_the_clip_coef():
     mask = torch.ones(1, 2)
     old = torch.zeros(1, 2)
     adv = torch.tensor([[1.0, -1.0]])
     new = torch.tensor([[math.log(1.5), math.log(0.5)]], requires_grad=True)  # ratios 1.5 and 0.5, ε = 0.2
     parts = ppo_loss(new, old, adv, torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1, 2),
-                     mask, clip_range=0.2, clip_range_value=0.2, vf_coef=0.0, ent_coef=0.0)
+                     mask, clip_coef=0.2, clip_vloss=True, vf_coef=0.0, ent_coef=0.0)
     parts.loss.backward()
     assert torch.all(new.grad == 0)          # both tokens are clipped on the side that would keep improving
     assert float(parts.clip_frac) == 1.0
@@ -108,7 +108,7 @@ def test_value_clipping_takes_the_pessimistic_loss():
     mask = torch.ones(1, 1)
     z = torch.zeros(1, 1)
     parts = ppo_loss(z, z, z, new_values=torch.tensor([[1.0]]), old_values=z, returns=torch.tensor([[1.0]]),
-                     entropy=z, mask=mask, clip_range=0.2, clip_range_value=0.2, vf_coef=1.0, ent_coef=0.0)
+                     entropy=z, mask=mask, clip_coef=0.2, clip_vloss=True, vf_coef=1.0, ent_coef=0.0)
     # unclipped error 0, clipped value 0.2 → error 0.8² ; the max is taken
     assert float(parts.vf_loss) == pytest.approx(0.5 * 0.64)
 

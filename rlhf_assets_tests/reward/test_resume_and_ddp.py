@@ -26,7 +26,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from rlhf_assets_tests.reward.conftest import entrypoint_cmd, make_pairs, subprocess_env, write_jsonl
+from rlhf_assets_tests.support import entrypoint_cmd, make_pairs, subprocess_env, write_jsonl
 
 TIMEOUT = 240
 
@@ -48,7 +48,7 @@ def test_kill_9_then_rerun_resumes_to_identical_weights(tmp_path):
     val = write_jsonl(tmp_path / "val.jsonl", make_pairs(16, seed=2))
     # 40 pairs / batch 4 = 10 steps per epoch, 4 epochs = 40 steps; last.ckpt every 3 steps (mid-epoch).
     args = ["train", "--preset", "tiny", "--pairs", str(train), "--val-pairs", str(val), "--epochs", "4",
-            "--batch-size", "4", "--max-length", "64", "--checkpoint-every", "3", "--no-progress"]
+            "--batch-size", "4", "--max-length", "64", "--checkpoint-every-n-steps", "3", "--no-progress"]
     env = subprocess_env()
     ref = subprocess.Popen(entrypoint_cmd(*args, "--out", str(tmp_path / "ref"), "--store", str(tmp_path / "s1")),
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

@@ -13,7 +13,8 @@ import pytest
 from rlhf_assets.reward import entrypoint
 from rlhf_assets.reward.artifact import load_reward_model
 from rlhf_assets.reward.evaluate import evaluate_pairs, score_pairs
-from rlhf_assets_tests.reward.conftest import entrypoint_cmd, make_pairs, subprocess_env, write_jsonl
+from rlhf_assets.training_process import pipes
+from rlhf_assets_tests.support import entrypoint_cmd, make_pairs, subprocess_env, write_jsonl
 
 EVAL_KEYS = {"n", "accuracy", "auc", "ece", "log_loss"}
 
@@ -76,6 +77,7 @@ def trained(tmp_path_factory):
     return {"summary": summary, "pipes": pipes, "tmp": tmp, "train": train, "val": val}
 
 
+@pytest.mark.slow
 def test_tiny_model_learns_the_synthetic_preference(trained):
     s = trained["summary"]
     assert s["metrics"]["val_accuracy"] >= 0.9, s
@@ -84,6 +86,7 @@ def test_tiny_model_learns_the_synthetic_preference(trained):
     assert len(s["artifact_id"]) == 64
 
 
+@pytest.mark.slow
 def test_artifact_is_safetensors_only_and_loads_back(trained):
     s = trained["summary"]
     d = Path(s["artifact_uri"])
@@ -109,6 +112,7 @@ def test_artifact_is_safetensors_only_and_loads_back(trained):
     assert r["n"] == 1
 
 
+@pytest.mark.slow
 def test_pipes_gets_logs_and_one_materialization(trained):
     pipes = trained["pipes"]
     assert any("validation" in line for line in pipes.logs) and any("artifact" in line for line in pipes.logs)
@@ -121,6 +125,7 @@ def test_pipes_gets_logs_and_one_materialization(trained):
     assert meta["tokens_per_s"]["type"] == "float" and meta["wall_time_s"]["raw_value"] > 0
 
 
+@pytest.mark.slow
 def test_rm_eval_cli_prints_json(trained):
     tmp = trained["tmp"]
     proc = subprocess.run(entrypoint_cmd("eval", "--model", "latest", "--store", str(tmp / "store"), "--pairs",
@@ -132,6 +137,7 @@ def test_rm_eval_cli_prints_json(trained):
     assert result["accuracy"] == pytest.approx(trained["summary"]["metrics"]["val_accuracy"])
 
 
+@pytest.mark.slow
 def test_rm_eval_errors_are_clear(trained, capsys):
     tmp = trained["tmp"]
     rc = entrypoint.main(["eval", "--model", "0123456789", "--store", str(tmp / "store"), "--pairs",
@@ -139,6 +145,7 @@ def test_rm_eval_errors_are_clear(trained, capsys):
     assert rc == 2 and "no artifact" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_rerun_of_a_finished_run_is_idempotent(trained, capsys):
     """Rerunning the same command resumes from the final last.ckpt: no training, the same artifact id."""
     tmp = trained["tmp"]
@@ -153,6 +160,7 @@ def test_rerun_of_a_finished_run_is_idempotent(trained, capsys):
     assert "config.lr" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_tiny_decoder_trains_and_loads(tmp_path, pairs_files):
     from rlhf_assets.reward.config import RMConfig
     from rlhf_assets.reward.train import train_reward_model
@@ -179,20 +187,20 @@ def test_pipes_opens_only_on_rank_zero(monkeypatch):
         monkeypatch.delenv("LOCAL_RANK", raising=False)
         for k, v in rank_env.items():
             monkeypatch.setenv(k, v)
-        with entrypoint._pipes() as pipes:
-            assert (pipes is None) if expect is None else isinstance(pipes, expect)
+        with pipes() as context:
+            assert (context is None) if expect is None else isinstance(context, expect)
     assert len(opened) == 2
     monkeypatch.delenv("DAGSTER_PIPES_CONTEXT")
-    with entrypoint._pipes() as pipes:
-        assert pipes is None
+    with pipes() as context:
+        assert context is None
 
 
 def test_holdout_split_without_val_pairs(tmp_path):
     src = write_jsonl(tmp_path / "all.jsonl", make_pairs(25, seed=4))
-    train, val = entrypoint._split_holdout(src, tmp_path / "out", seed=0)
+    train, val = entrypoint.split_holdout(src, tmp_path / "out", seed=0)
     t, v = train.read_text().splitlines(), val.read_text().splitlines()
     assert len(v) == 2 and len(t) == 23 and not set(t) & set(v)
-    assert entrypoint._split_holdout(src, tmp_path / "out2", seed=0)[1].read_text().splitlines() == v
+    assert entrypoint.split_holdout(src, tmp_path / "out2", seed=0)[1].read_text().splitlines() == v
 
 
 def test_evaluate_orients_soft_targets_below_one_half():

@@ -11,7 +11,6 @@ from rlhf_assets.preference.schema import SCHEMA_VERSION
     partitions_def=daily_partitions,
     group_name="data",
     kinds={"polars"},
-    io_manager_key="table_io_manager",
     check_specs=[dg.AssetCheckSpec(ALL_FILES_READABLE, asset="raw_comparisons", partitions_def=daily_partitions)],
 )
 def raw_comparisons(context: dg.AssetExecutionContext, storage: StorageResource):

@@ -2,25 +2,19 @@ import dagster as dg
 import polars as pl
 
 from rlhf_assets.defs.check_names import QUARANTINE_RATE, ROWS_CONSERVED
+from rlhf_assets.defs.config_classes import config_class, settings_from
 from rlhf_assets.defs.partitions import daily_partitions
 from rlhf_assets.defs.resources import StorageResource
 from rlhf_assets.preference.landing import conservation, count_landing
 from rlhf_assets.preference.validation import ValidationRules, validate
 
-
-class ValidationConfig(dg.Config):
-    max_quarantine_rate: float = 0.05
-    """Blocking: the partition fails (and nothing downstream runs) when more rows than this are quarantined."""
-    max_prompt_chars: int = ValidationRules.max_prompt_chars
-    max_response_chars: int = ValidationRules.max_response_chars
-    min_response_chars: int = ValidationRules.min_response_chars
+ValidationConfig = config_class("ValidationConfig", ValidationRules, exclude=("day",))
 
 
 @dg.asset(
     partitions_def=daily_partitions,
     group_name="data",
     kinds={"polars", "great_expectations"},
-    io_manager_key="table_io_manager",
     check_specs=[
         dg.AssetCheckSpec(QUARANTINE_RATE, asset="validated_pairs", blocking=True, partitions_def=daily_partitions,
                           description="Share of quarantined rows is at most config.max_quarantine_rate."),
@@ -36,12 +30,7 @@ def validated_pairs(
     """Comparisons that passed the Great Expectations suite; the rest go to quarantine/date=…/rows.parquet with
     every expectation each row failed."""
     day = context.partition_key
-    rules = ValidationRules(
-        day=day,
-        max_prompt_chars=config.max_prompt_chars,
-        max_response_chars=config.max_response_chars,
-        min_response_chars=config.min_response_chars,
-    )
+    rules = settings_from(config, ValidationRules, day=day)
     result = validate(raw_comparisons, rules)
     store = storage.storage()
     landing = count_landing(store, day)
@@ -58,7 +47,7 @@ def validated_pairs(
             "rows_valid": summary["rows_valid"],
             "rows_quarantined": summary["rows_quarantined"],
             "quarantine_rate": summary["quarantine_rate"],
-            "max_quarantine_rate": config.max_quarantine_rate,
+            "max_quarantine_rate": rules.max_quarantine_rate,
             "failures": dg.MetadataValue.json(summary["failures"]),
             "great_expectations": dg.MetadataValue.md(ge_md),
             "quarantine_path": dg.MetadataValue.path(str(quarantine_path)),
@@ -66,8 +55,8 @@ def validated_pairs(
     )
     yield dg.AssetCheckResult(
         check_name=QUARANTINE_RATE,
-        passed=result.quarantine_rate <= config.max_quarantine_rate,
-        metadata={"rate": summary["quarantine_rate"], "threshold": config.max_quarantine_rate,
+        passed=result.quarantine_rate <= rules.max_quarantine_rate,
+        metadata={"rate": summary["quarantine_rate"], "threshold": rules.max_quarantine_rate,
                   "rows_quarantined": summary["rows_quarantined"], "rows_in": summary["rows_in"]},
     )
     balance = conservation(landing, result.valid, result.quarantined)  # counted from the landing files

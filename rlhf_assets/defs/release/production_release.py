@@ -4,6 +4,7 @@ import dagster as dg
 
 from rlhf_assets.defs.partitions import release_partitions
 from rlhf_assets.defs.resources import StorageResource
+from rlhf_assets.references import DecisionRef, ReleaseActionRef
 from rlhf_assets.registry.deployment import NeverInProduction, apply_decision, rollback
 
 BACKFILL_TAG = "dagster/backfill"  # Dagster's system tag on every run a backfill launches
@@ -62,10 +63,9 @@ def _one_release(context: dg.AssetExecutionContext) -> str:
     return keys[0]
 
 
-@dg.asset(partitions_def=release_partitions, group_name="release", kinds={"python"},
-          io_manager_key="table_io_manager")
+@dg.asset(partitions_def=release_partitions, group_name="release", kinds={"python"})
 def production_release(context: dg.AssetExecutionContext, config: ProductionReleaseConfig, storage: StorageResource,
-                       deployment_decision):  # a dict; untyped so a multi-partition run reaches _one_release's error
+                       deployment_decision):  # untyped: a multi-partition run must reach _one_release's error
     """Applies the release's decision to the registry: `promote` moves the `production` alias to its artifacts,
     `canary` the `canary` alias; `reject`/`escalate` move nothing without an approved override. Materializing an
     OLDER release's partition is the rollback: for a release promoted by its own decision, re-applying it brings its
@@ -82,15 +82,19 @@ def production_release(context: dg.AssetExecutionContext, config: ProductionRele
             raise dg.Failure(description=str(exc)) from exc
         artifacts = result["artifacts"]
     else:
-        result = apply_decision(storage.storage(), release, deployment_decision,
+        if not isinstance(deployment_decision, DecisionRef):
+            raise dg.Failure(description=f"production_release: expected release {release}'s DecisionRef, got "
+                                         f"{type(deployment_decision).__name__}")
+        result = apply_decision(storage.storage(), release, deployment_decision.as_decision(),
                                 override_reason=config.override_reason, approver=config.approver, actor=config.actor)
-        artifacts = deployment_decision["artifacts"]
+        artifacts = deployment_decision.artifacts
     aliases = result["aliases"]
     context.log.info(f"{result['action']}: {result['reason']}")
     holders = {k: (v or {}).get("release") for k, v in aliases.items() if k in ("production", "canary")}
-    return dg.Output({"release": release, "verdict": deployment_decision["verdict"], "mode": config.mode,
-                      "action": result["action"], "reason": result["reason"], "aliases": holders,
-                      "artifacts": dict(artifacts), "history_seq": (result["entry"] or {}).get("seq")},
+    verdict = deployment_decision.verdict if isinstance(deployment_decision, DecisionRef) else ""
+    return dg.Output(ReleaseActionRef(release=release, verdict=verdict, mode=config.mode, action=result["action"],
+                                      reason=result["reason"], aliases=holders, artifacts=dict(artifacts),
+                                      history_seq=(result["entry"] or {}).get("seq")),
                      metadata={"mode": config.mode, "action": result["action"], "reason": result["reason"],
                                "production": holders.get("production") or "", "canary": holders.get("canary") or "",
                                "artifacts": dg.MetadataValue.json(dict(artifacts))})

@@ -1,55 +1,47 @@
-from typing import Literal
+import dataclasses
 
 import dagster as dg
 
+from rlhf_assets.defs.config_classes import config_class, settings_from
 from rlhf_assets.defs.io_manager import StoredPartitions
 from rlhf_assets.defs.lineage import pinned_lineage
 from rlhf_assets.defs.partitions import release_partitions
 from rlhf_assets.defs.resources import StorageResource
 from rlhf_assets.preference.snapshot import UPSTREAM_ASSET, SnapshotSettings, load_or_build_snapshot
+from rlhf_assets.references import DatasetTable
 from rlhf_assets.registry.releases import get_release
 
-
-class PreferenceDatasetConfig(dg.Config):
-    tie_policy: Literal["drop", "half"] = SnapshotSettings.tie_policy
-    """Tied pairs: drop them, or keep them with target 0.5."""
-    train_fraction: float = SnapshotSettings.train_fraction
-    validation_fraction: float = SnapshotSettings.validation_fraction
-    judge_fraction: float = SnapshotSettings.judge_fraction
-    """Prompts held out for the independent judge reward model (judge_reward_model); the rest after train,
-    validation and judge is the test split."""
-    min_confidence: float = SnapshotSettings.min_confidence
+PreferenceDatasetConfig = config_class("PreferenceDatasetConfig", SnapshotSettings)
 
 
 @dg.asset(
     partitions_def=release_partitions,
     group_name="reward",
     kinds={"polars"},
-    io_manager_key="table_io_manager",
     # Any day may be in a release, so the declared dependency is on all of them; the IO manager hands over only the
     # stored ones, lazily, and the snapshot reads those on or before the cutoff. What it actually read is recorded
     # on the materialization (pinned_lineage).
     ins={UPSTREAM_ASSET: dg.AssetIn(partition_mapping=dg.AllPartitionMapping())},
 )
 def preference_dataset(context: dg.AssetExecutionContext, config: PreferenceDatasetConfig, storage: StorageResource,
-                       aggregated_labels: StoredPartitions):
+                       aggregated_labels: StoredPartitions) -> dg.Output[DatasetTable]:
     """Every aggregated day up to the release's cutoff, pinned by content hash (the manifest's hash is the dataset
     id) and split by a hash of the prompt. Rematerializing a release reads its own snapshot. The materialization
     records the days it holds (`upstream_partitions`, each with the aggregated_labels materialization that wrote
     those bytes) and carries them as its input provenance; its data version is the dataset id."""
     store = storage.storage()
     release = get_release(store, context.partition_key)
-    settings = SnapshotSettings(**config.model_dump())
+    settings = settings_from(config, SnapshotSettings)
     snapshot = load_or_build_snapshot(store, release.key, release.cutoff, aggregated_labels, settings)
     m = snapshot.manifest
-    if snapshot.reused and m["settings"] != settings.__dict__:
+    if snapshot.reused and m["settings"] != dataclasses.asdict(settings):
         context.log.warning(f"release {release.key} is pinned to its first snapshot (settings {m['settings']}); "
                             "the new config is ignored — create a new release to change it")
     context.log.info(f"release {release.key}: dataset {snapshot.dataset_id[:16]} "
                      f"({'pinned snapshot' if snapshot.reused else 'new snapshot'}), {m['rows']} pairs")
     lineage, provenance = pinned_lineage(context.instance, dg.AssetKey(UPSTREAM_ASSET), m["upstream"])
     return dg.Output(
-        snapshot.table,
+        DatasetTable(dataset_id=snapshot.dataset_id, table=snapshot.table),
         data_version=dg.DataVersion(snapshot.dataset_id),
         tags=provenance,
         metadata={

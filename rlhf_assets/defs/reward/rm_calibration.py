@@ -1,22 +1,15 @@
-import base64
-
 import dagster as dg
-import polars as pl
 
 from rlhf_assets.defs.check_names import CALIBRATED_ECE, NO_NAN_SCORES, TEST_ACCURACY
+from rlhf_assets.defs.config_classes import config_class, settings_from
+from rlhf_assets.defs.metadata import md_image
 from rlhf_assets.defs.partitions import release_partitions
 from rlhf_assets.defs.resources import ReleaseThresholdsResource, StorageResource
 from rlhf_assets.evaluation.evidence import FAIL, INCONCLUSIVE, NOT_MEASURED, PASS, outcome
+from rlhf_assets.references import DatasetTable, ModelRef
 from rlhf_assets.reward.calibrate_release import CalibrationSettings, calibrate_release
 
-
-class CalibrationConfig(dg.Config):
-    """How to calibrate; the limits the checks apply are the ``release_thresholds`` resource's."""
-
-    batch_size: int = CalibrationSettings.batch_size
-    n_folds: int = CalibrationSettings.n_folds
-    """K of the cross-validation on the validation split that chooses Platt or isotonic (ties → Platt)."""
-    fold_seed: int = CalibrationSettings.fold_seed
+CalibrationConfig = config_class("CalibrationConfig", CalibrationSettings)
 
 
 def interval_check(check_name: str, value, ci: list, threshold: float, comparison: str) -> dg.AssetCheckResult:
@@ -36,7 +29,6 @@ def interval_check(check_name: str, value, ci: list, threshold: float, compariso
     partitions_def=release_partitions,
     group_name="reward",
     kinds={"scikitlearn"},
-    io_manager_key="table_io_manager",
     check_specs=[
         dg.AssetCheckSpec(TEST_ACCURACY, asset="rm_calibration", blocking=True, partitions_def=release_partitions,
                           description="Test-split accuracy ≥ release_thresholds.min_rm_test_accuracy; fails only "
@@ -53,8 +45,8 @@ def rm_calibration(
     config: CalibrationConfig,
     storage: StorageResource,
     release_thresholds: ReleaseThresholdsResource,
-    reward_model: dict,
-    preference_dataset: pl.DataFrame,
+    reward_model: ModelRef,
+    preference_dataset: DatasetTable,
 ):
     """Platt or isotonic calibration of the reward model's score margin, chosen by K-fold cross-validated log-loss
     on the validation split and fitted on all of it; accuracy, AUC, ECE, Brier and correlation with human agreement
@@ -62,12 +54,12 @@ def rm_calibration(
     interval lies wholly on the wrong side of its release threshold, when nothing was measured, or on any
     non-finite reward-model score."""
     thresholds = release_thresholds.thresholds()
-    settings = CalibrationSettings(**config.model_dump())
-    result = calibrate_release(storage.storage(), reward_model["artifact_id"], preference_dataset, settings,
-                               thresholds)
-    report = result.report
+    result = calibrate_release(storage.storage(), reward_model.artifact_id, preference_dataset.table,
+                               settings_from(config, CalibrationSettings), thresholds,
+                               dataset_id=preference_dataset.dataset_id)
+    report, ref = result.report, result.ref
     metadata = {
-        "artifact_id": reward_model["artifact_id"],
+        "artifact_id": reward_model.artifact_id,
         "method": report["method"],
         "cv_log_loss": dg.MetadataValue.json(report["cv_log_loss"] or {}),
         "test_accuracy": report["accuracy"],
@@ -80,16 +72,15 @@ def rm_calibration(
         "brier_after": report["brier_after"],
         "log_loss_after": report["log_loss_after"],
         "nan_scores": result.nan_scores,
-        "human_correlation": dg.MetadataValue.json(result.record["human_correlation"] or {}),
-        "slices": dg.MetadataValue.json(result.record["slices"]),
+        "human_correlation": dg.MetadataValue.json(ref.human_correlation or {}),
+        "slices": dg.MetadataValue.json(ref.slices),
     }
     if report["reason"]:
         context.log.warning(f"rm_calibration: {report['reason']}")
         metadata["reason"] = report["reason"]
     if result.reliability_png is not None:
-        image = base64.b64encode(result.reliability_png).decode()
-        metadata["reliability_diagram"] = dg.MetadataValue.md(f"![reliability diagram](data:image/png;base64,{image})")
-    yield dg.Output(result.record, metadata=metadata)
+        metadata["reliability_diagram"] = md_image(result.reliability_png, "reliability diagram")
+    yield dg.Output(ref, metadata=metadata)
     yield interval_check(TEST_ACCURACY, report["accuracy"], report["accuracy_ci"], thresholds.min_rm_test_accuracy,
                          ">=")
     yield interval_check(CALIBRATED_ECE, report["ece_after_debiased"], report["ece_after_ci"], thresholds.max_calibrated_ece,

@@ -27,16 +27,21 @@ def test_workspace_loads_one_code_location():
     assert [e["python_module"]["location_name"] for e in workspace["load_from"]] == ["rlhf_assets"]
 
 
-def test_domain_packages_do_not_import_dagster():
+#: Where Dagster may be imported: the wiring, and the commands that run it. Everything else is domain code — a new
+#: module is covered by default.
+DAGSTER_ALLOWED = ("defs/", "definitions.py", "cli.py", "demo.py", "instance.py")
+
+
+def test_domain_code_does_not_import_dagster():
     """Only dagster_pipes, the protocol package made for external processes, may appear in domain code."""
     import re
 
     pattern = re.compile(r"^\s*(import|from)\s+dagster(?!_pipes)\b", re.MULTILINE)
-    for package in ("preference", "reward", "registry", "policy", "evaluation"):
-        for path in (REPO / "rlhf_assets" / package).rglob("*.py"):
-            assert not pattern.search(path.read_text()), path
-    storage = (REPO / "rlhf_assets" / "storage.py").read_text()
-    assert "dagster" not in storage
+    package = REPO / "rlhf_assets"
+    checked = [p for p in package.rglob("*.py") if not p.relative_to(package).as_posix().startswith(DAGSTER_ALLOWED)]
+    assert len(checked) > 60 and package / "storage.py" in checked and package / "config_schema.py" in checked
+    for path in checked:
+        assert not pattern.search(path.read_text()), path
 
 
 #: The plain helper modules tests may import; fixtures come from conftest.py files, which pytest finds by name.

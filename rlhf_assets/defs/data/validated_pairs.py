@@ -3,6 +3,7 @@ import polars as pl
 
 from rlhf_assets.defs.check_names import QUARANTINE_RATE, ROWS_CONSERVED
 from rlhf_assets.defs.config_classes import config_class, settings_from
+from rlhf_assets.defs.metadata import md_table
 from rlhf_assets.defs.partitions import daily_partitions
 from rlhf_assets.defs.resources import StorageResource
 from rlhf_assets.preference.landing import conservation, count_landing
@@ -37,9 +38,8 @@ def validated_pairs(
     quarantine_path = store.quarantine_dir(day).joinpath("rows.parquet")
     store.write_parquet(quarantine_path, result.quarantined)
     summary = result.summary()
-    ge_md = "| expectation | success | rows failing |\n|---|---|---|\n" + "".join(
-        f"| `{e['expectation']}` | {e['success']} | {e['unexpected']} |\n" for e in result.expectations
-    )
+    expectations = pl.DataFrame([{"expectation": f"`{e['expectation']}`", "success": e["success"],
+                                  "rows failing": e["unexpected"]} for e in result.expectations])
     yield dg.Output(
         result.valid.drop("raw", "ingest_error"),
         metadata={
@@ -49,7 +49,7 @@ def validated_pairs(
             "quarantine_rate": summary["quarantine_rate"],
             "max_quarantine_rate": rules.max_quarantine_rate,
             "failures": dg.MetadataValue.json(summary["failures"]),
-            "great_expectations": dg.MetadataValue.md(ge_md),
+            "great_expectations": md_table(expectations, limit=len(result.expectations)),
             "quarantine_path": dg.MetadataValue.path(str(quarantine_path)),
         },
     )

@@ -153,6 +153,15 @@ def rm_eval(ctx: typer.Context):
     raise typer.Exit(entrypoint(["eval", *ctx.args]))
 
 
+@app.command("serve", context_settings=_PASSTHROUGH, add_help_option=False)
+def serve(ctx: typer.Context):
+    """The reward-model HTTP service: [--host 127.0.0.1] [--port 8080] [--model ID|latest] [--backend torch|onnx]
+    [--insecure-no-auth] … (--help for all). Needs $RLHF_SERVE_TOKEN unless --insecure-no-auth (loopback only)."""
+    from rlhf_assets.serving.server import main as server
+
+    raise typer.Exit(server(list(ctx.args)))
+
+
 @policy_app.command("sft", context_settings=_PASSTHROUGH, add_help_option=False)
 def policy_sft(ctx: typer.Context):
     """Fine-tune the base policy on chosen responses: --data FILE --out DIR [--config FILE] [--preset tiny|small|hf]

@@ -114,6 +114,7 @@ class EncodedSequence:
     input_ids: list[int]
     token_type_ids: list[int]
     truncation: str | None = None  # None | "prompt" | "response"
+    prompt_tokens: int = 0  # leading positions that belong to the prompt (its special tokens included)
 
 
 @dataclass
@@ -178,7 +179,8 @@ class PairEncoder:
         p = self.tok.encode(prompt, add_special_tokens=False) if prompt else None
         r = self.tok.encode(response, add_special_tokens=False)
         extra = 0
-        enc = self.tok.post_process(p, r, add_special_tokens=True) if p is not None and len(p.ids) else \
+        paired = p is not None and len(p.ids) > 0
+        enc = self.tok.post_process(p, r, add_special_tokens=True) if paired else \
             self.tok.post_process(r, None, add_special_tokens=True)
         if self.eos_id is not None and (not enc.ids or enc.ids[-1] != self.eos_id):
             extra = 1
@@ -191,17 +193,20 @@ class PairEncoder:
                 p.truncate(keep_prompt, direction="left")
                 enc = self.tok.post_process(p, r, add_special_tokens=True)
             else:
+                paired = False
                 budget = self.max_length - extra - self.n_special_single
                 truncation = "response" if len(r.ids) > budget else "prompt"
                 if len(r.ids) > budget:
                     r.truncate(budget, direction="right")
                 enc = self.tok.post_process(r, None, add_special_tokens=True)
         ids, types = list(enc.ids), list(enc.type_ids)
+        # the prompt's positions: everything before the response's first token (0 when the prompt was dropped)
+        prompt_tokens = next((i for i, s in enumerate(enc.sequence_ids) if s == 1), 0) if paired else 0
         if extra and (not ids or ids[-1] != self.eos_id):
             ids.append(self.eos_id)
             types.append(types[-1] if types else 0)
         assert len(ids) <= self.max_length, (len(ids), self.max_length)
-        return EncodedSequence(ids, types, truncation)
+        return EncodedSequence(ids, types, truncation, prompt_tokens)
 
     def encode_pairs(self, pairs: Sequence[PreferencePair]) -> tuple[list[EncodedPair], TruncationStats]:
         stats = TruncationStats(max_length=self.max_length)
@@ -247,19 +252,23 @@ class PairCollator:
     pad_id: int
     padding_side: str = "right"
 
-    def pad(self, seqs: Sequence[Any]) -> dict[str, torch.Tensor]:
-        """Token sequences (with ``input_ids`` and ``token_type_ids``) padded to the longest, on padding_side."""
+    def pad(self, seqs: Sequence[Any], prompt_mask: bool = False) -> dict[str, torch.Tensor]:
+        """Token sequences (with ``input_ids`` and ``token_type_ids``) padded to the longest, on padding_side;
+        with ``prompt_mask`` also which positions hold the prompt (serving pools them into an embedding)."""
         length = max(len(s.input_ids) for s in seqs)
         ids = torch.full((len(seqs), length), self.pad_id, dtype=torch.long)
         types = torch.zeros((len(seqs), length), dtype=torch.long)
         mask = torch.zeros((len(seqs), length), dtype=torch.long)
+        prompt = torch.zeros((len(seqs), length), dtype=torch.long)
         for i, s in enumerate(seqs):
             n = len(s.input_ids)
-            sl = slice(0, n) if self.padding_side == "right" else slice(length - n, length)
-            ids[i, sl] = torch.tensor(s.input_ids)
-            types[i, sl] = torch.tensor(s.token_type_ids)
-            mask[i, sl] = 1
-        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+            start = 0 if self.padding_side == "right" else length - n
+            ids[i, start:start + n] = torch.tensor(s.input_ids)
+            types[i, start:start + n] = torch.tensor(s.token_type_ids)
+            mask[i, start:start + n] = 1
+            prompt[i, start:start + getattr(s, "prompt_tokens", 0)] = 1
+        out = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        return {**out, "prompt_mask": prompt} if prompt_mask else out
 
     def __call__(self, items: Sequence[EncodedPair]) -> dict[str, torch.Tensor]:
         batch = self.pad([p.chosen for p in items] + [p.rejected for p in items])

@@ -199,6 +199,11 @@ class RewardNet(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.forward_features(input_ids, attention_mask, token_type_ids)[0]
+
+    def forward_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                         token_type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rewards [N], the backbone's last hidden states [N, L, H]); serving pools the latter for embeddings."""
         kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
         if self.kind == DECODER:
             kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -208,7 +213,7 @@ class RewardNet(nn.Module):
         hidden = self.backbone(**kwargs).last_hidden_state  # [N, L, H]
         index = self.score_index(attention_mask)
         picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), index]  # [N, H]
-        return self.head(picked.to(self.head.weight.dtype)).squeeze(-1).float()
+        return self.head(picked.to(self.head.weight.dtype)).squeeze(-1).float(), hidden
 
 
 def build_reward_net(config: RMConfig) -> tuple[RewardNet, Any]:

@@ -1,0 +1,113 @@
+"""A store with tiny reward models and a calibration, and a real `rlhf serve` process on a free loopback port."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from rlhf_assets.registry.aliases import Registry
+from rlhf_assets.registry.artifacts import ArtifactStore
+from rlhf_assets.storage import Storage
+from rlhf_assets_tests.support import subprocess_env
+
+TOKEN = "test-token-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+PLATT = {"method": "platt", "slope": 2.5, "intercept": -0.3}
+
+
+@dataclass
+class ServeStore:
+    root: Path
+    rm: list[str]                     # two tiny reward models (seeds 0 and 1)
+    calibration: str                  # a Platt calibration of rm[0]
+
+    @property
+    def storage(self) -> Storage:
+        return Storage(str(self.root))
+
+    def promote(self, release: str, rm: str, calibration: str | None = None, *, alias: str = "production",
+                share: float | None = None, action: str = "promote") -> None:
+        artifacts = {"reward_model": rm, **({"calibration": calibration} if calibration else {})}
+        Registry(self.storage).set_alias(alias, release, artifacts, action=action, reason="test", actor="test",
+                                         share=share)
+
+
+def make_store(root: Path, max_length: int = 64) -> ServeStore:
+    from rlhf_assets.reward.artifact import save_reward_model
+    from rlhf_assets.reward.config import RMConfig
+    from rlhf_assets.reward.network import build_reward_net
+
+    store = ArtifactStore(Storage(str(root)))
+    ids = []
+    for seed in (0, 1):
+        cfg = RMConfig(preset="tiny", max_length=max_length, seed=seed)
+        net, tok = build_reward_net(cfg)
+        with tempfile.TemporaryDirectory() as d:
+            save_reward_model(net, tok, cfg, d)
+            ids.append(store.put_dir(d, kind="reward_model", manifest={"seed": seed}).id)
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "calibration.json").write_text(json.dumps({"calibrator": PLATT}))
+        cal = store.put_dir(d, kind="calibration", manifest={"parent_ids": [ids[0]]}).id
+    return ServeStore(root, ids, cal)
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen
+    url: str
+    started_s: float
+    stderr: list[str] = field(default_factory=list)
+
+    def client(self, **kw) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers=AUTH, timeout=30, **kw)
+
+    def terminate(self, timeout: float = 60) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+
+def start_server(store: ServeStore, *args: str, token: str | None = TOKEN, wait_ready: bool = True,
+                 env: dict | None = None) -> Server:
+    """`python -m rlhf_assets.serving.server --port 0 …` against the store; waits for /readyz."""
+    environment = subprocess_env(RLHF_STORAGE_ROOT=str(store.root), RLHF_ONNX_CACHE=str(store.root / "onnx"),
+                                 **(env or {}))
+    environment.pop("RLHF_SERVE_TOKEN", None)
+    if token:
+        environment["RLHF_SERVE_TOKEN"] = token
+    t0 = time.monotonic()
+    process = subprocess.Popen([sys.executable, "-m", "rlhf_assets.serving.server", "--port", "0",
+                                "--reload-interval-s", "0.5", "--log-flush-s", "0.5", *args],
+                               stderr=subprocess.PIPE, text=True, env=environment)
+    line = process.stderr.readline()
+    match = re.search(r"http://([\d.]+):(\d+)", line)
+    if not match:
+        rest = process.stderr.read() if process.poll() is not None else ""
+        process.kill()
+        raise AssertionError(f"the server did not start: {line}{rest}")
+    server = Server(process, f"http://{match.group(1)}:{match.group(2)}", 0.0)
+    if wait_ready:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(server.url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        else:
+            server.terminate()
+            raise AssertionError("the server never became ready")
+    server.started_s = time.monotonic() - t0
+    os.set_blocking(process.stderr.fileno(), False)
+    return server

@@ -41,8 +41,10 @@ PUBLIC_PATHS = ("/healthz", "/readyz")
 class InFlightLimit:
     """ASGI middleware: at most ``limit`` API requests at once; the next gets 429 at once, never a wait."""
 
-    def __init__(self, app: Any, limit: int, metrics: ServiceMetrics):
+    def __init__(self, app: Any, limit: int, metrics: ServiceMetrics, service: Service | None = None):
         self.app, self.limit, self.metrics, self.current = app, limit, metrics, 0
+        if service is not None:
+            service.pool.in_flight = lambda: self.current  # the batchers wait only while more requests are coming
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
@@ -307,5 +309,5 @@ def create_app(settings: ServeSettings, storage: Storage, token: str | None) -> 
             service.check_auth(request)
         return Response(service.metrics.render(), media_type=service.metrics.content_type)
 
-    app.add_middleware(InFlightLimit, limit=settings.max_in_flight, metrics=service.metrics)
+    app.add_middleware(InFlightLimit, limit=settings.max_in_flight, metrics=service.metrics, service=service)
     return app

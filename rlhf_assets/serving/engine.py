@@ -80,18 +80,24 @@ class Batch:
 
 
 class TorchBackend:
+    """PyTorch in inference mode; ``precision="bf16"`` runs the matmuls in bfloat16 under autocast (CPUs with
+    AVX512-BF16 or AMX, and GPUs), scores returned as float."""
+
     name = "torch"
 
-    def __init__(self, net: RewardNet, threads: int = 0):
+    def __init__(self, net: RewardNet, threads: int = 0, precision: str = "fp32"):
         if threads:
             torch.set_num_threads(threads)
         self.model = ServingNet(net).eval()
+        self.precision = precision
+        self.name = "torch" if precision == "fp32" else f"torch-{precision}"
 
     @torch.inference_mode()
     def run(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
-        rewards, emb = self.model(*(torch.from_numpy(a) for a in (batch.input_ids, batch.attention_mask,
-                                                                 batch.token_type_ids, batch.prompt_mask)))
-        return rewards.double().numpy(), emb.numpy()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            rewards, emb = self.model(*(torch.from_numpy(a) for a in (batch.input_ids, batch.attention_mask,
+                                                                     batch.token_type_ids, batch.prompt_mask)))
+        return rewards.double().numpy(), emb.float().numpy()
 
 
 def onnx_cache_dir() -> Path:
@@ -152,7 +158,8 @@ class ServedModel:
     """One reward-model version ready to serve: its tokeniser (the training one), a backend and its calibrator."""
 
     def __init__(self, artifact_dir: str | Path, artifact_id: str, *, calibrator: dict[str, Any] | None = None,
-                 calibration_id: str | None = None, backend: str = "torch", threads: int = 0):
+                 calibration_id: str | None = None, backend: str = "torch", threads: int = 0,
+                 precision: str = "fp32"):
         scorer = load_reward_model(artifact_dir)
         self.artifact_id = artifact_id
         self.calibration_id = calibration_id
@@ -162,9 +169,11 @@ class ServedModel:
         self.kind = scorer.kind
         self.calibrator = calibrator_from_dict(calibrator) if calibrator else None
         if backend == "onnx":
+            if precision != "fp32":
+                raise ValueError("the onnx backend runs in fp32; bf16 needs the torch backend")
             self.backend: Any = OnnxBackend(scorer.net, artifact_id, threads)
         elif backend == "torch":
-            self.backend = TorchBackend(scorer.net, threads)
+            self.backend = TorchBackend(scorer.net, threads, precision)
         else:
             raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
 

@@ -106,6 +106,7 @@ class ModelPool:
     loading: dict[str, asyncio.Task] = field(default_factory=dict)
     not_ready_reason: str | None = "starting: loading the registry's models"
     pinned_model: Target | None = None  # --model, resolved once
+    in_flight: Any = lambda: 1 << 30  # the service's count of requests in flight (the batchers read it)
 
     @property
     def store(self) -> ArtifactStore:
@@ -223,7 +224,7 @@ class ModelPool:
             calibrator = doc.get("calibrator")
         model = ServedModel(store.get(target.artifact_id), target.artifact_id, calibrator=calibrator,
                             calibration_id=target.calibration_id, backend=self.settings.backend,
-                            threads=self.settings.threads)
+                            threads=self.settings.threads, precision=self.settings.precision)
         model.warm_up()
         s = self.settings
         name = target.artifact_id[:12]
@@ -234,7 +235,8 @@ class ModelPool:
                 self.metrics.queue_time.labels(model=target.artifact_id).observe(w)
 
         batcher = MicroBatcher(model.run, max_wait_ms=s.max_wait_ms, max_batch_size=s.max_batch_size,
-                               max_batch_tokens=s.max_batch_tokens, name=name, on_batch=on_batch)
+                               max_batch_tokens=s.max_batch_tokens, name=name, on_batch=on_batch,
+                               more_expected=lambda in_batch: self.in_flight() > in_batch)
         return Slot(model, batcher, target)
 
     def _needed(self) -> set[str]:

@@ -7,7 +7,7 @@ export DAGSTER_HOME      ?= $(CURDIR)/.dagster
 export RLHF_STORAGE_ROOT ?= $(CURDIR)/.rlhf
 export GX_ANALYTICS_ENABLED = false
 
-.PHONY: install install-small demo lint test test-fast ui bench clean
+.PHONY: install install-small install-bench demo lint test test-fast ui bench clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -52,8 +52,13 @@ test-fast: lint
 ui: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -w workspace.yaml
 
-bench: install
+# The benchmarks' peers (LitServe, Ray Serve): a separate extra, never installed by `make test`.
+install-bench: install
+	$(BIN)/python -m pip install --quiet --progress-bar off -e ".[dev,bench]"
+
+bench: install-bench
 	$(BIN)/rlhf bench aggregation
+	$(BIN)/rlhf bench serving
 
 clean:
 	rm -rf .rlhf .dagster

@@ -295,7 +295,8 @@ def measure(kind: str, setup: dict, root: Path, concurrencies: list[int], second
             rows.append({"server": kind, "concurrency": c, "items_per_s": rate, "ok": out["ok"],
                          "errors": out["errors"], "p50_ms": (_quantile(lat, 0.5) or 0) * 1000,
                          "p99_ms": (_quantile(lat, 0.99) or 0) * 1000, "mean_batch": mean_batch,
-                         "peak_share": flops / peak if peak else None})
+                         # cache hits run no model: no FLOPs to credit
+                         "peak_share": flops / peak if peak and kind != "cached" else None})
     finally:
         proc.stop()
     return rows

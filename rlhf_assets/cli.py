@@ -334,6 +334,13 @@ def bench_reward(
     module.cli((["--quick"] if quick else []) + (["--skip-trl"] if skip_trl else []) + (["--json"] if as_json else []))
 
 
+@bench_app.command("serving", context_settings=_PASSTHROUGH, add_help_option=False)
+def bench_serving(ctx: typer.Context):
+    """Reward-model serving: ours vs a naive FastAPI service, LitServe and Ray Serve, tiny and small presets, at
+    concurrency 1/8/32/64; items/s, p50/p99, batch size, share of the fp32 peak; an overload run. [--quick] [--json]"""
+    _bench_module("serving").cli(list(ctx.args))
+
+
 @bench_app.command("overoptimization", context_settings=_PASSTHROUGH, add_help_option=False)
 def bench_overoptimization(ctx: typer.Context):
     """Gao et al. 2022 set-up on the tiny preset: gold vs proxy reward against √KL, and where gold peaks."""

@@ -5,7 +5,12 @@ from pathlib import Path
 import dagster as dg
 
 from rlhf_assets.defs.io_manager import StorageIOManager
-from rlhf_assets.defs.resources import ReleaseThresholdsResource, storage_resource_from_env
+from rlhf_assets.defs.resources import (
+    AutomationResource,
+    NotifierResource,
+    ReleaseThresholdsResource,
+    storage_resource_from_env,
+)
 
 
 @dg.definitions
@@ -17,6 +22,8 @@ def defs() -> dg.Definitions:
             resources={
                 "storage": storage,
                 "release_thresholds": ReleaseThresholdsResource(),
+                "automation": AutomationResource(),
+                "notifier": NotifierResource(webhook_url=dg.EnvVar("RLHF_ALERT_WEBHOOK").get_value(None)),
                 # every asset's output: tables as Parquet, typed references as JSON (defs/io_manager.py)
                 "io_manager": StorageIOManager(root=storage.root, s3_endpoint_url=storage.s3_endpoint_url),
                 # Training runs as its own process (Lightning's launcher owns DDP ranks); rank 0 reports back.

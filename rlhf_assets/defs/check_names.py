@@ -5,6 +5,12 @@ ALL_FILES_READABLE = "all_files_readable"      # raw_comparisons, WARN
 QUARANTINE_RATE = "quarantine_rate"            # validated_pairs, blocking
 ROWS_CONSERVED = "rows_conserved"              # validated_pairs, blocking
 AGGREGATION_CONVERGED = "aggregation_converged"  # aggregated_labels, WARN
+ANNOTATORS_STABLE = "annotators_stable"        # annotator_reliability, WARN (annotator_disagreement_sensor)
+
+# served traffic (serving_log, daily; evaluated by drift_sensor and human_rm_correlation_sensor)
+SCORE_DRIFT = "score_drift"                    # WARN
+PROMPT_DRIFT = "prompt_drift"                  # WARN
+HUMAN_RM_CORRELATION = "human_rm_correlation"  # WARN
 
 # release partitions
 TEST_ACCURACY = "test_accuracy"                # rm_calibration, blocking

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dagster as dg
 
+from rlhf_assets.automation.notifier import Notifier
+from rlhf_assets.automation.settings import AutomationSettings
 from rlhf_assets.defs.config_classes import config_class, settings_from
 from rlhf_assets.evaluation.thresholds import ReleaseThresholds
 from rlhf_assets.storage import DEFAULT_ROOT, ROOT_ENV, S3_ENDPOINT_ENV, Storage
@@ -36,3 +38,22 @@ ReleaseThresholdsResource = config_class(
     "ReleaseThresholdsResource", ReleaseThresholds, base=_ThresholdsResource,
     doc="The release-quality thresholds (rlhf_assets/evaluation/thresholds.py), shared by the blocking checks and "
         "the deployment gates: configure them here once.")
+
+
+class _AutomationResource(dg.ConfigurableResource):
+    def settings(self) -> AutomationSettings:
+        return settings_from(self, AutomationSettings)
+
+
+AutomationResource = config_class(
+    "AutomationResource", AutomationSettings, base=_AutomationResource,
+    doc="What the sensors watch for and how they act (rlhf_assets/automation/settings.py): configure it once.")
+
+
+class NotifierResource(dg.ConfigurableResource):
+    """Where alerts go: the sensor's log always; a webhook (JSON POST) when ``webhook_url`` is set."""
+
+    webhook_url: str | None = None
+
+    def notifier(self, log=None) -> Notifier:
+        return Notifier(self.webhook_url, log=log.warning if log is not None else None)

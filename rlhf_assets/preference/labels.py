@@ -40,6 +40,9 @@ class AggregationSettings:
     """Seed of majority-vote tie-breaking."""
     min_overlap: Annotated[int, Field(ge=1)] = 20
     """Items two annotators must share before their Cohen's kappa is reported."""
+    flagged_annotators: Literal["keep", "exclude"] = "keep"
+    """Annotators the disagreement sensor flagged (monitoring/annotators/flagged.json): keep their labels (the table
+    still marks them) or exclude them from the aggregation (their labels are counted in the table, not used)."""
 
 
 @dataclass
@@ -58,7 +61,8 @@ LABEL_SCHEMA = {
 }
 ANNOTATOR_SCHEMA = {
     "annotator_id": pl.String, "n_labels": pl.Int64, "accuracy": pl.Float64, "first_position_rate": pl.Float64,
-    "tie_rate": pl.Float64, "disagreement_rate": pl.Float64, "confusion": pl.String,
+    "tie_rate": pl.Float64, "disagreement_rate": pl.Float64, "confusion": pl.String, "flagged": pl.Boolean,
+    "flag_reason": pl.String, "excluded": pl.Boolean,
 }
 AGREEMENT_SCHEMA = {"annotator_1": pl.String, "annotator_2": pl.String, "n_overlap": pl.Int64, "kappa": pl.Float64}
 
@@ -73,8 +77,40 @@ def orient(comparisons: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def aggregate_comparisons(comparisons: pl.DataFrame, settings: AggregationSettings | None = None) -> LabelAggregation:
+def aggregate_comparisons(comparisons: pl.DataFrame, settings: AggregationSettings | None = None,
+                          flagged: dict[str, dict] | None = None) -> LabelAggregation:
+    """One label per pair. ``flagged`` (annotator id → {"reason", ...}) marks annotators in the table; with
+    ``flagged_annotators="exclude"`` their labels are left out and they appear as excluded rows."""
     settings = settings or AggregationSettings()
+    flagged = flagged or {}
+    excluded = pl.DataFrame(schema={"annotator_id": pl.String, "n_labels": pl.UInt32})
+    if settings.flagged_annotators == "exclude" and flagged and comparisons.height:
+        out = comparisons["annotator_id"].is_in(list(flagged))
+        excluded = comparisons.filter(out).group_by("annotator_id").len("n_labels")
+        comparisons = comparisons.filter(~out)
+    result = _aggregate(comparisons, settings)
+    result.annotators = _mark_flagged(result.annotators, flagged, excluded)
+    result.stats["excluded_annotators"] = excluded["annotator_id"].to_list()
+    result.stats["excluded_labels"] = int(excluded["n_labels"].sum()) if excluded.height else 0
+    return result
+
+
+def _mark_flagged(table: pl.DataFrame, flagged: dict[str, dict], excluded: pl.DataFrame) -> pl.DataFrame:
+    reasons = {k: str(v.get("reason", "flagged")) for k, v in flagged.items()}
+    table = table.with_columns(
+        pl.col("annotator_id").is_in(list(reasons)).alias("flagged"),
+        pl.col("annotator_id").replace_strict(reasons, default=None, return_dtype=pl.String).alias("flag_reason"),
+        pl.lit(False).alias("excluded"))
+    if excluded.height:
+        rows = excluded.with_columns(
+            pl.col("n_labels").cast(pl.Int64), pl.lit(True).alias("flagged"),
+            pl.col("annotator_id").replace_strict(reasons, default=None, return_dtype=pl.String).alias("flag_reason"),
+            pl.lit(True).alias("excluded"))
+        table = pl.concat([table, rows], how="diagonal_relaxed")
+    return table.select(list(ANNOTATOR_SCHEMA)).cast(ANNOTATOR_SCHEMA)
+
+
+def _aggregate(comparisons: pl.DataFrame, settings: AggregationSettings) -> LabelAggregation:
     if comparisons.height == 0:
         return LabelAggregation(
             pl.DataFrame(schema=LABEL_SCHEMA), pl.DataFrame(schema=ANNOTATOR_SCHEMA),
@@ -169,7 +205,7 @@ def _annotator_table(rows, annotator_ids, item, worker, label, consensus, result
             "first_position_rate": first_rate, "tie_rate": ties / n_labels, "disagreement_rate": rate,
             "confusion": confusion,
         },
-        schema=ANNOTATOR_SCHEMA,
+        schema={k: v for k, v in ANNOTATOR_SCHEMA.items() if k not in ("flagged", "flag_reason", "excluded")},
     )
 
 

@@ -17,6 +17,10 @@ Dagster: the ``production_release`` asset calls :func:`apply_decision` (mode ``a
 last held IN PRODUCTION according to the history (whether it got there by promote, override or rollback), action
 ``rollback``. A release that never held production (only canary, or never deployed) raises
 :class:`NeverInProduction`, which names the releases that did.
+
+Live evidence moves a canary (the automation sensors, through ``production_release``'s modes): :func:`graduate`
+promotes the release holding the canary alias to production (action ``promote``); :func:`end_canary` takes it out of
+canary (alias cleared). Every move records ``why`` — the trigger and its evidence — in the history.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ def production_releases(history: list[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(e["release"] for e in history if e["alias"] == "production" and e["action"] != "clear"))
 
 
-def rollback(storage: Storage, release: str, *, actor: str = "dagster") -> dict[str, Any]:
+def rollback(storage: Storage, release: str, *, actor: str = "dagster", why: str | None = None) -> dict[str, Any]:
     """Point ``production`` back at exactly the artifacts ``release`` last held there (action ``rollback``); returns
     {"action", "alias", "reason", "entry", "aliases", "artifacts", "restored_from"}. ``unchanged`` when it holds them
     now; :class:`NeverInProduction` when it never held production."""
@@ -62,10 +66,47 @@ def rollback(storage: Storage, release: str, *, actor: str = "dagster") -> dict[
         return base | {"action": "unchanged", "entry": None, "aliases": registry.aliases(),
                        "reason": f"production already holds {release}'s artifacts"}
     reason = (f"rollback from {holder['release'] if holder else '(none)'} to {release}: the artifacts it held in "
-              f"production at history entry {held['seq']} ({held['action']}, {held['time']})")
+              f"production at history entry {held['seq']} ({held['action']}, {held['time']})"
+              + (f"; trigger: {why}" if why else ""))
     entry = registry.set_alias("production", release, artifacts, action="rollback", reason=reason, actor=actor)
     _end_canary_of(registry, release, actor)
     return base | {"action": "rollback", "entry": entry, "reason": reason, "aliases": registry.aliases()}
+
+
+class NotInCanary(ValueError):
+    """Graduating or ending a canary for a release that does not hold the canary alias."""
+
+    def __init__(self, release: str, holder: str | None):
+        super().__init__(f"release {release} does not hold the canary alias ("
+                         + (f"{holder} does" if holder else "no release does") + ")")
+
+
+def graduate(storage: Storage, release: str, *, why: str, actor: str = "dagster") -> dict[str, Any]:
+    """The canary release goes to production with the artifacts it served as canary (action ``promote``); its
+    canary ends. ``why`` is the live evidence. :class:`NotInCanary` when another release (or none) is canary."""
+    registry = Registry(storage)
+    canary = registry.current("canary")
+    if not canary or canary["release"] != release:
+        raise NotInCanary(release, (canary or {}).get("release"))
+    reason = f"canary {release} graduated on live evidence: {why}"
+    entry = registry.set_alias("production", release, dict(canary["artifacts"]), action="promote", reason=reason,
+                               actor=actor)
+    _end_canary_of(registry, release, actor)
+    return {"action": "promote", "alias": "production", "entry": entry, "reason": reason,
+            "aliases": registry.aliases(), "artifacts": dict(canary["artifacts"])}
+
+
+def end_canary(storage: Storage, release: str, *, why: str, actor: str = "dagster") -> dict[str, Any]:
+    """Take ``release`` out of canary (the alias is cleared; production is untouched). :class:`NotInCanary` when
+    another release (or none) is canary."""
+    registry = Registry(storage)
+    canary = registry.current("canary")
+    if not canary or canary["release"] != release:
+        raise NotInCanary(release, (canary or {}).get("release"))
+    reason = f"canary {release} rolled back on live evidence: {why}"
+    entry = registry.clear_alias("canary", reason=reason, actor=actor)
+    return {"action": "end_canary", "alias": "canary", "entry": entry, "reason": reason,
+            "aliases": registry.aliases(), "artifacts": dict(canary["artifacts"])}
 
 
 def _end_canary_of(registry: Registry, release: str, actor: str) -> None:

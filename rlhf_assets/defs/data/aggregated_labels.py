@@ -1,10 +1,12 @@
 import dagster as dg
 import polars as pl
 
+from rlhf_assets.automation.annotators import read_flagged
 from rlhf_assets.defs.check_names import AGGREGATION_CONVERGED
 from rlhf_assets.defs.config_classes import config_class, settings_from
 from rlhf_assets.defs.metadata import md_table
 from rlhf_assets.defs.partitions import daily_partitions
+from rlhf_assets.defs.resources import StorageResource
 from rlhf_assets.preference.labels import AggregationSettings, aggregate_comparisons
 
 AggregationConfig = config_class("AggregationConfig", AggregationSettings)
@@ -29,10 +31,12 @@ AggregationConfig = config_class("AggregationConfig", AggregationSettings)
     },
     check_specs=[dg.AssetCheckSpec(AGGREGATION_CONVERGED, asset="aggregated_labels", partitions_def=daily_partitions)],
 )
-def aggregated_labels(context: dg.AssetExecutionContext, config: AggregationConfig, validated_pairs: pl.DataFrame):
-    """Aggregate every annotator's judgement of a pair into one label (Dawid–Skene by default)."""
+def aggregated_labels(context: dg.AssetExecutionContext, config: AggregationConfig, storage: StorageResource,
+                      validated_pairs: pl.DataFrame):
+    """Aggregate every annotator's judgement of a pair into one label (Dawid–Skene by default). Annotators the
+    disagreement sensor flagged are marked in the annotator table, and left out with `flagged_annotators: exclude`."""
     settings = settings_from(config, AggregationSettings)
-    result = aggregate_comparisons(validated_pairs, settings)
+    result = aggregate_comparisons(validated_pairs, settings, flagged=read_flagged(storage.storage()))
     stats = result.stats
     context.log.info(f"{context.partition_key}: {stats}")
     yield dg.Output(
@@ -49,6 +53,8 @@ def aggregated_labels(context: dg.AssetExecutionContext, config: AggregationConf
             "mean_confidence": stats.get("mean_confidence"),
             "unanimous_share": stats.get("unanimous_share"),
             "label_counts": dg.MetadataValue.json(stats.get("label_counts", {})),
+            "excluded_annotators": ", ".join(stats.get("excluded_annotators", [])) or "-",
+            "excluded_labels": stats.get("excluded_labels", 0),
         },
     )
     yield dg.Output(

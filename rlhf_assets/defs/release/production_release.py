@@ -5,16 +5,27 @@ import dagster as dg
 from rlhf_assets.defs.partitions import release_partitions
 from rlhf_assets.defs.resources import StorageResource
 from rlhf_assets.references import DecisionRef, ReleaseActionRef
-from rlhf_assets.registry.deployment import NeverInProduction, apply_decision, rollback
+from rlhf_assets.registry.deployment import (
+    NeverInProduction,
+    NotInCanary,
+    apply_decision,
+    end_canary,
+    graduate,
+    rollback,
+)
 
 BACKFILL_TAG = "dagster/backfill"  # Dagster's system tag on every run a backfill launches
 
 
 class ProductionReleaseConfig(dg.Config):
-    mode: Literal["apply", "rollback"] = "apply"
+    mode: Literal["apply", "rollback", "graduate", "end_canary"] = "apply"
     """`apply`: apply this release's deployment decision. `rollback`: put `production` back to exactly the artifacts
     this release last held in production (from the registry history, however it got there: promote, override or
-    rollback); the decision is not re-applied. A release that never held production fails the run."""
+    rollback); the decision is not re-applied. A release that never held production fails the run. `graduate`: the
+    release, now canary, goes to production on live evidence; `end_canary`: it is taken out of canary (both fail
+    the run when the release is not the canary)."""
+    trigger: str | None = None
+    """Why this move, when automation makes it (the sensor and its evidence): recorded in the registry history."""
     override_reason: str | None = None
     """Promote a `reject`/`escalate` verdict anyway: why (recorded in the registry history, with the approver)."""
     approver: str | None = None
@@ -72,12 +83,21 @@ def production_release(context: dg.AssetExecutionContext, config: ProductionRele
     artifacts back; mode `rollback` (what `rlhf release rollback` runs) restores exactly the artifacts the release
     last held in production, whatever put them there. One release per run: a range or backfill fails."""
     release = _one_release(context)
-    if config.mode == "rollback":
+    if config.mode in ("graduate", "end_canary"):
+        if config.override_reason or config.approver:
+            raise dg.Failure(description=f"mode {config.mode} acts on live evidence; it takes no override")
+        move = graduate if config.mode == "graduate" else end_canary
+        try:
+            result = move(storage.storage(), release, why=config.trigger or "requested", actor=config.actor)
+        except NotInCanary as exc:
+            raise dg.Failure(description=str(exc)) from exc
+        artifacts = result["artifacts"]
+    elif config.mode == "rollback":
         if config.override_reason or config.approver:
             raise dg.Failure(description="mode rollback restores what the release held in production; it takes no "
                                          "override_reason/approver (those are for applying a reject/escalate verdict)")
         try:
-            result = rollback(storage.storage(), release, actor=config.actor)
+            result = rollback(storage.storage(), release, actor=config.actor, why=config.trigger)
         except NeverInProduction as exc:
             raise dg.Failure(description=str(exc)) from exc
         artifacts = result["artifacts"]

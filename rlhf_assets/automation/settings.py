@@ -20,8 +20,6 @@ class AutomationSettings(FileConfig):
     # what an alarm does ------------------------------------------------------------------------------------------
     retrain_cooldown_s: Annotated[float, Field(ge=0)] = 6 * 3600.0
     """After a retrain is requested, no other retrain for this long (one episode, one release)."""
-    retrain_tiny: bool = False
-    """Retrains requested by the sensors use the tiny presets (demos and tests); off: the assets' own defaults."""
 
     # human–RM correlation (audits joined with what the service scored) --------------------------------------------
     audit_window: PositiveInt = 200

@@ -205,8 +205,10 @@ class Service:
         now = datetime.now(UTC)
         key_hash = hashlib.sha256(key.encode()).hexdigest() if key else None
         keep = self.settings.log_texts
+        per_item = 2 if endpoint == "compare" else 1
         return [{
-            "time": now, "request_id": request_id, "key_hash": key_hash, "endpoint": endpoint, "side": side,
+            "time": now, "request_id": request_id, "item": i // per_item, "key_hash": key_hash, "endpoint": endpoint,
+            "side": side,
             "artifact_id": route.artifact_id, "release": route.release, "alias": route.alias,
             "prompt_sha256": hashlib.sha256(prompt.encode()).hexdigest(),
             "response_sha256": hashlib.sha256(response.encode()).hexdigest(),
@@ -214,7 +216,7 @@ class Service:
             "score": result.score, "p_a": p, "latency_ms": latency_ms, "cache_hit": hit,
             "embedding": result.embedding.tolist(), "prompt": prompt if keep else None,
             "response": response if keep else None,
-        } for (result, hit), (prompt, response), side, p in zip(scored, texts, sides, p_a)]
+        } for i, ((result, hit), (prompt, response), side, p) in enumerate(zip(scored, texts, sides, p_a))]
 
     async def _score(self, route: Route, parsed: Any, started: float) -> dict[str, Any]:
         texts = [(i["prompt"], i["response"]) for i in parsed.items]

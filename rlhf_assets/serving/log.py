@@ -28,6 +28,7 @@ LOG_DIR = ("serving-logs", "reward-model")
 LOG_SCHEMA: dict[str, Any] = {
     "time": pl.Datetime("us", "UTC"),
     "request_id": pl.String,
+    "item": pl.Int32,               # the item's index in its request (a compared pair's two rows share it)
     "key_hash": pl.String,          # sha256 of the request key (X-Request-Key / key), None without one
     "endpoint": pl.String,          # score | compare
     "side": pl.String,              # None | a | b (compare)

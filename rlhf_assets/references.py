@@ -80,6 +80,21 @@ class CalibrationRef(Reference):
 
 
 @dataclass(frozen=True)
+class DriftReferenceRef(Reference):
+    """drift_reference's result: what the release's reward model, served as the service serves it, says about the
+    release's held-out pairs, and the drift thresholds calibrated on it (stored under monitoring/drift/reference/)."""
+
+    artifact_id: str
+    release: str
+    items: int
+    pairs: int
+    calibrated: bool
+    window: int | None = None
+    thresholds: dict[str, float | None] = field(default_factory=dict)
+    note: str | None = None
+
+
+@dataclass(frozen=True)
 class OPERef(Reference):
     """ope_report's result: the report (proxy and judge sides, ESS, k̂, reliability; evaluation/release_ope.py) and
     the logged samples it was computed on, stored beside it (``log_uri``, content hash ``log_sha256``)."""
@@ -131,7 +146,7 @@ class DatasetTable:
 
 
 REFERENCE_TYPES: dict[str, type] = {cls.__name__: cls for cls in (ModelRef, PolicyRef, CalibrationRef, OPERef,
-                                                                   DecisionRef, ReleaseActionRef)}
+                                                                   DecisionRef, ReleaseActionRef, DriftReferenceRef)}
 
 
 def is_reference(obj: Any) -> bool:

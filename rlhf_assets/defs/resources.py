@@ -7,6 +7,7 @@ import dagster as dg
 from rlhf_assets.automation.notifier import Notifier
 from rlhf_assets.automation.settings import AutomationSettings
 from rlhf_assets.defs.config_classes import config_class, settings_from
+from rlhf_assets.evaluation.drift import DriftSettings
 from rlhf_assets.evaluation.thresholds import ReleaseThresholds
 from rlhf_assets.storage import DEFAULT_ROOT, ROOT_ENV, S3_ENDPOINT_ENV, Storage
 
@@ -44,10 +45,14 @@ class _AutomationResource(dg.ConfigurableResource):
     def settings(self) -> AutomationSettings:
         return settings_from(self, AutomationSettings)
 
+    def drift_settings(self) -> DriftSettings:
+        return settings_from(self, DriftSettings)
+
 
 AutomationResource = config_class(
-    "AutomationResource", AutomationSettings, base=_AutomationResource,
-    doc="What the sensors watch for and how they act (rlhf_assets/automation/settings.py): configure it once.")
+    "AutomationResource", AutomationSettings, DriftSettings, base=_AutomationResource,
+    doc="What the sensors watch for and how they act (rlhf_assets/automation/settings.py) and how drift is measured "
+        "(rlhf_assets/evaluation/drift.py DriftSettings): configure it once.")
 
 
 class NotifierResource(dg.ConfigurableResource):

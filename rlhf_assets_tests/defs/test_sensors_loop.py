@@ -122,3 +122,43 @@ def test_canary_graduates_on_good_live_evidence_and_ends_on_bad(loop, drift, exp
     assert aliases["canary"] is None
     assert aliases["production"]["release"] == (R2 if expected == "graduate" else R1)
     assert any("live evidence" in e["reason"] for e in registry.history()[-2:])
+
+
+def test_drift_sensor_no_drift_nothing_then_persistent_drift_one_retrain(tmp_path, monkeypatch, dagster_instance):
+    from rlhf_assets.automation.drift_state import read_state
+    from rlhf_assets.automation.drift_watch import reference_sample, store_reference
+    from rlhf_assets.evaluation.drift import DriftSettings
+    from rlhf_assets.registry.artifacts import ArtifactStore
+    from rlhf_assets.serving.engine import ServedModel
+    from rlhf_assets_tests.serving.service_support import make_store
+
+    serve = make_store(tmp_path / "root")
+    monkeypatch.setenv("RLHF_STORAGE_ROOT", str(serve.root))
+    storage = serve.storage
+    serve.promote(R1, serve.rm[0])
+    model = ServedModel(ArtifactStore(storage).get(serve.rm[0]), serve.rm[0])
+    reference = reference_sample(model, [(p.prompt, p.better, p.worse) for p in pairs_for("none", seed=99)[:600]])
+    store_reference(storage, serve.rm[0], reference, DriftSettings(window=200, min_window=100, pair_window=100,
+                                                                   null_windows=30))
+    tick = evaluate("drift_sensor", dagster_instance, None, defs())
+    assert not tick.asset_events and not tick.run_requests  # no traffic yet
+    for seed in range(2):
+        write_log_directly(storage, model, Traffic("none", seed=seed), items=50, release=R1)  # 100 rows
+    tick = evaluate("drift_sensor", dagster_instance, tick.cursor, defs())
+    names = sorted(e.check_name for e in tick.asset_events)
+    assert names == ["prompt_drift", "score_drift"] and all(e.passed for e in tick.asset_events)
+    assert not tick.run_requests and read_state(storage)[serve.rm[0]]["windows"] == 1
+    for seed in range(4):  # two windows of drifted prompts: 2 of the last 3 windows alarm → persistent
+        write_log_directly(storage, model, Traffic("prompt", seed=seed), items=50, release=R1)
+    tick = evaluate("drift_sensor", dagster_instance, tick.cursor, defs())
+    assert [e.passed for e in tick.asset_events if e.check_name == "prompt_drift"] == [False, False]
+    (run,) = tick.run_requests
+    assert run.job_name == "release_chain" and run.partition_key.endswith("-drift")
+    assert run.tags["rlhf/trigger"] == "drift_sensor" and "prompt" not in run.tags["rlhf/action"]
+    assert tick.asset_events[0].metadata["artifact_id"].value == serve.rm[0]
+    for seed in range(2):  # the drift goes on: the same episode, no second retrain
+        write_log_directly(storage, model, Traffic("prompt", seed=10 + seed), items=50, release=R1)
+    again = evaluate("drift_sensor", dagster_instance, tick.cursor, defs())
+    assert again.asset_events and not again.run_requests
+    idle = evaluate("drift_sensor", dagster_instance, again.cursor, defs())
+    assert not idle.asset_events  # the cursor moved past every file

@@ -6,9 +6,9 @@ import dagster as dg
 
 from rlhf_assets.defs.io_manager import StorageIOManager
 from rlhf_assets.defs.resources import (
-    AutomationResource,
     NotifierResource,
     ReleaseThresholdsResource,
+    automation_resource_from_env,
     storage_resource_from_env,
 )
 
@@ -22,7 +22,7 @@ def defs() -> dg.Definitions:
             resources={
                 "storage": storage,
                 "release_thresholds": ReleaseThresholdsResource(),
-                "automation": AutomationResource(),
+                "automation": automation_resource_from_env(),
                 "notifier": NotifierResource(webhook_url=dg.EnvVar("RLHF_ALERT_WEBHOOK").get_value(None)),
                 # every asset's output: tables as Parquet, typed references as JSON (defs/io_manager.py)
                 "io_manager": StorageIOManager(root=storage.root, s3_endpoint_url=storage.s3_endpoint_url),

@@ -62,3 +62,32 @@ class NotifierResource(dg.ConfigurableResource):
 
     def notifier(self, log=None) -> Notifier:
         return Notifier(self.webhook_url, log=log.warning if log is not None else None)
+
+
+AUTOMATION_CONFIG_ENV = "RLHF_AUTOMATION_CONFIG"
+
+
+def automation_resource_from_env() -> AutomationResource:
+    """The automation resource, from the JSON/YAML file ``$RLHF_AUTOMATION_CONFIG`` names when set (any fields of
+    AutomationSettings and DriftSettings): sensors take no run config, so this is where a deployment sets them."""
+    import os
+
+    path = os.environ.get(AUTOMATION_CONFIG_ENV)
+    if not path:
+        return AutomationResource()
+    return AutomationResource(**_read_settings_file(path))
+
+
+def _read_settings_file(path: str) -> dict:
+    import json
+    from pathlib import Path
+
+    text = Path(path).read_text()
+    data = (__import__("yaml").safe_load(text) if path.endswith((".yaml", ".yml")) else json.loads(text)) or {}
+    known = set(AutomationResource.model_fields)
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown automation setting(s) {', '.join(unknown)}")
+    AutomationSettings(**{k: v for k, v in data.items() if k in AutomationSettings.field_names()})  # validates
+    DriftSettings(**{k: v for k, v in data.items() if k in DriftSettings.field_names()})
+    return data

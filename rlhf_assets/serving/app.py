@@ -301,7 +301,8 @@ def create_app(settings: ServeSettings, storage: Storage, token: str | None) -> 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
         reason = service.pool.not_ready_reason
-        if reason is not None or service.pool.routes.production is None:
+        routes = service.pool.routes
+        if reason is not None or (routes.production is None and routes.canary is None):
             return JSONResponse({"ready": False, "reason": reason or "no model to serve"}, status_code=503)
         return JSONResponse({"ready": True, **service.pool.describe()})
 

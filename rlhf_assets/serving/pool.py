@@ -116,6 +116,8 @@ class ModelPool:
     def route(self, key: str | None) -> Route:
         r = self.routes
         if r.production is None:
+            if r.canary is not None:  # a first release in canary, nothing in production yet: it is all there is
+                return Route(self.slots[r.canary.artifact_id], "canary")
             raise LookupError(self.not_ready_reason or "no model to serve")
         if r.canary is not None and r.canary_share > 0:
             draw = key_share(key) if key else random.random()
@@ -180,12 +182,12 @@ class ModelPool:
         new = Routes(production, alias, canary, share if canary else 0.0, seq)
         if new == self.routes:
             return False
-        if production is None:
-            self.not_ready_reason = ("no model to serve: the registry has no production alias (promote a release: "
-                                     "`rlhf release promote R`) and no --model was given")
+        if production is None and canary is None:
+            self.not_ready_reason = ("no model to serve: the registry has no production or canary alias (promote a "
+                                     "release: `rlhf release promote R`) and no --model was given")
         await self._ensure([t for t in (production, canary) if t is not None])
         old, self.routes = self.routes, new  # the switch: one assignment
-        if production is not None:
+        if production is not None or canary is not None:
             self.not_ready_reason = None
         for target in (old.production, old.canary):
             if target is not None:

@@ -67,14 +67,15 @@ def test_annotator_sensor_names_a_collapsed_annotator_and_the_next_aggregation_e
         day_panel = panel if day != DAYS[-1] else [
             dataclasses.replace(a, accuracy=0.5) if a.annotator_id == good.annotator_id else a for a in panel]
         _land(storage, day, pairs[i * 80:(i + 1) * 80], panel=day_panel, seed=i)
-        assert job.execute_in_process(partition_key=day, instance=dagster_instance).success
-        result, context = _tick("annotator_disagreement_sensor", dagster_instance, cursor)
+        run = job.execute_in_process(partition_key=day, instance=dagster_instance)
+        (check,) = [c for c in run.get_asset_check_evaluations() if c.check_name == "annotators_stable"]
+        result, _ = _tick("annotator_disagreement_sensor", dagster_instance, cursor)
         cursor = result.cursor
-        (event,) = result.asset_events
-        assert event.partition == day and event.check_name == "annotators_stable"
+        (event,) = result.asset_events  # the sensor's review, an observation of the day
+        assert event.partition == day and event.metadata["alarm"].value == (not check.passed)
         if day != DAYS[-1]:
-            assert event.passed, event.description
-    assert not event.passed and good.annotator_id in event.description
+            assert check.passed, check.description
+    assert not check.passed and good.annotator_id in check.description  # the check in the run names them too
     collapsed = event.metadata["collapsed_annotators"].value
     # the collapsed annotator leads (the largest drop); a noisy one may follow: with ~35 labels a day the estimates
     # of the others move too when one good annotator turns random

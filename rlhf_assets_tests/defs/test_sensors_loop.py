@@ -72,8 +72,9 @@ def test_no_drift_nothing_then_label_drift_one_retrain_in_a_cooldown(loop):
     _serve(storage, models["a"], R1, "production", "none")
     good = evaluate("human_rm_correlation_sensor", instance, empty.cursor, defs())
     assert not good.run_requests
-    (event,) = good.asset_events
+    event, observed = good.asset_events  # the check's evaluation, and an observation of the day
     assert event.passed and event.metadata["spearman"].value > 0.5 and event.metadata["n"].value >= 30
+    assert observed.partition == event.metadata["day"].value and observed.metadata["n"].value == event.metadata["n"].value
     _serve(storage, models["a"], R1, "production", "labels", items=400, seed=1)
     bad = evaluate("human_rm_correlation_sensor", instance, good.cursor, defs())
     (partition,) = bad.result.dynamic_partitions_requests
@@ -145,13 +146,15 @@ def test_drift_sensor_no_drift_nothing_then_persistent_drift_one_retrain(tmp_pat
     for seed in range(2):
         write_log_directly(storage, model, Traffic("none", seed=seed), items=50, release=R1)  # 100 rows
     tick = evaluate("drift_sensor", dagster_instance, tick.cursor, defs())
-    names = sorted(e.check_name for e in tick.asset_events)
-    assert names == ["prompt_drift", "score_drift"] and all(e.passed for e in tick.asset_events)
+    checks = [e for e in tick.asset_events if hasattr(e, "check_name")]
+    assert sorted(e.check_name for e in checks) == ["prompt_drift", "score_drift"] and all(e.passed for e in checks)
+    (observed,) = [e for e in tick.asset_events if not hasattr(e, "check_name")]
+    assert observed.metadata["alarm"].value is False and observed.partition
     assert not tick.run_requests and read_state(storage)[serve.rm[0]]["windows"] == 1
     for seed in range(4):  # two windows of drifted prompts: 2 of the last 3 windows alarm → persistent
         write_log_directly(storage, model, Traffic("prompt", seed=seed), items=50, release=R1)
     tick = evaluate("drift_sensor", dagster_instance, tick.cursor, defs())
-    assert [e.passed for e in tick.asset_events if e.check_name == "prompt_drift"] == [False, False]
+    assert [e.passed for e in tick.asset_events if getattr(e, "check_name", "") == "prompt_drift"] == [False, False]
     (run,) = tick.run_requests
     assert run.job_name == "release_chain" and run.partition_key.endswith("-drift")
     assert run.tags["rlhf/trigger"] == "drift_sensor" and "prompt" not in run.tags["rlhf/action"]

@@ -50,8 +50,9 @@ def annotators_stable(context: dg.AssetCheckExecutionContext, storage: StorageRe
            description="On every new aggregated day: alerts when Fleiss' kappa falls against the earlier days or an "
                        "annotator's estimated reliability collapses against their own history, naming them; flags "
                        "them (monitoring/annotators/flagged.json) so the next aggregation marks — or, with "
-                       "flagged_annotators: exclude, leaves out — their labels; records the annotators_stable check "
-                       "on that day. Every 60 s; starts stopped.")
+                       "flagged_annotators: exclude, leaves out — their labels; records its review as an observation "
+                       "of that day (the annotators_stable check runs in the data pillar). Every 60 s; starts "
+                       "stopped.")
 def annotator_disagreement_sensor(context: dg.SensorEvaluationContext, storage: StorageResource,
                                   automation: AutomationResource, notifier: NotifierResource) -> dg.SensorResult:
     cursor = json.loads(context.cursor) if context.cursor else {}
@@ -63,7 +64,11 @@ def annotator_disagreement_sensor(context: dg.SensorEvaluationContext, storage: 
         if day is None:
             continue
         result = review_day(context.instance, store, day, settings)
-        events.append(evaluation(result))
+        # the data-pillar run evaluated the annotators_stable check already (Dagster keeps one runless evaluation per
+        # check and partition at most): the sensor records what it reviewed as an observation of that day
+        events.append(dg.AssetObservation(asset_key=RELIABILITY, partition=day, metadata={
+            "review": "annotator disagreement", **{k: v for k, v in evaluation(result).metadata.items()},
+            "alarm": result.alarm}))
         if result.alarm:
             if result.collapsed:
                 flag(store, result)

@@ -19,14 +19,22 @@ NAME = "human_rm_correlation_sensor"
 
 
 def evaluation(c: Correlation, threshold: float, day: str) -> dg.AssetCheckEvaluation:
+    """The check's evaluation (not partitioned: see defs/monitoring/checks.py; ``day`` is in its metadata)."""
     passed = not (c.measured and c.ci_high is not None and c.ci_high < threshold)
     return dg.AssetCheckEvaluation(
-        asset_key=dg.AssetKey("serving_log"), check_name=HUMAN_RM_CORRELATION, passed=passed, partition=day,
+        asset_key=dg.AssetKey("serving_log"), check_name=HUMAN_RM_CORRELATION, passed=passed,
         severity=dg.AssetCheckSeverity.WARN,
         description=(f"{c.alias} {c.artifact_id[:12]}: Spearman {c.spearman:.3f} [{c.ci_low:.3f}, {c.ci_high:.3f}] "
                      f"on {c.n} audited pairs (threshold {threshold})" if c.measured else
                      f"{c.alias} {c.artifact_id[:12]}: {c.n} audited pairs, not enough to measure"),
-        metadata={**{k: v for k, v in c.to_dict().items() if v is not None}, "threshold": threshold})
+        metadata={**{k: v for k, v in c.to_dict().items() if v is not None}, "threshold": threshold, "day": day})
+
+
+def observation(c: Correlation, threshold: float, day: str) -> dg.AssetObservation:
+    """The same numbers on serving_log's day: its per-day history in the UI."""
+    return dg.AssetObservation(asset_key="serving_log", partition=day,
+                               metadata={"measurement": "human_rm_correlation", "threshold": threshold,
+                                         **{k: v for k, v in c.to_dict().items() if v is not None}})
 
 
 @dg.sensor(jobs=[release_chain_job, apply_release_decision_job], minimum_interval_seconds=60,
@@ -52,7 +60,8 @@ def human_rm_correlation_sensor(context: dg.SensorEvaluationContext, storage: St
     actions = correlation_actions(results, aliases, history, settings,
                                   drift_ok(read_state(store), settings.canary_min_windows))
     today = datetime.now(UTC).strftime("%Y-%m-%d")
-    events = [evaluation(c, settings.min_human_rm_correlation, today) for c in results]
+    threshold = settings.min_human_rm_correlation
+    events = [e for c in results for e in (evaluation(c, threshold, today), observation(c, threshold, today))]
     partitions, runs = [], []
     for action in actions:
         if action.kind == "retrain":

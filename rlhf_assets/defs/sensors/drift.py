@@ -16,25 +16,30 @@ from rlhf_assets.evaluation.drift import EMBEDDING_TESTS, PAIR_TESTS, SCORE_TEST
 NAME = "drift_sensor"
 
 
-def evaluations(w: VersionWindow, day: str) -> list[dg.AssetCheckEvaluation]:
-    """The window as two check evaluations on serving_log's day: score drift (PSI, KS, Wasserstein, expected
-    accuracy) and prompt drift (domain classifier AUC, MMD), each statistic next to its calibrated threshold."""
-    out = []
+def evaluations(w: VersionWindow, day: str) -> list[dg.AssetCheckEvaluation | dg.AssetObservation]:
+    """The window as two check evaluations — score drift (PSI, KS, Wasserstein, expected accuracy) and prompt drift
+    (domain classifier AUC, MMD), each statistic next to its calibrated threshold; not partitioned (see
+    defs/monitoring/checks.py), the day in their metadata — and as one observation on serving_log's day."""
+    out: list[dg.AssetCheckEvaluation | dg.AssetObservation] = []
     for check_name, names in ((SCORE_DRIFT, SCORE_TESTS + PAIR_TESTS), (PROMPT_DRIFT, EMBEDDING_TESTS)):
         tests = [t for t in w.result.tests if t.name in names]
         alarmed = [t.name for t in tests if t.alarm]
-        metadata = {"artifact_id": w.artifact_id, "release": w.release or "", "alias": w.alias or "",
+        metadata = {"artifact_id": w.artifact_id, "release": w.release or "", "alias": w.alias or "", "day": day,
                     "window": w.result.window, "persistent_alarm": w.persistent,
                     "rule": w.result.calibration.get("rule", "")}
         for t in tests:
             metadata[t.name] = round(t.statistic, 5) if t.statistic is not None else None
             metadata[f"{t.name}_threshold"] = round(t.threshold, 5) if t.threshold is not None else None
         out.append(dg.AssetCheckEvaluation(
-            asset_key=dg.AssetKey("serving_log"), check_name=check_name, passed=not alarmed, partition=day,
+            asset_key=dg.AssetKey("serving_log"), check_name=check_name, passed=not alarmed,
             severity=dg.AssetCheckSeverity.WARN, metadata=metadata,
             description=(f"{w.alias} {w.artifact_id[:12]}: " + (", ".join(alarmed) + " over threshold" if alarmed
                                                                  else "within the calibrated null")
                          + (" — persistent" if w.persistent else ""))))
+    out.append(dg.AssetObservation(asset_key="serving_log", partition=day, metadata={
+        "measurement": "drift window", "artifact_id": w.artifact_id, "alias": w.alias or "", "alarm": w.result.alarm,
+        "persistent_alarm": w.persistent,
+        **{t.name: round(t.statistic, 5) for t in w.result.tests if t.statistic is not None}}))
     return out
 
 

@@ -7,7 +7,7 @@ export DAGSTER_HOME      ?= $(CURDIR)/.dagster
 export RLHF_STORAGE_ROOT ?= $(CURDIR)/.rlhf
 export GX_ANALYTICS_ENABLED = false
 
-.PHONY: install install-small install-bench demo lint test test-fast ui bench clean
+.PHONY: install install-small install-bench demo lint chromium test test-fast ui bench clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -41,7 +41,19 @@ demo: install $(DAGSTER_HOME)/dagster.yaml
 lint: install
 	$(BIN)/ruff check rlhf_assets rlhf_assets_tests bench
 
-test: lint
+# The browser test (rlhf_assets_tests/test_ui_browser.py) drives Debian's chromium through Playwright (never
+# `playwright install`, which downloads a browser). Installed here when missing and apt-get can (CI runs as root on
+# Debian); elsewhere the test skips and says why.
+CHROMIUM := /usr/bin/chromium
+
+chromium:
+	@if [ -x $(CHROMIUM) ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else echo "make chromium: $(CHROMIUM) is missing and apt-get cannot install it here (needs Debian and root):" \
+		"the browser test will be skipped"; fi
+
+test: lint chromium
 	$(BIN)/python -m pytest
 
 # Everything but the tests that train models or run Dagster jobs (marked slow: whole modules in
@@ -49,8 +61,10 @@ test: lint
 test-fast: lint
 	$(BIN)/python -m pytest -m "not slow"
 
+# With the environment the instance's runs loaded the definitions with (`rlhf demo` saves it as rlhf.env there).
 ui: install $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/dagster dev -w workspace.yaml
+	set -a; if [ -f "$(DAGSTER_HOME)/rlhf.env" ]; then . "$(DAGSTER_HOME)/rlhf.env"; fi; set +a; \
+		exec $(BIN)/dagster dev -w workspace.yaml
 
 # The benchmarks' peers (LitServe, Ray Serve): a separate extra, never installed by `make test`.
 install-bench: install

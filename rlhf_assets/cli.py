@@ -21,6 +21,9 @@ policy_app = typer.Typer(help="Policy: SFT start point and PPO (each its own pro
 app.add_typer(policy_app, name="policy")
 release_app = typer.Typer(help="Releases: the partitions everything trained is keyed by.", no_args_is_help=True)
 app.add_typer(release_app, name="release")
+drift_app = typer.Typer(help="Drift of the served scores and prompts against a release's reference.",
+                        no_args_is_help=True)
+app.add_typer(drift_app, name="drift")
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
@@ -38,12 +41,15 @@ def demo(
     reward_preset: Annotated[str, typer.Option(help="tiny (random-init, ~2 min), small (the pretrained MiniLM; "
                                                     "~15 min on 2 cores), or none to stop after the data pillar.")]
     = "tiny",
+    loop: Annotated[bool, typer.Option(help="After release 1: the service, traffic, the sensors, a drift retrain "
+                                            "and a rollback (--no-loop stops at release 1's decision).")] = True,
 ):
-    """Lay the bundled sample data into the landing zone and materialize the graph on the local instance."""
+    """Lay the bundled sample data into the landing zone and materialize the graph on the local instance; then let
+    the loop run by itself."""
     from rlhf_assets.demo import run_demo, summary_lines
 
     preset = None if reward_preset == "none" else reward_preset
-    summary = run_demo(root, dagster_home, n_pairs=pairs, reward_preset=preset,
+    summary = run_demo(root, dagster_home, n_pairs=pairs, reward_preset=preset, loop=loop,
                        progress=lambda m: typer.echo(m, err=True))
     for line in summary_lines(summary):
         typer.echo(line)
@@ -323,6 +329,56 @@ def ope(
     typer.echo(json.dumps(result.report, indent=2) if as_json else result.markdown)
 
 
+@app.command("simulate-traffic")
+def simulate_traffic(
+    drift: Annotated[str, typer.Option(help="none | score (terse responses) | prompt (another topic) | labels (the "
+                                            "audits disagree with the model)")] = "none",
+    rate: Annotated[float, typer.Option(help="Compared pairs per second (with --url).")] = 20.0,
+    duration: Annotated[float, typer.Option(help="Seconds to send for (with --url).")] = 30.0,
+    url: Annotated[str | None, typer.Option(help="A running `rlhf serve` (token from $RLHF_SERVE_TOKEN); without "
+                                                 "it the pairs are scored here and the serving log written "
+                                                 "directly.")] = None,
+    items: Annotated[int, typer.Option(help="Pairs to score without --url.")] = 200,
+    model: Annotated[str, typer.Option(help="Without --url: production | latest | an artifact id.")] = "production",
+    audit_share: Annotated[float, typer.Option(help="Share of the pairs simulated annotators audit.")] = 0.2,
+    seed: int = 0,
+    root: Annotated[str | None, typer.Option(help="Storage root (default $RLHF_STORAGE_ROOT or ./.rlhf).")] = None,
+):
+    """Drive the reward-model service (or the serving log directly) with compared pairs from the bundled data, and drop
+    simulated human audits into landing/audits/: the inputs the drift and human–RM correlation sensors watch."""
+    from rlhf_assets.serving.traffic import DRIFTS, Traffic, run_against_service, write_log_directly
+    from rlhf_assets.storage import storage_from_env
+
+    if drift not in DRIFTS:
+        _fail(f"--drift must be one of {', '.join(DRIFTS)}; got {drift!r}")
+    if not 0 <= audit_share <= 1 or rate <= 0 or duration <= 0 or items < 1:
+        _fail("--audit-share must be in [0, 1]; --rate, --duration and --items must be positive")
+    storage = storage_from_env(root)
+    traffic = Traffic(drift=drift, seed=seed, audit_share=audit_share)
+    if url:
+        out = run_against_service(url, os.environ.get("RLHF_SERVE_TOKEN"), traffic, storage, rate=rate,
+                                  duration_s=duration)
+    else:
+        from rlhf_assets.registry.aliases import Registry
+        from rlhf_assets.registry.artifacts import ArtifactNotFound, ArtifactStore
+        from rlhf_assets.serving.engine import ServedModel
+
+        store, release = ArtifactStore(storage), None
+        spec = model
+        if model == "production":
+            holder = Registry(storage).current("production")
+            if not holder:
+                _fail("nothing is in production: pass --model latest|ID, or promote a release first")
+            spec, release = holder["artifacts"]["reward_model"], holder["release"]
+        try:
+            artifact_id = store.resolve_id(spec, kind="reward_model")
+        except ArtifactNotFound as exc:
+            _fail(str(exc))
+        out = write_log_directly(storage, ServedModel(store.get(artifact_id), artifact_id), traffic, items=items,
+                                 release=release)
+    typer.echo(json.dumps(out))
+
+
 @bench_app.command("reward")
 def bench_reward(
     quick: Annotated[bool, typer.Option(help="A few pairs at max length 64, for a smoke test.")] = False,
@@ -339,6 +395,43 @@ def bench_serving(ctx: typer.Context):
     """Reward-model serving: ours vs a naive FastAPI service, LitServe and Ray Serve, tiny and small presets, at
     concurrency 1/8/32/64; items/s, p50/p99, batch size, share of the fp32 peak; an overload run. [--quick] [--json]"""
     _bench_module("serving").cli(list(ctx.args))
+
+
+@bench_app.command("drift", context_settings=_PASSTHROUGH, add_help_option=False)
+def bench_drift(ctx: typer.Context):
+    """Drift detection: ours vs Evidently's DataDriftPreset and embedding drift on the same windows, 20 seeded runs
+    per scenario; false alarms per 100 windows and detection delay in windows. [--quick] [--json]"""
+    _bench_module("drift").cli(list(ctx.args))
+
+
+@drift_app.command("check")
+def drift_check(
+    reference: Annotated[Path, typer.Option(help="Reference serving-log rows (Parquet or JSONL).")],
+    current: Annotated[Path, typer.Option(help="Current window's serving-log rows (Parquet or JSONL).")],
+    model: Annotated[str, typer.Option(help="Model that computes missing scores/embeddings from prompt and "
+                                            "response: production (the alias), latest, an artifact id or a "
+                                            "directory.")] = "production",
+    window: Annotated[int | None, typer.Option(help="Items per window (default: the current file's rows, at most "
+                                                    "half the reference); the last rows are checked.")] = None,
+    config: Annotated[Path | None, typer.Option(help="DriftSettings as JSON or YAML (k, null_windows, …).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+    root: Annotated[str | None, typer.Option(help="Storage root (default $RLHF_STORAGE_ROOT or ./.rlhf).")] = None,
+):
+    """Check a window of served scores and prompts against a reference: PSI, KS, Wasserstein, expected pairwise
+    accuracy, domain classifier, MMD, each against its empirical-null threshold calibrated on the reference.
+    Exit 0 (alarm or not), 2 on bad input."""
+    from rlhf_assets.evaluation.drift import DriftInputError, DriftSettings
+    from rlhf_assets.evaluation.drift_cli import format_result, run_check
+
+    try:
+        settings = DriftSettings.from_file(config) if config else DriftSettings()
+    except ValueError as exc:
+        _fail(str(exc))
+    try:
+        out = run_check(reference, current, model=model, root=root, settings=settings, window=window)
+    except DriftInputError as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(out, indent=2) if as_json else format_result(out))
 
 
 @bench_app.command("overoptimization", context_settings=_PASSTHROUGH, add_help_option=False)

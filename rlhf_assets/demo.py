@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from typing import Any
 
 from rlhf_assets.preference.sample_data import load_hh_pairs, load_squality_comparisons
@@ -63,13 +64,16 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def run_demo(storage_root: str | None = None, dagster_home: str | None = None, *, n_pairs: int | None = None,
-             reward_preset: str | None = "tiny", progress=print) -> dict[str, Any]:
+             reward_preset: str | None = "tiny", loop: bool = True, progress=print) -> dict[str, Any]:
     """The data pillar for every demo day, then (unless ``reward_preset`` is None) the whole release chain for one
     release: ``small`` trains the real pretrained MiniLM reward model (minutes on a laptop CPU), ``tiny`` a
-    random-init one; the policies use the tiny preset."""
+    random-init one; the policies use the tiny preset. Then, with ``loop``, the loop runs by itself
+    (rlhf_assets/demo_loop.py): the service, traffic and audits, the sensors, a drift retrain and a rollback."""
     import dagster as dg
 
-    from rlhf_assets.instance import ensure_dagster_home
+    from rlhf_assets.defs.resources import AUTOMATION_CONFIG_ENV
+    from rlhf_assets.demo_loop import EXTRA_DAY, land_annotations, run_loop, write_automation_config
+    from rlhf_assets.instance import PARTITIONS_END_ENV, PARTITIONS_START_ENV, ensure_dagster_home, write_ui_env
     from rlhf_assets.storage import ROOT_ENV, storage_from_env
 
     home = ensure_dagster_home(dagster_home)
@@ -77,6 +81,15 @@ def run_demo(storage_root: str | None = None, dagster_home: str | None = None, *
         os.environ[ROOT_ENV] = storage_root
     storage = storage_from_env()
     os.environ.setdefault(ROOT_ENV, storage.uri)
+    # The daily partitions are exactly the demo's days (before the definitions load), so the UI shows them filled;
+    # saved beside the instance for `make ui` and printed in the summary.
+    os.environ.setdefault(PARTITIONS_START_ENV, min(DEMO_DAYS))
+    last_day = max((*DEMO_DAYS, EXTRA_DAY) if loop else DEMO_DAYS)  # the loop lands one more day of annotations
+    os.environ.setdefault(PARTITIONS_END_ENV, (date.fromisoformat(last_day) + timedelta(days=1)).isoformat())
+    # the sensors' thresholds for the demo's tiny models and volumes (a file the definitions read; printed below)
+    os.environ.setdefault(AUTOMATION_CONFIG_ENV, str(write_automation_config(home)))
+    ui_env = {k: os.environ[k] for k in (ROOT_ENV, PARTITIONS_START_ENV, PARTITIONS_END_ENV, AUTOMATION_CONFIG_ENV)}
+    write_ui_env(home, ui_env)
     laid = lay_sample_data(storage, n_pairs=n_pairs)
     progress(f"laid {laid.records} comparison records into {storage.uri}/landing over {len(laid.days)} days")
 
@@ -85,7 +98,7 @@ def run_demo(storage_root: str | None = None, dagster_home: str | None = None, *
     definitions = defs()
     job = definitions.resolve_job_def("data_pillar")
     instance = dg.DagsterInstance.get()
-    summary: dict[str, Any] = {"storage_root": storage.uri, "dagster_home": str(home), "days": {}}
+    summary: dict[str, Any] = {"storage_root": storage.uri, "dagster_home": str(home), "days": {}, "ui_env": ui_env}
     for day in laid.days:
         progress(f"materializing the data pillar for {day} …")
         result = job.execute_in_process(partition_key=day, instance=instance, raise_on_error=False, run_config=QUIET)
@@ -97,6 +110,14 @@ def run_demo(storage_root: str | None = None, dagster_home: str | None = None, *
         # A release stopped by a failed gate is the gate doing its job, not a broken demo.
         release = summary["release"]
         summary["success"] = release["run_success"] or (release["blocked_by_checks"] and "artifact_id" in release)
+        if loop and release.get("verdict") in ("canary", "promote"):
+            ops = {"reward_model": {"config": {"preset": reward_preset}},
+                   "judge_reward_model": {"config": {"preset": reward_preset}},
+                   **(TINY_DEMO_OPS if reward_preset == "tiny" else {})}
+            progress("the loop, by itself: the service, traffic, audits and the sensors "
+                     f"(thresholds: {os.environ[AUTOMATION_CONFIG_ENV]}) …")
+            summary["loop"] = run_loop(definitions, instance, storage, QUIET | {"ops": ops},
+                                       lambda day: land_annotations(storage, day), progress)
     return summary
 
 
@@ -154,10 +175,17 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
             lines.append(f"decision:           {release['verdict']}; production → "
                          f"{aliases.get('production') or '-'}, canary → {aliases.get('canary') or '-'}   "
                          f"(rlhf release list)")
+    if summary.get("loop"):
+        from rlhf_assets.demo_loop import history_lines
+
+        lines.append("the loop:")
+        lines.extend(f"  {line}" for line in summary["loop"]["story"])
+        lines.extend(history_lines(summary["loop"]))
     lines.append(f"tables:             {summary['storage_root']}/tables/")
     lines.append(f"Dagster instance:   {summary['dagster_home']}")
+    env = summary.get("ui_env") or {"RLHF_STORAGE_ROOT": summary["storage_root"]}
     lines.append(f"open the UI:        DAGSTER_HOME={summary['dagster_home']} "
-                 f"RLHF_STORAGE_ROOT={summary['storage_root']} dagster dev   (then http://127.0.0.1:3000)")
+                 + " ".join(f"{k}={v}" for k, v in env.items()) + " dagster dev   (then http://127.0.0.1:3000)")
     return lines
 
 
@@ -174,6 +202,8 @@ TINY_DEMO_OPS = {"sft_policy": {"config": {"epochs": 1}},
 
 
 def _run_release(definitions, instance, storage: Storage, preset: str, progress) -> dict[str, Any]:
+    import dagster as dg
+
     from rlhf_assets.registry.decisions import read_decision
     from rlhf_assets.registry.listing import release_listing
     from rlhf_assets.registry.releases import create_release
@@ -189,7 +219,8 @@ def _run_release(definitions, instance, storage: Storage, preset: str, progress)
     result = definitions.resolve_job_def("release_chain").execute_in_process(
         partition_key=release.key, instance=instance, raise_on_error=False, run_config=QUIET | {"ops": ops})
     out: dict[str, Any] = {"release": release.key, "run_id": result.run_id, "run_success": result.success}
-    checks = result.get_asset_check_evaluations()
+    # the blocking (ERROR) checks; release_approved (WARN) restates the verdict, printed on its own line
+    checks = [c for c in result.get_asset_check_evaluations() if c.severity == dg.AssetCheckSeverity.ERROR]
     out["checks"] = {c.check_name: c.passed for c in checks}
     out["blocked_by_checks"] = not all(out["checks"].values())
     for event in result.get_asset_materialization_events():

@@ -94,13 +94,14 @@ def run_loop(definitions: Any, instance: Any, storage: Storage, release_run_conf
     from rlhf_assets.serving.traffic import Traffic, run_against_service
 
     registry = Registry(storage)
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
     cursors: dict[str, str | None] = {}
     story: list[str] = []
 
     def tick(sensor: str) -> Any:
         t = evaluate(sensor, instance, cursors.get(sensor), definitions)
         cursors[sensor] = t.cursor
-        carry_out(t, instance, definitions, run_config=release_run_config)
+        carry_out(t, instance, definitions, run_configs={"release_chain": release_run_config}, base_config=quiet)
         for request, run in zip(t.run_requests, t.runs):
             what = request.tags.get("rlhf/action", request.job_name)
             line = f"{sensor}: {what} → {request.job_name} {request.partition_key} " + \
@@ -108,7 +109,7 @@ def run_loop(definitions: Any, instance: Any, storage: Storage, release_run_conf
             story.append(line)
             progress("  " + line)
         for event in t.asset_events:
-            if not event.passed:
+            if getattr(event, "passed", True) is False:
                 progress(f"  {sensor}: {event.check_name} — {event.description}")
         return t
 

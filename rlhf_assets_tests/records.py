@@ -3,7 +3,7 @@ bad rows (BAD) shared by the validation and data-pillar tests."""
 
 import json
 
-DAY = "2024-05-01"
+DAY = "2025-06-01"  # inside the default daily partitions (defs/partitions.py)
 
 
 def rec(i: int, **overrides) -> dict:
@@ -70,9 +70,9 @@ BAD: dict[str, tuple[bytes, list[str]]] = {
         ["compound_columns_to_be_unique(annotator_id,pair_id)"],
     ),
     "created_at unparseable": (line(rec(115, created_at="yesterday")), ["to_not_be_null(created_at_epoch)"]),
-    "created_at next day": (line(rec(116, created_at="2024-05-02T00:00:00Z")), ["to_be_between(created_at_epoch)"]),
+    "created_at next day": (line(rec(116, created_at="2025-06-02T00:00:00Z")), ["to_be_between(created_at_epoch)"]),
     "created_at day before": (
-        line(rec(117, created_at="2024-05-01T01:00:00+02:00")),
+        line(rec(117, created_at="2025-06-01T01:00:00+02:00")),
         ["to_be_between(created_at_epoch)"],
     ),
     "created_at missing": (line(rec(118, created_at=...)), ["to_not_be_null(created_at)"]),

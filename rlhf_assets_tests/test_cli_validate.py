@@ -100,7 +100,7 @@ def runs(tmp_path_factory) -> dict[str, Run]:
         "clean.jsonl.gz": gzip.compress(jsonl(*CLEAN)),
         "clean.parquet": parquet(CLEAN),
     })
-    other_day = jsonl(rec(0), rec(1, created_at="2024-05-02T08:00:00Z"), rec(2, created_at="2024-04-30T23:59:59Z"))
+    other_day = jsonl(rec(0), rec(1, created_at="2025-06-02T08:00:00Z"), rec(2, created_at="2025-05-31T23:59:59Z"))
     day_file = _write(tmp / "day", {"other_day.jsonl": other_day})
     row_files = _write(tmp / "rows", {name: v[0] for name, v in ROW_PROBLEMS.items()})
     unreadable_files = _write(tmp / "unreadable", {name: v[0] for name, v in UNREADABLE.items()})

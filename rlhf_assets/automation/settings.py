@@ -21,6 +21,9 @@ class AutomationSettings(FileConfig):
     retrain_cooldown_s: Annotated[float, Field(ge=0)] = 6 * 3600.0
     """After a retrain is requested, no other retrain for this long (one episode, one release)."""
 
+    drift_reference_windows: PositiveInt = 4
+    """A version's first windows of served traffic that become its production drift reference (not checked)."""
+
     # human–RM correlation (audits joined with what the service scored) --------------------------------------------
     audit_window: PositiveInt = 200
     """Audited pairs in the sliding window (the newest ones) the correlation is measured on."""

@@ -17,6 +17,7 @@ TEST_ACCURACY = "test_accuracy"                # rm_calibration, blocking
 CALIBRATED_ECE = "calibrated_ece"              # rm_calibration, blocking
 NO_NAN_SCORES = "no_nan_scores"                # rm_calibration, blocking
 KL_WITHIN_BUDGET = "kl_within_budget"          # ppo_policy, blocking
+RELEASE_APPROVED = "release_approved"          # deployment_decision, WARN: the verdict at a glance; never blocks
 
 #: (asset, check) pairs PPO must see passing on its release's partition before it trains.
 CALIBRATION_BLOCKING_CHECKS: tuple[tuple[str, str], ...] = (

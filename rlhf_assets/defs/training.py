@@ -25,6 +25,7 @@ from typing import Any
 
 import dagster as dg
 
+from rlhf_assets.defs.metadata import display
 from rlhf_assets.defs.resources import StorageResource
 from rlhf_assets.references import Reference
 from rlhf_assets.storage import ROOT_ENV, S3_ENDPOINT_ENV
@@ -67,7 +68,10 @@ class TrainingRun:
                 and (prefixes is None or k.startswith(prefixes))}
 
     def output(self, ref: Reference, **metadata: Any) -> dg.Output:
-        return dg.Output(ref, metadata={**self.metadata, **metadata, "work_dir": dg.MetadataValue.path(str(self.work))})
+        """The asset's output: what the process reported, for display (numbers rounded, lists of records as tables;
+        ``reported`` and the reference keep full precision), plus ``metadata`` and the work directory."""
+        return dg.Output(ref, metadata=display({**self.metadata, **metadata,
+                                                "work_dir": dg.MetadataValue.path(str(self.work))}))
 
 
 def work_dir(storage_root: str, asset: str, release: str, *key_parts: Any) -> Path:

@@ -258,26 +258,52 @@ class Decision:
                           "reasons": self.reasons, "thresholds": asdict(self.thresholds),
                           "settings": asdict(self.settings), "inputs": asdict(self.inputs)})
 
-    def markdown_table(self) -> str:
-        """The gates as a markdown table: gate | value | interval | threshold | outcome."""
-        lines = ["| gate | value | interval | threshold | outcome |", "|---|---|---|---|---|"]
+    def display_rows(self) -> list[dict[str, str]]:
+        """The gates for people: gate, value, interval, threshold, outcome, reason — each as text, numbers to 4
+        significant digits; the upstream checks as "4/4 passed" (and which did not)."""
+        rows = []
         for g in self.gates:
             value = g["value"]
-            value = "; ".join(value) or "none" if isinstance(value, list) else _fmt(value)
+            if isinstance(value, list):  # ["asset:check: status", …] → "3/4 passed; failed: asset:check"
+                by_status: dict[str, list[str]] = {}
+                for v in value:
+                    name, _, status = v.rpartition(": ")
+                    by_status.setdefault(status, []).append(name)
+                value = "; ".join([f"{len(by_status.get('passed', []))}/{len(value)} passed"] + [
+                    f"{status}: {', '.join(names)}" for status, names in by_status.items() if status != "passed"]
+                ) if value else "none"
+            else:
+                value = _fmt(value)
             interval = _interval(Measured(g["value"] if isinstance(g["value"], float) else None, g["ci_low"],
                                           g["ci_high"]))
             if g["name"] == "upstream_checks":
                 threshold = "all passed"
             elif g["name"] == "ope_reliable":
                 threshold = "reliable" if self.settings.require_ope_reliable else "not required"
+            elif g["threshold"] is None:
+                threshold = "—"
             else:
                 threshold = f"{_SYMBOL[g['comparison']]} {_fmt(g['threshold'])}"
-            shown = g["outcome"] if g["outcome"] == PASS else f"**{g['outcome']}**"
-            cells = [g["name"], value, interval, threshold, shown]
+            rows.append({"gate": g["name"], "value": value, "interval": interval, "threshold": threshold,
+                         "outcome": g["outcome"], "reason": g["reason"] or ""})
+        return rows
+
+    def proxy_uplift_line(self) -> str | None:
+        """The proxy's uplift, shown beside the gates (it never gates)."""
+        if self.inputs.proxy_uplift.value is None:
+            return None
+        return (f"Proxy uplift (the reward model PPO optimised; reported, never gates): "
+                f"{_fmt(self.inputs.proxy_uplift.value)} {_interval(self.inputs.proxy_uplift)}")
+
+    def markdown_table(self) -> str:
+        """The gates as a markdown table: gate | value | interval | threshold | outcome."""
+        lines = ["| gate | value | interval | threshold | outcome |", "|---|---|---|---|---|"]
+        for row in self.display_rows():
+            shown = row["outcome"] if row["outcome"] == PASS else f"**{row['outcome']}**"
+            cells = [row["gate"], row["value"], row["interval"], row["threshold"], shown]
             lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-        if self.inputs.proxy_uplift.value is not None:
-            lines.append(f"\nProxy uplift (the reward model PPO optimised; reported, never gates): "
-                         f"{_fmt(self.inputs.proxy_uplift.value)} {_interval(self.inputs.proxy_uplift)}")
+        if self.proxy_uplift_line():
+            lines.append(f"\n{self.proxy_uplift_line()}")
         return "\n".join(lines)
 
 

@@ -244,7 +244,7 @@ def reliability_diagram_png(p_before: Any, p_after: Any, y: Any, n_bins: int = N
     hist.hist(pa, bins=edges, color="tab:blue", alpha=0.45, label="after")
     hist.set_xlabel("predicted P(A ≻ B)")
     hist.set_ylabel("pairs")
-    hist.legend(loc="upper left", fontsize=8)
+    hist.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)  # outside: never on a bar
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight", metadata={"Software": None})
     return buf.getvalue()

@@ -54,3 +54,21 @@ def config(min_accuracy=ReleaseThresholds.min_rm_test_accuracy, max_ece=0.5):
     return {"ops": {"reward_model": {"config": TINY}},
             "resources": {"release_thresholds": {"config": {
                 "min_rm_test_accuracy": min_accuracy, "max_calibrated_ece": max_ece, "n_bootstrap": 200}}}}
+
+
+# The whole release chain on a tiny release (test_release_chain.py, the browser test's instance).
+SFT = {"epochs": 3, "max_prompt_tokens": 24, "max_response_tokens": 16}
+#: Tiny data cannot reach production-grade calibration; these thresholds (the release_thresholds resource, shared by
+#: the blocking checks and the gates) are relaxed so the chain's logic is exercised.
+GATES = {"max_calibrated_ece": 0.5, "min_human_rm_correlation": -1.0}
+PPO = {"steps": 4, "rollout_prompts": 16, "minibatch_size": 8, "micro_batch_size": 8, "max_new_tokens": 12,
+       "max_prompt_tokens": 24, "eval_every": 2, "n_eval_prompts": 16, "lr": 1e-3}
+
+
+def release_chain_config():
+    """Run config of the release_chain job for RELEASE: tiny models, 4 PPO steps, relaxed GATES."""
+    run_config = config()
+    run_config["ops"].update({"sft_policy": {"config": SFT}, "ppo_policy": {"config": PPO},
+                              "ope_report": {"config": {"n_boot": 200}}, "judge_reward_model": {"config": TINY}})
+    run_config["resources"]["release_thresholds"]["config"].update(GATES)
+    return run_config

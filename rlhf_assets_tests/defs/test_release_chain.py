@@ -7,6 +7,8 @@ import dagster as dg
 from pytest import approx
 
 from rlhf_assets.definitions import defs
+from rlhf_assets.defs.check_names import RELEASE_APPROVED
+from rlhf_assets.defs.metadata import rounded
 from rlhf_assets.evaluation.gates import GateInputs, decide
 from rlhf_assets.evaluation.thresholds import ReleaseThresholds
 from rlhf_assets.references import DecisionRef, read_reference, write_reference
@@ -15,25 +17,11 @@ from rlhf_assets.registry.artifacts import ArtifactStore
 from rlhf_assets.registry.decisions import read_decision
 from rlhf_assets.registry.listing import release_listing
 from rlhf_assets.registry.releases import create_release
-from rlhf_assets_tests.defs.dagster_support import RELEASE, TINY, checks, config, run_release
-
-SFT = {"epochs": 3, "max_prompt_tokens": 24, "max_response_tokens": 16}
-#: Tiny data cannot reach production-grade calibration; these thresholds (the release_thresholds resource, shared by
-#: the blocking checks and the gates) are relaxed so the chain's logic is exercised.
-GATES = {"max_calibrated_ece": 0.5, "min_human_rm_correlation": -1.0}
-PPO = {"steps": 4, "rollout_prompts": 16, "minibatch_size": 8, "micro_batch_size": 8, "max_new_tokens": 12,
-       "max_prompt_tokens": 24, "eval_every": 2, "n_eval_prompts": 16, "lr": 1e-3}
+from rlhf_assets_tests.defs.dagster_support import GATES, PPO, RELEASE, checks, release_chain_config, run_release
 
 
 def test_whole_release_chain_decides_and_moves_the_alias(release, dagster_instance):
-    run_config = config()
-    run_config["ops"].update({"sft_policy": {"config": SFT}, "ppo_policy": {"config": PPO},
-                              "ope_report": {"config": {"n_boot": 200}},
-                              "judge_reward_model": {"config": TINY},
-                              })
-    thresholds = run_config.setdefault("resources", {}).setdefault("release_thresholds", {"config": {}})
-    thresholds["config"].update(GATES)
-    result = run_release(dagster_instance, run_config, job="release_chain")
+    result = run_release(dagster_instance, release_chain_config(), job="release_chain")
     assert result.success, [e.message for e in result.all_events if e.is_failure]
     assert checks(result)["kl_within_budget"] is True
     storage = release
@@ -53,7 +41,7 @@ def test_whole_release_chain_decides_and_moves_the_alias(release, dagster_instan
     assert meta["stored_as"].value == "json PolicyRef"
     for plot in ("reward_vs_sqrt_kl", "kl_and_beta", "response_length"):
         assert meta[plot].value.startswith("![")
-    assert len(meta["history"].value) == PPO["steps"]
+    assert len(meta["history"].value.records) == PPO["steps"]  # shown as a table
     assert ppo.selected_kl <= ppo.kl_budget
 
     # OPE → decision → alias
@@ -81,8 +69,8 @@ def test_whole_release_chain_decides_and_moves_the_alias(release, dagster_instan
     assert ope["judge"]["behavior"]["value"] == approx(float(ope_log["judge_reward"].mean()))
     assert ope["proxy"]["behavior"]["value"] == approx(float(ope_log["reward"].mean()))
     ope_meta = events["ope_report"].metadata
-    assert ope_meta["judge_uplift"].value == ope["judge"]["uplift"]["value"]
-    assert ope_meta["proxy_uplift"].value == ope["proxy"]["uplift"]["value"]
+    assert ope_meta["judge_uplift"].value == rounded(ope["judge"]["uplift"]["value"])  # shown rounded, stored whole
+    assert ope_meta["proxy_uplift"].value == rounded(ope["proxy"]["uplift"]["value"])
     assert "judge uplift" in ope_meta["report"].value and "proxy uplift" in ope_meta["report"].value
     record = read_decision(storage, RELEASE)
     calibration = read_reference(storage, "rm_calibration", RELEASE)
@@ -94,7 +82,13 @@ def test_whole_release_chain_decides_and_moves_the_alias(release, dagster_instan
     decision = read_reference(storage, "deployment_decision", RELEASE)
     assert decision.verdict == record["verdict"] and decision.artifacts == record["artifacts"]
     assert store.manifest(record["artifacts"]["calibration"])["kind"] == "calibration"
-    assert "gates" in events["deployment_decision"].metadata
+    decision_meta = events["deployment_decision"].metadata
+    assert [r.data["gate"] for r in decision_meta["gates"].records] == [g["name"] for g in record["gates"]]
+    # the verdict at a glance: a tag on the materialization, and release_approved warns unless it goes live
+    assert events["deployment_decision"].tags["rlhf/verdict"] == record["verdict"]
+    (approved,) = [e for e in result.get_asset_check_evaluations() if e.check_name == RELEASE_APPROVED]
+    assert approved.passed is (record["verdict"] in ("promote", "canary"))
+    assert approved.severity == dg.AssetCheckSeverity.WARN
     aliases = Registry(storage).aliases()
     moved = {"promote": "production", "canary": "canary"}.get(record["verdict"])
     for alias in ("production", "canary"):
@@ -138,3 +132,36 @@ def test_rollback_is_rematerializing_an_older_production_release(storage_root, d
     assert all(store.exists(i) for i in r2_arts.values())
     runs = dagster_instance.get_runs(dg.RunsFilter(job_name="apply_release_decision"))
     assert len(runs) == 3  # each move is a run the UI shows
+
+
+def test_a_rejected_release_warns_and_production_release_still_records_that_nothing_moved(storage_root,
+                                                                                        dagster_instance):
+    """The verdict shows at a glance: with no evidence at all (no upstream checks, empty reports) the decision is
+    reject, its release_approved check WARNs on the materialization — and, being non-blocking, does not stop
+    production_release, which runs in the same job and moves nothing."""
+    from rlhf_assets.references import CalibrationRef, ModelRef, OPERef, PolicyRef
+    from rlhf_assets.storage import Storage
+
+    storage = Storage(storage_root)
+    create_release(storage, key=RELEASE)
+    dagster_instance.add_dynamic_partitions("release", [RELEASE])
+    stand_ins = {"sft_policy": ModelRef(artifact_id="sft", kind="sft_policy", dataset_id="d"),
+                 "reward_model": ModelRef(artifact_id="rm", kind="reward_model", dataset_id="d"),
+                 "ppo_policy": PolicyRef(artifact_id="ppo", kind="ppo_policy", dataset_id="d"),
+                 "rm_calibration": CalibrationRef(reward_model_id="rm", dataset_id="d", calibration_artifact_id=None,
+                                                  calibrator=None, report={}),
+                 "ope_report": OPERef(report={}, log_uri="none", log_sha256="none")}
+    for asset, ref in stand_ins.items():
+        write_reference(storage, asset, RELEASE, ref)
+    result = defs().resolve_job_def("release_chain").execute_in_process(
+        partition_key=RELEASE, instance=dagster_instance, raise_on_error=False,
+        asset_selection=[dg.AssetKey("deployment_decision"), dg.AssetKey("production_release")])
+    assert result.success
+    (approved,) = result.get_asset_check_evaluations()
+    assert approved.check_name == RELEASE_APPROVED and approved.passed is False
+    assert approved.severity == dg.AssetCheckSeverity.WARN and approved.description.startswith("reject: ")
+    materialized = {e.event_specific_data.materialization.asset_key.to_user_string(): e.event_specific_data
+                    .materialization for e in result.get_asset_materialization_events()}
+    assert materialized["deployment_decision"].tags["rlhf/verdict"] == "reject"
+    assert materialized["production_release"].metadata["action"].value == "none"
+    assert Registry(storage).aliases() == {"production": None, "canary": None}

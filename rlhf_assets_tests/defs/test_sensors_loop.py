@@ -143,14 +143,19 @@ def test_drift_sensor_no_drift_nothing_then_persistent_drift_one_retrain(tmp_pat
                                                                    null_windows=30))
     tick = evaluate("drift_sensor", dagster_instance, None, defs())
     assert not tick.asset_events and not tick.run_requests  # no traffic yet
+    for seed in range(8):  # 4 windows: the version's production reference (the default drift_reference_windows)
+        write_log_directly(storage, model, Traffic("none", seed=seed), items=50, release=R1)  # 100 rows each
+    tick = evaluate("drift_sensor", dagster_instance, tick.cursor, defs())
+    assert [e.metadata["measurement"].value for e in tick.asset_events] == ["drift reference window"] * 4
+    assert read_state(storage)[serve.rm[0]]["phase"] == "monitoring"
     for seed in range(2):
-        write_log_directly(storage, model, Traffic("none", seed=seed), items=50, release=R1)  # 100 rows
+        write_log_directly(storage, model, Traffic("none", seed=20 + seed), items=50, release=R1)
     tick = evaluate("drift_sensor", dagster_instance, tick.cursor, defs())
     checks = [e for e in tick.asset_events if hasattr(e, "check_name")]
     assert sorted(e.check_name for e in checks) == ["prompt_drift", "score_drift"] and all(e.passed for e in checks)
     (observed,) = [e for e in tick.asset_events if not hasattr(e, "check_name")]
     assert observed.metadata["alarm"].value is False and observed.partition
-    assert not tick.run_requests and read_state(storage)[serve.rm[0]]["windows"] == 1
+    assert not tick.run_requests and read_state(storage)[serve.rm[0]]["windows"] == 5
     for seed in range(4):  # two windows of drifted prompts: 2 of the last 3 windows alarm → persistent
         write_log_directly(storage, model, Traffic("prompt", seed=seed), items=50, release=R1)
     tick = evaluate("drift_sensor", dagster_instance, tick.cursor, defs())

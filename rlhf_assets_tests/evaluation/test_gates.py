@@ -198,6 +198,18 @@ def test_markdown_table_shows_value_interval_threshold_and_outcome():
     assert any(line.startswith("Proxy uplift") for line in lines)
 
 
+def test_display_rows_summarise_the_upstream_checks_by_status():
+    checks = [{"check": "rm_calibration:test_accuracy", "status": "passed"},
+              {"check": "rm_calibration:calibrated_ece", "status": "not measured"},
+              {"check": "ppo_policy:kl_within_budget", "status": "failed"}]
+    rows = {r["gate"]: r for r in decide(_with(upstream_checks=checks)).display_rows()}
+    assert rows["upstream_checks"]["value"] == ("1/3 passed; not measured: rm_calibration:calibrated_ece; "
+                                                "failed: ppo_policy:kl_within_budget")
+    assert rows["upstream_checks"]["outcome"] == "fail" and "kl_within_budget" in rows["upstream_checks"]["reason"]
+    no_limit = {r["gate"]: r for r in decide(_with(kl_budget=None)).display_rows()}["kl"]
+    assert (no_limit["threshold"], no_limit["outcome"]) == ("—", "not measured")
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"max_kl": -1.0}, "max_kl\n.*greater than 0"),
     ({"max_calibrated_ece": 2.0}, "max_calibrated_ece\n.*less than or equal to 1"),

@@ -29,7 +29,7 @@ def test_clean_batch_is_all_valid():
     # (read as UTC), an empty prompt, a tie, optional fields absent.
     rows += [
         rec(20, created_at=f"{DAY}T00:00:00Z"),
-        rec(21, created_at="2024-04-30T23:30:00-02:00"),
+        rec(21, created_at="2025-05-31T23:30:00-02:00"),
         rec(22, created_at=f"{DAY}T23:59:59.999"),
         rec(23, prompt=""),
         rec(24, label="tie", confidence=..., annotation_ms=..., temperature=...),

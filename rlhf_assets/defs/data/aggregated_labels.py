@@ -4,7 +4,8 @@ import polars as pl
 from rlhf_assets.automation.annotators import read_flagged
 from rlhf_assets.defs.check_names import AGGREGATION_CONVERGED
 from rlhf_assets.defs.config_classes import config_class, settings_from
-from rlhf_assets.defs.metadata import md_table
+from rlhf_assets.defs.metadata import display, frame_table, mapping_table
+from rlhf_assets.defs.owners import OWNERS
 from rlhf_assets.defs.partitions import daily_partitions
 from rlhf_assets.defs.resources import StorageResource
 from rlhf_assets.preference.labels import AggregationSettings, aggregate_comparisons
@@ -18,18 +19,23 @@ AggregationConfig = config_class("AggregationConfig", AggregationSettings)
     outs={
         "aggregated_labels": dg.AssetOut(
             kinds={"polars", "numpy"},
+            owners=OWNERS,
             description="One row per pair: aggregated label (canonical orientation), posterior confidence, votes.",
         ),
         "annotator_reliability": dg.AssetOut(
             kinds={"polars"},
+            owners=OWNERS,
             description="One row per annotator: estimated accuracy and confusion matrix, position bias, tie rate.",
         ),
         "annotator_agreement": dg.AssetOut(
             kinds={"polars", "statsmodels"},
+            owners=OWNERS,
             description="Cohen's kappa for each annotator pair with enough shared items.",
         ),
     },
-    check_specs=[dg.AssetCheckSpec(AGGREGATION_CONVERGED, asset="aggregated_labels", partitions_def=daily_partitions)],
+    check_specs=[dg.AssetCheckSpec(AGGREGATION_CONVERGED, asset="aggregated_labels", partitions_def=daily_partitions,
+                                   description="Dawid–Skene's EM converged within max_iter (a warning: the labels "
+                                               "are still the last iterate's).")],
 )
 def aggregated_labels(context: dg.AssetExecutionContext, config: AggregationConfig, storage: StorageResource,
                       validated_pairs: pl.DataFrame):
@@ -42,7 +48,7 @@ def aggregated_labels(context: dg.AssetExecutionContext, config: AggregationConf
     yield dg.Output(
         result.labels,
         output_name="aggregated_labels",
-        metadata={
+        metadata=display({
             "method": settings.method,
             "pairs": stats["pairs"],
             "comparisons": stats["comparisons"],
@@ -52,22 +58,22 @@ def aggregated_labels(context: dg.AssetExecutionContext, config: AggregationConf
             "mean_cohen_kappa": stats.get("mean_cohen_kappa"),
             "mean_confidence": stats.get("mean_confidence"),
             "unanimous_share": stats.get("unanimous_share"),
-            "label_counts": dg.MetadataValue.json(stats.get("label_counts", {})),
+            "label_counts": mapping_table(stats.get("label_counts", {}), "label", "pairs"),
             "excluded_annotators": ", ".join(stats.get("excluded_annotators", [])) or "-",
             "excluded_labels": stats.get("excluded_labels", 0),
-        },
+        }),
     )
     yield dg.Output(
         result.annotators,
         output_name="annotator_reliability",
-        metadata={"annotators": result.annotators.height, "table": md_table(
+        metadata={"annotators": result.annotators.height, "table": frame_table(
             result.annotators.drop("confusion").sort("accuracy"))},
     )
     yield dg.Output(
         result.agreement,
         output_name="annotator_agreement",
         metadata={"pairs": result.agreement.height, "min_overlap": settings.min_overlap,
-                  "table": md_table(result.agreement.sort("kappa"))},
+                  "table": frame_table(result.agreement.sort("kappa"))},
     )
     yield dg.AssetCheckResult(
         check_name=AGGREGATION_CONVERGED,

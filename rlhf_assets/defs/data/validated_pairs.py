@@ -3,7 +3,8 @@ import polars as pl
 
 from rlhf_assets.defs.check_names import QUARANTINE_RATE, ROWS_CONSERVED
 from rlhf_assets.defs.config_classes import config_class, settings_from
-from rlhf_assets.defs.metadata import md_table
+from rlhf_assets.defs.metadata import display, mapping_table, table
+from rlhf_assets.defs.owners import OWNERS
 from rlhf_assets.defs.partitions import daily_partitions
 from rlhf_assets.defs.resources import StorageResource
 from rlhf_assets.preference.landing import conservation, count_landing
@@ -16,6 +17,7 @@ ValidationConfig = config_class("ValidationConfig", ValidationRules, exclude=("d
     partitions_def=daily_partitions,
     group_name="data",
     kinds={"polars", "great_expectations"},
+    owners=OWNERS,
     check_specs=[
         dg.AssetCheckSpec(QUARANTINE_RATE, asset="validated_pairs", blocking=True, partitions_def=daily_partitions,
                           description="Share of quarantined rows is at most config.max_quarantine_rate."),
@@ -38,26 +40,27 @@ def validated_pairs(
     quarantine_path = store.quarantine_dir(day).joinpath("rows.parquet")
     store.write_parquet(quarantine_path, result.quarantined)
     summary = result.summary()
-    expectations = pl.DataFrame([{"expectation": f"`{e['expectation']}`", "success": e["success"],
-                                  "rows failing": e["unexpected"]} for e in result.expectations])
+    expectations = table([{"expectation": e["expectation"], "success": e["success"], "rows failing": e["unexpected"]}
+                          for e in result.expectations], ["success", "rows failing", "expectation"])
     yield dg.Output(
         result.valid.drop("raw", "ingest_error"),
-        metadata={
+        metadata=display({
             "rows_in": summary["rows_in"],
             "rows_valid": summary["rows_valid"],
             "rows_quarantined": summary["rows_quarantined"],
             "quarantine_rate": summary["quarantine_rate"],
             "max_quarantine_rate": rules.max_quarantine_rate,
-            "failures": dg.MetadataValue.json(summary["failures"]),
-            "great_expectations": md_table(expectations, limit=len(result.expectations)),
+            "failures": mapping_table(summary["failures"], "failed expectation", "rows") if summary["failures"]
+            else "none",
+            "great_expectations": expectations,
             "quarantine_path": dg.MetadataValue.path(str(quarantine_path)),
-        },
+        }),
     )
     yield dg.AssetCheckResult(
         check_name=QUARANTINE_RATE,
         passed=result.quarantine_rate <= rules.max_quarantine_rate,
-        metadata={"rate": summary["quarantine_rate"], "threshold": rules.max_quarantine_rate,
-                  "rows_quarantined": summary["rows_quarantined"], "rows_in": summary["rows_in"]},
+        metadata=display({"rate": summary["quarantine_rate"], "threshold": rules.max_quarantine_rate,
+                          "rows_quarantined": summary["rows_quarantined"], "rows_in": summary["rows_in"]}),
     )
     balance = conservation(landing, result.valid, result.quarantined)  # counted from the landing files
     yield dg.AssetCheckResult(

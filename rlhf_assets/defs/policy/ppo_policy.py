@@ -4,6 +4,9 @@ import dagster as dg
 
 from rlhf_assets.defs.check_names import CALIBRATION_BLOCKING_CHECKS, KL_WITHIN_BUDGET
 from rlhf_assets.defs.config_classes import config_class, settings_from
+from rlhf_assets.defs.metadata import display, interval
+from rlhf_assets.defs.metadata import table as metadata_table
+from rlhf_assets.defs.owners import OWNERS
 from rlhf_assets.defs.partitions import release_partitions
 from rlhf_assets.defs.release.checks_lookup import blocking_check_statuses
 from rlhf_assets.defs.resources import ReleaseThresholdsResource, StorageResource
@@ -15,6 +18,10 @@ from rlhf_assets.policy.runtime import device_for
 from rlhf_assets.preference.snapshot import prompts_jsonl, sft_jsonl, split_prompts
 from rlhf_assets.references import CalibrationRef, DatasetTable, ModelRef, PolicyRef
 
+#: The per-step columns the UI's history table shows (every metric of every step: metrics.jsonl in the work dir).
+HISTORY_COLUMNS = ("step", "proxy_reward", "kl", "beta", "entropy", "clip_frac", "approx_kl", "response_length",
+                   "no_eos_share")
+
 PPOPolicyConfig = config_class(
     "PPOPolicyConfig", PPOConfig, KLCheckSettings,
     doc="PPO's settings (PPOConfig) and how the kl_within_budget check samples (KLCheckSettings, not passed to PPO).")
@@ -24,6 +31,7 @@ PPOPolicyConfig = config_class(
     partitions_def=release_partitions,
     group_name="policy",
     kinds={"pytorch", "transformers"},
+    owners=OWNERS,
     check_specs=[dg.AssetCheckSpec(KL_WITHIN_BUDGET, asset="ppo_policy", blocking=True,
                                    partitions_def=release_partitions,
                                    description="KL(policy ‖ SFT reference), re-measured from the stored artifacts on "
@@ -80,10 +88,14 @@ def ppo_policy(
         parents=tuple(parents), metrics=run.metrics(("selected_", "last_")), sft_artifact_id=sft_policy.artifact_id,
         reward_model_artifact_id=reward_model.artifact_id, selected_step=run.reported["selected_step"],
         selected_kl=selected_kl, kl_budget=ppo.kl_budget, measured_kl=measured,
-        stop_reason=run.reported.get("stop_reason") or None))
+        stop_reason=run.reported.get("stop_reason") or None),
+        history=metadata_table(run.reported.get("history") or [], HISTORY_COLUMNS))
     # A hard constraint: the point estimate decides; the interval's outcome is reported for the gate and the UI.
     passed = kl["value"] is not None and kl["value"] <= limit
-    yield dg.AssetCheckResult(check_name=KL_WITHIN_BUDGET, passed=bool(passed), metadata={
+    yield dg.AssetCheckResult(check_name=KL_WITHIN_BUDGET, passed=bool(passed), metadata=display({
         **{k: measured[k] for k in ("value", "ci_low", "ci_high")}, "threshold": limit, "kl_budget": ppo.kl_budget,
         "outcome": measured["outcome"], "n_prompts": kl["n_prompts"], "samples": kl["samples"], "seed": kl["seed"],
-        "selected_kl": selected_kl, "quantiles": dg.MetadataValue.json(kl["quantiles"])})
+        "selected_kl": selected_kl, "quantiles": dg.MetadataValue.json(kl["quantiles"])}),
+        description="not measured" if kl["value"] is None else
+        f"measured KL {kl['value']:.4g} nats {'≤' if passed else '>'} the limit {limit:.4g} "
+        f"(interval {interval(kl['ci_low'], kl['ci_high'])})")

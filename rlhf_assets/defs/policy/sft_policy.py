@@ -1,6 +1,7 @@
 import dagster as dg
 
 from rlhf_assets.defs.config_classes import config_class, settings_from
+from rlhf_assets.defs.owners import OWNERS
 from rlhf_assets.defs.partitions import release_partitions
 from rlhf_assets.defs.resources import StorageResource
 from rlhf_assets.defs.training import POLICY_SFT, launch_training
@@ -11,7 +12,7 @@ from rlhf_assets.references import DatasetTable, ModelRef
 SFTPolicyConfig = config_class("SFTPolicyConfig", SFTConfig)
 
 
-@dg.asset(partitions_def=release_partitions, group_name="policy", kinds={"pytorch", "transformers"})
+@dg.asset(partitions_def=release_partitions, group_name="policy", kinds={"pytorch", "transformers"}, owners=OWNERS)
 def sft_policy(
     context: dg.AssetExecutionContext,
     config: SFTPolicyConfig,

@@ -1,7 +1,8 @@
 import dagster as dg
 
 from rlhf_assets.defs.config_classes import config_class, settings_from
-from rlhf_assets.defs.metadata import md_image
+from rlhf_assets.defs.metadata import display, md_image
+from rlhf_assets.defs.owners import OWNERS
 from rlhf_assets.defs.partitions import release_partitions
 from rlhf_assets.defs.resources import StorageResource
 from rlhf_assets.evaluation.release_ope import OPESettings, evaluate_release, store_release_ope
@@ -11,7 +12,7 @@ from rlhf_assets.references import CalibrationRef, DatasetTable, ModelRef, OPERe
 OPEReportConfig = config_class("OPEReportConfig", OPESettings)
 
 
-@dg.asset(partitions_def=release_partitions, group_name="release", kinds={"pytorch", "numpy"})
+@dg.asset(partitions_def=release_partitions, group_name="release", kinds={"pytorch", "numpy"}, owners=OWNERS)
 def ope_report(
     context: dg.AssetExecutionContext,
     config: OPEReportConfig,
@@ -43,7 +44,7 @@ def ope_report(
                 for key, part, field in (("uplift", "uplift", "value"), ("uplift_ci_low", "uplift", "ci_low"),
                                          ("uplift_ci_high", "uplift", "ci_high"), ("target_value", "target", "value"),
                                          ("behavior_value", "behavior", "value"))}
-    return dg.Output(ref, metadata={
+    return dg.Output(ref, metadata=display({
         **labelled, "judge_units": judge["units"], "proxy_units": proxy["units"],
         "judge_reward_model": judge["reward_model_id"], "proxy_reward_model": proxy["reward_model_id"],
         "ess": r["ess"], "ess_share": r["ess_share"],
@@ -52,4 +53,4 @@ def ope_report(
         "logged_samples": result.log.height, "log": dg.MetadataValue.path(ref.log_uri),
         "weights": md_image(result.weights_png, "importance weights"),
         "report": dg.MetadataValue.md(result.markdown),
-    })
+    }))

@@ -2,6 +2,7 @@ from typing import Literal
 
 import dagster as dg
 
+from rlhf_assets.defs.owners import OWNERS
 from rlhf_assets.defs.partitions import release_partitions
 from rlhf_assets.defs.resources import StorageResource
 from rlhf_assets.references import DecisionRef, ReleaseActionRef
@@ -74,7 +75,7 @@ def _one_release(context: dg.AssetExecutionContext) -> str:
     return keys[0]
 
 
-@dg.asset(partitions_def=release_partitions, group_name="release", kinds={"python"})
+@dg.asset(partitions_def=release_partitions, group_name="release", kinds={"python"}, owners=OWNERS)
 def production_release(context: dg.AssetExecutionContext, config: ProductionReleaseConfig, storage: StorageResource,
                        deployment_decision):  # untyped: a multi-partition run must reach _one_release's error
     """Applies the release's decision to the registry: `promote` moves the `production` alias to its artifacts,

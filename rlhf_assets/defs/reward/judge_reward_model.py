@@ -1,6 +1,7 @@
 import dagster as dg
 
 from rlhf_assets.defs.config_classes import config_class, settings_from
+from rlhf_assets.defs.owners import OWNERS
 from rlhf_assets.defs.partitions import release_partitions
 from rlhf_assets.defs.resources import StorageResource
 from rlhf_assets.defs.reward.reward_model import train_rm
@@ -16,7 +17,7 @@ JudgeRewardModelConfig = config_class(
     doc="The reward model's settings (same preset and defaults), with the judge's own seed.")
 
 
-@dg.asset(partitions_def=release_partitions, group_name="release", kinds={"pytorch", "lightning"})
+@dg.asset(partitions_def=release_partitions, group_name="release", kinds={"pytorch", "lightning"}, owners=OWNERS)
 def judge_reward_model(
     context: dg.AssetExecutionContext,
     config: JudgeRewardModelConfig,

@@ -5,6 +5,8 @@ import dagster as dg
 from rlhf_assets.defs.config_classes import config_class, settings_from
 from rlhf_assets.defs.io_manager import StoredPartitions
 from rlhf_assets.defs.lineage import pinned_lineage
+from rlhf_assets.defs.metadata import display
+from rlhf_assets.defs.owners import OWNERS
 from rlhf_assets.defs.partitions import release_partitions
 from rlhf_assets.defs.resources import StorageResource
 from rlhf_assets.preference.snapshot import UPSTREAM_ASSET, SnapshotSettings, load_or_build_snapshot
@@ -18,6 +20,7 @@ PreferenceDatasetConfig = config_class("PreferenceDatasetConfig", SnapshotSettin
     partitions_def=release_partitions,
     group_name="reward",
     kinds={"polars"},
+    owners=OWNERS,
     # Any day may be in a release, so the declared dependency is on all of them; the IO manager hands over only the
     # stored ones, lazily, and the snapshot reads those on or before the cutoff. What it actually read is recorded
     # on the materialization (pinned_lineage).
@@ -44,15 +47,15 @@ def preference_dataset(context: dg.AssetExecutionContext, config: PreferenceData
         DatasetTable(dataset_id=snapshot.dataset_id, table=snapshot.table),
         data_version=dg.DataVersion(snapshot.dataset_id),
         tags=provenance,
-        metadata={
+        metadata=display({
             "dataset_id": snapshot.dataset_id,
             "cutoff": release.cutoff,
             "reused_pinned_snapshot": snapshot.reused,
             "pairs": m["rows"],
             "splits": dg.MetadataValue.json(m["splits"]),
             "dropped": dg.MetadataValue.json(m["dropped"]),
-            "upstream_partitions": dg.MetadataValue.json(lineage),
+            "upstream_partitions": lineage,  # a table: each day and the materialization that wrote its bytes
             "settings": dg.MetadataValue.json(m["settings"]),
-        },
+        }),
     )
 

@@ -1,6 +1,7 @@
 import dagster as dg
 
 from rlhf_assets.defs.config_classes import config_class, settings_from
+from rlhf_assets.defs.owners import OWNERS
 from rlhf_assets.defs.partitions import release_partitions
 from rlhf_assets.defs.resources import StorageResource
 from rlhf_assets.defs.training import REWARD_TRAIN, launch_training
@@ -11,7 +12,7 @@ from rlhf_assets.reward.config import RMConfig
 RewardModelConfig = config_class("RewardModelConfig", RMConfig)
 
 
-@dg.asset(partitions_def=release_partitions, group_name="reward", kinds={"pytorch", "lightning"})
+@dg.asset(partitions_def=release_partitions, group_name="reward", kinds={"pytorch", "lightning"}, owners=OWNERS)
 def reward_model(
     context: dg.AssetExecutionContext,
     config: RewardModelConfig,

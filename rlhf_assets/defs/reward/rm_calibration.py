@@ -2,7 +2,8 @@ import dagster as dg
 
 from rlhf_assets.defs.check_names import CALIBRATED_ECE, NO_NAN_SCORES, TEST_ACCURACY
 from rlhf_assets.defs.config_classes import config_class, settings_from
-from rlhf_assets.defs.metadata import md_image
+from rlhf_assets.defs.metadata import display, interval, mapping_table, md_image, table
+from rlhf_assets.defs.owners import OWNERS
 from rlhf_assets.defs.partitions import release_partitions
 from rlhf_assets.defs.resources import ReleaseThresholdsResource, StorageResource
 from rlhf_assets.evaluation.evidence import FAIL, INCONCLUSIVE, NOT_MEASURED, PASS, outcome
@@ -22,13 +23,24 @@ def interval_check(check_name: str, value, ci: list, threshold: float, compariso
                      FAIL: f"interval wholly fails {comparison} {threshold}",
                      INCONCLUSIVE: f"interval straddles {threshold}: not evidence of a failure",
                      NOT_MEASURED: "not measured (fails closed)"}[verdict],
-        metadata={"value": value, "ci_low": low, "ci_high": high, "threshold": threshold, "outcome": verdict})
+        metadata=display({"value": value, "ci_low": low, "ci_high": high, "threshold": threshold,
+                          "outcome": verdict}))
+
+
+def _correlation_table(correlation: dict | None) -> dg.TableMetadataValue:
+    """Spearman and Pearson correlation of the calibrated preference with the human agreement share, with their
+    bootstrap intervals and the number of test pairs (``reason`` when it could not be measured)."""
+    c = correlation or {}
+    return table([{"statistic": name, "value": c.get(name), "ci_low": c.get(f"{name}_ci_low"),
+                   "ci_high": c.get(f"{name}_ci_high"), "n": c.get("n"), "note": c.get("reason") or ""}
+                  for name in ("spearman", "pearson")], ["statistic", "value", "ci_low", "ci_high", "n", "note"])
 
 
 @dg.asset(
     partitions_def=release_partitions,
     group_name="reward",
     kinds={"scikitlearn"},
+    owners=OWNERS,
     check_specs=[
         dg.AssetCheckSpec(TEST_ACCURACY, asset="rm_calibration", blocking=True, partitions_def=release_partitions,
                           description="Test-split accuracy ≥ release_thresholds.min_rm_test_accuracy; fails only "
@@ -61,29 +73,30 @@ def rm_calibration(
     metadata = {
         "artifact_id": reward_model.artifact_id,
         "method": report["method"],
-        "cv_log_loss": dg.MetadataValue.json(report["cv_log_loss"] or {}),
+        "cv_log_loss": mapping_table(report["cv_log_loss"] or {}, "method", "mean held-out log-loss"),
         "test_accuracy": report["accuracy"],
-        "test_accuracy_ci": dg.MetadataValue.json(report["accuracy_ci"]),
+        "test_accuracy_ci": interval(*(report["accuracy_ci"] or (None, None))),
         "test_auc": report["auc"],
         "ece_before": report["ece_before"],
         "ece_after": report["ece_after"],
         "ece_after_debiased": report["ece_after_debiased"],
-        "ece_after_ci": dg.MetadataValue.json(report["ece_after_ci"]),
+        "ece_after_ci": interval(*(report["ece_after_ci"] or (None, None))),
         "brier_after": report["brier_after"],
         "log_loss_after": report["log_loss_after"],
         "nan_scores": result.nan_scores,
-        "human_correlation": dg.MetadataValue.json(ref.human_correlation or {}),
-        "slices": dg.MetadataValue.json(ref.slices),
+        "human_correlation": _correlation_table(ref.human_correlation),
+        "slices": table(ref.slices, ["slicing", "value", "n", "share", "accuracy"]),
     }
     if report["reason"]:
         context.log.warning(f"rm_calibration: {report['reason']}")
         metadata["reason"] = report["reason"]
     if result.reliability_png is not None:
         metadata["reliability_diagram"] = md_image(result.reliability_png, "reliability diagram")
-    yield dg.Output(ref, metadata=metadata)
+    yield dg.Output(ref, metadata=display(metadata))
     yield interval_check(TEST_ACCURACY, report["accuracy"], report["accuracy_ci"], thresholds.min_rm_test_accuracy,
                          ">=")
     yield interval_check(CALIBRATED_ECE, report["ece_after_debiased"], report["ece_after_ci"], thresholds.max_calibrated_ece,
                          "<=")
     yield dg.AssetCheckResult(check_name=NO_NAN_SCORES, passed=result.nan_scores == 0,
+                              description=f"{result.nan_scores} non-finite score(s)",
                               metadata={"nan_scores": result.nan_scores})

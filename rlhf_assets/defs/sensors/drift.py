@@ -21,6 +21,10 @@ def evaluations(w: VersionWindow, day: str) -> list[dg.AssetCheckEvaluation | dg
     (domain classifier AUC, MMD), each statistic next to its calibrated threshold; not partitioned (see
     defs/monitoring/checks.py), the day in their metadata — and as one observation on serving_log's day."""
     out: list[dg.AssetCheckEvaluation | dg.AssetObservation] = []
+    if w.result is None:  # a window that went into the version's production reference
+        return [dg.AssetObservation(asset_key="serving_log", partition=day, metadata={
+            "measurement": "drift reference window", "artifact_id": w.artifact_id, "alias": w.alias or "",
+            "collected_rows": w.collected})]
     for check_name, names in ((SCORE_DRIFT, SCORE_TESTS + PAIR_TESTS), (PROMPT_DRIFT, EMBEDDING_TESTS)):
         tests = [t for t in w.result.tests if t.name in names]
         alarmed = [t.name for t in tests if t.alarm]
@@ -44,25 +48,31 @@ def evaluations(w: VersionWindow, day: str) -> list[dg.AssetCheckEvaluation | dg
 
 
 @dg.sensor(job=release_chain_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED,
-           description="Reads the serving log's new rows and checks each version's traffic, window by window, "
-                       "against its release's drift reference (drift_reference): score drift (PSI, KS, normalised "
-                       "Wasserstein, the calibrated model's expected pairwise accuracy) and prompt drift (a "
-                       "domain-classifier AUC and MMD on the prompt embeddings), each against a threshold calibrated "
-                       "on reference-versus-reference windows (mean + k·sd). When persist_k of the last persist_n "
-                       "windows of the production version alarm, requests a retrain (a new release partition and "
-                       "the release chain, tagged with the evidence; then a cooldown). Records score_drift and "
-                       "prompt_drift checks on serving_log. Every 60 s; starts stopped.")
+           description="Reads the serving log's new rows and checks each served version's traffic, window by window: "
+                       "its first drift_reference_windows windows become its production reference (calibrated then; "
+                       "the release's drift_reference gives the window size and settings), later windows are "
+                       "compared with it — score drift (PSI, KS, normalised Wasserstein, the calibrated model's "
+                       "expected pairwise accuracy) and prompt drift (domain-classifier AUC, MMD on the prompt "
+                       "embeddings), each against a threshold calibrated on reference-versus-reference windows "
+                       "(mean + k·sd). When persist_k of the last persist_n windows of the production version "
+                       "alarm, requests a retrain (a new release partition and the release chain, tagged with the "
+                       "evidence; then a cooldown). Records score_drift and prompt_drift on serving_log. Every 60 s; "
+                       "starts stopped.")
 def drift_sensor(context: dg.SensorEvaluationContext, storage: StorageResource, automation: AutomationResource,
                  notifier: NotifierResource) -> dg.SensorResult:
     store, settings, alerts = storage.storage(), automation.settings(), notifier.notifier(context.log)
     cursor = json.loads(context.cursor) if context.cursor else {}
     rows, log_cursor = new_log_rows(store, LogCursor.from_dict(cursor.get("log")))
-    windows, missing = feed(store, rows, automation.drift_settings())
+    windows, missing = feed(store, rows, automation.drift_settings(), settings.drift_reference_windows)
     if missing:
         context.log.info(f"no drift reference for {', '.join(m[:12] for m in missing)}: their traffic is not checked "
                          "(materialize drift_reference for their release)")
     day = datetime.now(UTC).strftime("%Y-%m-%d")
     events = [e for w in windows for e in evaluations(w, day)]
+    collecting = [w for w in windows if w.result is None]
+    if collecting:
+        context.log.info(f"collecting the production drift reference of {collecting[-1].artifact_id[:12]}: "
+                         f"{collecting[-1].collected} rows")
     partitions, runs = [], []
     alarm = next((w for w in reversed(windows) if w.persistent and w.alias == "production"), None)
     if alarm is not None:

@@ -37,9 +37,10 @@ def evaluate(name: str, instance: dg.DagsterInstance, cursor: str | None, defini
 
 
 def carry_out(tick: Tick, instance: dg.DagsterInstance, definitions: dg.Definitions,
-              run_config: dict | None = None) -> Tick:
+              run_configs: dict[str, dict] | None = None, base_config: dict | None = None) -> Tick:
     """Apply the tick the way the daemon would: dynamic partitions added, asset events stored, each run request
-    executed (in order, in this process, with its own run config merged over ``run_config``)."""
+    executed (in order, in this process, with its own run config merged over ``base_config`` and over
+    ``run_configs[job name]``, e.g. the tiny presets the demo trains with)."""
     result = tick.result
     sensor = definitions.resolve_sensor_def(tick.sensor)
     for request in getattr(result, "dynamic_partitions_requests", None) or []:
@@ -50,7 +51,7 @@ def carry_out(tick: Tick, instance: dg.DagsterInstance, definitions: dg.Definiti
     for request in tick.run_requests:
         job_name = request.job_name or (sensor.job_name if sensor.has_jobs else None)
         job = definitions.resolve_job_def(job_name)
-        config = _merge(run_config or {}, dict(request.run_config or {}))
+        config = _merge(_merge(base_config or {}, (run_configs or {}).get(job.name, {})), dict(request.run_config or {}))
         tick.runs.append(job.execute_in_process(partition_key=request.partition_key, instance=instance,
                                                 tags=dict(request.tags), run_config=config, raise_on_error=False))
     return tick

@@ -182,7 +182,12 @@ class Evidently:
             Dataset.from_pandas(frame, data_definition=self.definition), self.reference)
         metrics = snapshot.dict()["metrics"]
         share = next(m["value"]["share"] for m in metrics if m["metric_name"].startswith("DriftedColumnsCount"))
-        columns = {m["config"]["column"]: m["value"] for m in metrics if m["metric_name"].startswith("ValueDrift")}
+        columns = {}
+        for m in metrics:
+            if m["metric_name"].startswith("ValueDrift"):
+                value, threshold, method = float(m["value"]), m["config"]["threshold"], m["config"]["method"]
+                drifted = value < threshold if "p_value" in method else value >= threshold  # a test or a distance
+                columns[m["config"]["column"]] = {"value": value, "threshold": threshold, "drifted": bool(drifted)}
         auc, emb_drift, _ = self.embedding_method(frame[EMB_COLUMNS].copy(), self.ref_frame[EMB_COLUMNS].copy())
         dataset_drift = bool(share >= 0.5)
         return {"alarm": dataset_drift or bool(emb_drift), "dataset_drift": dataset_drift,
@@ -220,7 +225,8 @@ def run_once(traffic: dict, seed: int, windows: int, change_at: int, after: int,
             t = time.perf_counter()
             e = ev.check(run.frame(pairs, shift))
             timings["evidently"].append(time.perf_counter() - t)
-            out.update(evidently=e["alarm"], evidently_parts=[k for k in ("dataset_drift", "embedding_drift") if e[k]])
+            out.update(evidently=e["alarm"], evidently_parts=[k for k in ("dataset_drift", "embedding_drift") if e[k]],
+                       evidently_columns=[c for c, v in e["columns"].items() if v["drifted"]])
         return out
 
     base = [run.draw() for _ in range(max(windows, change_at))]
@@ -291,6 +297,15 @@ def summarize(runs: list[dict], change_at: int, settings, detectors: list[str]) 
         out[scenario] = row
     clean = [w for r in runs for w in r["scenarios"]["none"]]
     out["none"]["ours_window_alarms_per_100"] = 100.0 * sum(w["ours"] for w in clean) / len(clean)
+    out["none"]["ours_tests_alarming_per_100"] = {
+        t: 100.0 * sum(t in w["ours_tests"] for w in clean) / len(clean)
+        for t in ("psi", "ks", "wasserstein", "expected_accuracy_drop", "classifier_auc", "mmd")}
+    if "evidently" in detectors:
+        out["none"]["evidently_parts_per_100"] = {
+            part: 100.0 * sum(part in w["evidently_parts"] for w in clean) / len(clean)
+            for part in ("dataset_drift", "embedding_drift")}
+        out["none"]["evidently_columns_drifting_per_100"] = {
+            c: 100.0 * sum(c in w["evidently_columns"] for w in clean) / len(clean) for c in ("score", "p_a")}
     return out
 
 

@@ -60,8 +60,8 @@ class Service:
             raise RuntimeError(f"the service did not start: {line}")
         self.url = match.group(0)
 
-    def wait_for(self, artifact: str | None = None, timeout: float = 60) -> dict:
-        """/readyz once it answers 200 (serving ``artifact`` in production or canary when given)."""
+    def wait_for(self, artifact: str | None = None, alias: str = "production", timeout: float = 60) -> dict:
+        """/readyz once it answers 200 (serving ``artifact`` as ``alias`` when given)."""
         import httpx
 
         deadline = time.monotonic() + timeout
@@ -69,8 +69,8 @@ class Service:
             try:
                 r = httpx.get(self.url + "/readyz", timeout=5)
                 doc = r.json()
-                served = {(doc.get(a) or {}).get("artifact_id") for a in ("production", "canary")}
-                if r.status_code == 200 and (artifact is None or artifact in served):
+                served = (doc.get(alias) or {}).get("artifact_id")
+                if r.status_code == 200 and (artifact is None or artifact == served):
                     return doc
             except Exception:  # noqa: BLE001, S110 - not up yet
                 pass
@@ -103,8 +103,8 @@ def run_loop(definitions: Any, instance: Any, storage: Storage, release_run_conf
         cursors[sensor] = t.cursor
         carry_out(t, instance, definitions, run_configs={"release_chain": release_run_config}, base_config=quiet)
         for request, run in zip(t.run_requests, t.runs):
-            what = request.tags.get("rlhf/action", request.job_name)
-            line = f"{sensor}: {what} → {request.job_name} {request.partition_key} " + \
+            what = request.tags.get("rlhf/action") or request.tags.get("rlhf/trigger", "run")
+            line = f"{sensor}: {what} → {run.job_def.name} {request.partition_key} " + \
                    ("succeeded" if run.success else "FAILED")
             story.append(line)
             progress("  " + line)
@@ -122,6 +122,9 @@ def run_loop(definitions: Any, instance: Any, storage: Storage, release_run_conf
     def holder(alias: str) -> str | None:
         return (registry.current(alias) or {}).get("release")
 
+    # the demo ran the data pillar for its first days itself: the landing sensor starts from a cursor that has seen
+    # those files (its first evaluation, whose requests are not carried out), so only new files request runs
+    cursors["landing_sensor"] = evaluate("landing_sensor", instance, None, definitions).cursor
     service = Service(storage)
     try:
         progress(f"serving on {service.url} (rlhf serve, following the registry) …")
@@ -144,7 +147,7 @@ def run_loop(definitions: Any, instance: Any, storage: Storage, release_run_conf
         retrained = holder("canary") if holder("canary") != holder("production") else None
         if retrained:
             canary = registry.current("canary")
-            service.wait_for(canary["artifacts"]["reward_model"])
+            service.wait_for(canary["artifacts"]["reward_model"], "canary")
             progress(f"release {retrained} is canary: live traffic and audits on it …")
             traffic("none", 2500, seed=3)
             tick("drift_sensor")

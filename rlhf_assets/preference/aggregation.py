@@ -97,12 +97,23 @@ def _shares(votes: np.ndarray) -> np.ndarray:
     return np.divide(votes, total, out=np.full_like(votes, 1.0 / len(votes)), where=total > 0)
 
 
+def _confusion_counts(post, items, cell, n_workers, out=None):
+    """n[w, k, l]: the posterior mass of class k on the rows where worker w answered l (added to ``out``)."""
+    k = post.shape[0]
+    counts = np.zeros((n_workers, k, k)) if out is None else out
+    for c in range(k):
+        counts[:, c, :] += np.bincount(cell, weights=np.take(post[c], items), minlength=n_workers * k).reshape(-1, k)
+    return counts
+
+
 def _m_step(post, items, cell, observed, n_workers, shrinkage):
     """Confusion counts n[w, k, l] and the normalised (shrunk) confusion matrices."""
-    k = post.shape[0]
-    counts = np.empty((n_workers, k, k))
-    for c in range(k):
-        counts[:, c, :] = np.bincount(cell, weights=np.take(post[c], items), minlength=n_workers * k).reshape(-1, k)
+    return _normalise(_confusion_counts(post, items, cell, n_workers), observed, shrinkage)
+
+
+def _normalise(counts, observed, shrinkage):
+    """(counts, confusion matrices, their logs) from the confusion counts; see the module docstring."""
+    k = counts.shape[1]
     if shrinkage > 0:
         pooled = counts.sum(axis=0)
         totals = pooled.sum(axis=1, keepdims=True)
@@ -128,14 +139,27 @@ def _e_step(log_conf, log_prior, items, cell, out):
     return out
 
 
-def _fit(items, cell, post, n_workers, max_iter, tol, shrinkage) -> AggregationResult:
-    """EM from initial posteriors ``post`` (K, n_items); ``cell`` = worker * K + label for each row."""
+def _check_options(max_iter, tol, shrinkage) -> None:
     if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
         raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
     if not tol > 0:
         raise ValueError(f"tol must be > 0, got {tol!r}")
     if not shrinkage >= 0:
         raise ValueError(f"shrinkage must be >= 0 (a pseudo-count), got {shrinkage!r}")
+
+
+def _neg_entropy(post) -> float:
+    """sum over items and classes of q log q, with crowd-kit's floor (the H(q) term of the evidence bound)."""
+    total = 0.0
+    for row in post:
+        clipped = np.maximum(row, _EPS)
+        total += clipped @ np.log(clipped)
+    return total
+
+
+def _fit(items, cell, post, n_workers, max_iter, tol, shrinkage) -> AggregationResult:
+    """EM from initial posteriors ``post`` (K, n_items); ``cell`` = worker * K + label for each row."""
+    _check_options(max_iter, tol, shrinkage)
     k, n_items = post.shape
     observed = (np.bincount(cell, minlength=n_workers * k) > 0).reshape(n_workers, 1, k)
     n_votes = np.bincount(items, minlength=n_items).astype(np.float64)
@@ -148,10 +172,7 @@ def _fit(items, cell, post, n_workers, max_iter, tol, shrinkage) -> AggregationR
         priors = post.mean(axis=1)
         counts, conf, log_conf = _m_step(post, items, cell, observed, n_workers, shrinkage)
         # Evidence lower bound per label, as crowd-kit computes it: E_q[log p(z) + log p(labels | z)] + H(q).
-        elbo = np.sum(counts * log_conf) + np.log(np.maximum(priors, _EPS)) @ (post @ n_votes)
-        for row in post:
-            clipped = np.maximum(row, _EPS)
-            elbo -= clipped @ np.log(clipped)
+        elbo = np.sum(counts * log_conf) + np.log(np.maximum(priors, _EPS)) @ (post @ n_votes) - _neg_entropy(post)
         new_loss, previous = float(elbo) / len(items), loss
         loss = new_loss
         if new_loss - previous < tol:

@@ -7,6 +7,12 @@ Layout (DESIGN.md):
     <root>/artifacts/sha256/<digest>/             model artifacts
     <root>/registry/                              aliases and history
 
+On ``s3://`` roots every write (and every read through this class) goes through :func:`with_retries`: bounded
+attempts with exponential backoff and jitter (StorageSettings, from ``$RLHF_STORAGE_CONFIG``), then a
+:class:`StorageUnavailable` that names the path. The S3 client's own retries are turned off so that this is the
+one retry policy, and its listing cache too: sensors and the service run for days in one process and must see the
+files other processes add.
+
 No Dagster here: the IO manager and resources in ``defs/`` wrap this.
 """
 
@@ -16,22 +22,93 @@ import hashlib
 import io
 import json
 import os
+import random
+import time
 import uuid
 from collections.abc import Callable
-from typing import Any, BinaryIO
+from typing import Annotated, Any, BinaryIO, TypeVar
 
 import polars as pl
+from pydantic import Field
 from upath import UPath
+
+from rlhf_assets.config_schema import FileConfig, settings
 
 DEFAULT_ROOT = ".rlhf"
 ROOT_ENV = "RLHF_STORAGE_ROOT"
 S3_ENDPOINT_ENV = "RLHF_S3_ENDPOINT_URL"
+CONFIG_ENV = "RLHF_STORAGE_CONFIG"
 
 LOCAL_PROTOCOLS = ("", "file", "local")
 
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+Seconds = Annotated[float, Field(gt=0)]
+T = TypeVar("T")
+
+
+@settings
+class StorageSettings(FileConfig):
+    """How an object-store root (s3://) rides out an outage: every write (and every read through Storage) is tried
+    ``attempts`` times, waiting ``backoff_s``, then twice as long each time (up to ``backoff_max_s``), each wait
+    drawn between half and all of that (jitter, so many writers do not retry in step)."""
+
+    attempts: Annotated[int, Field(ge=1)] = 6
+    """Tries of one S3 operation before it fails with StorageUnavailable (1: no retry)."""
+    backoff_s: Seconds = 0.5
+    """Wait before the second try; it doubles after every failed try."""
+    backoff_max_s: Seconds = 8.0
+    """Longest wait between two tries (the defaults give up after about 15 s)."""
+    connect_timeout_s: Seconds = 5.0
+    """How long one try waits to connect to the store."""
+    read_timeout_s: Seconds = 60.0
+    """How long one try waits for the store to answer."""
+
+    CONFIG_LABEL = "storage"
+
+
+def storage_settings_from_env() -> StorageSettings:
+    """StorageSettings from the JSON/YAML file ``$RLHF_STORAGE_CONFIG`` names, else the defaults."""
+    path = os.environ.get(CONFIG_ENV)
+    return StorageSettings.from_file(path) if path else StorageSettings()
+
+
+class StorageUnavailable(OSError):
+    """The store did not take (or give) a file after every retry; the message names the path and the last error."""
+
+
+#: Errors that say the request was refused for good; anything else from the store is worth another try.
+PERMANENT_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError,
+                    ValueError, TypeError)
+
+
+def with_retries(what: str, path: Any, operation: Callable[[], T], policy: StorageSettings,
+                 sleep: Callable[[float], None] = time.sleep) -> T:
+    """``operation()``, retried on transient errors with exponential backoff and jitter; then StorageUnavailable."""
+    wait, started = policy.backoff_s, time.monotonic()
+    for attempt in range(1, policy.attempts + 1):
+        try:
+            return operation()
+        except PERMANENT_ERRORS:
+            raise
+        except Exception as exc:  # noqa: BLE001 - connection refused, timeouts, 5xx, throttling: all transient
+            if attempt == policy.attempts:
+                raise StorageUnavailable(
+                    f"could not {what} {path}: the store failed {attempt} time(s) over "
+                    f"{time.monotonic() - started:.1f} s; last error: {type(exc).__name__}: {exc}") from exc
+            sleep(random.uniform(wait / 2, wait))
+            wait = min(wait * 2, policy.backoff_max_s)
+    raise AssertionError("unreachable")
+
+
+def s3_client_options(policy: StorageSettings) -> dict[str, Any]:
+    """s3fs options that leave retrying to :func:`with_retries` and always list afresh (see the module doc)."""
+    return {"use_listings_cache": False,
+            "config_kwargs": {"connect_timeout": policy.connect_timeout_s, "read_timeout": policy.read_timeout_s,
+                              "retries": {"total_max_attempts": 1}}}
 
 
 def storage_options_from_env() -> dict[str, Any]:
@@ -79,9 +156,13 @@ def atomic_write_local(target: str | os.PathLike[str], data: bytes | Callable[[B
 class Storage:
     """Paths under one storage root plus the few operations the pipeline needs, for local and s3 roots alike."""
 
-    def __init__(self, root: str | os.PathLike[str], storage_options: dict[str, Any] | None = None):
+    def __init__(self, root: str | os.PathLike[str], storage_options: dict[str, Any] | None = None,
+                 policy: StorageSettings | None = None):
         root = str(root)
+        self.policy = policy or storage_settings_from_env()
         self.storage_options = dict(storage_options or {})
+        if root.startswith(("s3://", "s3a://")):
+            self.storage_options = {**s3_client_options(self.policy), **self.storage_options}
         if "://" in root:
             self.root = UPath(root, **self.storage_options)
         else:
@@ -136,16 +217,31 @@ class Storage:
         """Write atomically and return the sha256 of the bytes.
 
         Local: write a hidden temporary file beside the target, fsync, then rename over it. S3: a single PUT,
-        which is atomic by itself. Either way no reader ever sees a partial file under the final name.
+        which is atomic by itself (retried as a whole). Either way no reader ever sees a partial file under the
+        final name.
         """
         if self.is_local:
             atomic_write_local(path, data)
         else:
-            path.write_bytes(data)
+            self.retrying("write", path, lambda: path.fs.pipe_file(path.path, data))
         return sha256_bytes(data)
 
     def read_bytes(self, path: UPath) -> bytes:
-        return path.read_bytes()
+        if self.is_local:
+            return path.read_bytes()
+        return self.retrying("read", path, lambda: path.fs.cat_file(path.path))
+
+    def put_file(self, local: str | os.PathLike[str], path: UPath) -> None:
+        """Upload a local file to an object-store path (one PUT, or a multipart upload completed as a whole)."""
+        self.retrying("upload", path, lambda: path.fs.put_file(os.fspath(local), path.path))
+
+    def get_file(self, path: UPath, local: str | os.PathLike[str]) -> None:
+        """Download an object-store path to a local file."""
+        self.retrying("download", path, lambda: path.fs.get_file(path.path, os.fspath(local)))
+
+    def retrying(self, what: str, path: UPath, operation: Callable[[], T]) -> T:
+        """``operation`` under this root's retry policy (:func:`with_retries`)."""
+        return with_retries(what, path, operation, self.policy)
 
     def write_json(self, path: UPath, obj: Any) -> str:
         return self.write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
@@ -179,8 +275,8 @@ class Storage:
             os.makedirs(os.path.dirname(os.fspath(dst)), exist_ok=True)
             os.replace(os.fspath(src), os.fspath(dst))
         else:
-            self.write_bytes(dst, src.read_bytes())
-            src.unlink()
+            self.write_bytes(dst, self.read_bytes(src))
+            self.retrying("delete", src, lambda: src.fs.rm_file(src.path))
 
 
 def table_manifest(asset: str, partition: str | None, sha256: str, rows: int, columns: list[str],

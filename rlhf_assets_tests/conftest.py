@@ -28,23 +28,53 @@ def dagster_instance():
 # S3 on loopback (moto server) ----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def s3_endpoint(monkeypatch):
-    pytest.importorskip("moto")
-    from moto.server import ThreadedMotoServer
+class MotoOnLoopback:
+    """moto's S3 server on a loopback port, which a test can stop (an outage) and start again on the same port.
+    moto keeps its buckets in this process's backends, so what was stored before the outage is there after it."""
 
+    def __init__(self):
+        from moto.server import ThreadedMotoServer
+
+        self._server_class = ThreadedMotoServer
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self.server.start()
+        self.host, self.port = self.server.get_host_and_port()
+        self.running = True
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def stop(self) -> None:
+        if self.running:
+            self.server.stop()
+            self.running = False
+
+    def start(self) -> None:
+        if not self.running:
+            self.server = self._server_class(ip_address=self.host, port=self.port, verbose=False)
+            self.server.start()
+            self.running = True
+
+
+@pytest.fixture
+def moto_server(monkeypatch):
+    pytest.importorskip("moto")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
+    server = MotoOnLoopback()
     try:
-        host, port = server.get_host_and_port()
-        yield f"http://{host}:{port}"
+        yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def s3_endpoint(moto_server):
+    return moto_server.endpoint
 
 
 @pytest.fixture

@@ -15,7 +15,10 @@ Atomicity — a reader never sees half an artifact:
 - local roots: the payload is copied into a hidden temporary directory next to the final one, fsynced, and
   ``os.rename``-d to ``<digest>`` (if it already exists the content is identical by construction: nothing to do);
 - ``s3://`` roots: the payload is uploaded under the final prefix and ``manifest.json`` is written LAST, as the
-  commit marker. Readers treat a prefix without ``manifest.json`` as absent.
+  commit marker. Readers treat a prefix without ``manifest.json`` as absent, and only read the files the manifest
+  names (checking their sha256). Every upload is retried through the storage root's policy
+  (rlhf_assets/storage.py); if the store stays down the put fails with StorageUnavailable naming the file, the
+  manifest is never written, and a later put of the same directory uploads it all again and commits it.
 
 Model weights are safetensors only; nothing in the store is ever unpickled. No Dagster here.
 """
@@ -196,9 +199,8 @@ class ArtifactStore:
 
     def _put_remote(self, src: Path, files: list[dict[str, Any]], digest: str, manifest_bytes: bytes) -> None:
         final = self.base / digest
-        fs = final.fs
         for f in files:
-            fs.put_file(os.fspath(src / f["path"]), (final / f["path"]).path)
+            self.storage.put_file(src / f["path"], final / f["path"])
         self.storage.write_bytes(final / MANIFEST, manifest_bytes)  # commit marker, written last
         self._fill_cache(src, files, digest, manifest_bytes)
 
@@ -230,7 +232,7 @@ class ArtifactStore:
 
     def manifest(self, artifact_id: str) -> dict[str, Any]:
         artifact_id = self.resolve_id(artifact_id)
-        return json.loads((self.base / artifact_id / MANIFEST).read_bytes())
+        return json.loads(self.storage.read_bytes(self.base / artifact_id / MANIFEST))
 
     def ref(self, artifact_id: str) -> ArtifactRef:
         m = self.manifest(artifact_id)
@@ -252,7 +254,7 @@ class ArtifactStore:
             for f in manifest["files"]:
                 dst = tmp / f["path"]
                 dst.parent.mkdir(parents=True, exist_ok=True)
-                remote.fs.get_file((remote / f["path"]).path, os.fspath(dst))
+                self.storage.get_file(remote / f["path"], dst)
                 if file_sha256(dst) != f["sha256"]:
                     raise OSError(f"{remote / f['path']}: sha256 does not match the manifest")
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")

@@ -3,13 +3,16 @@
 Rows are appended to a bounded buffer by the request path (never blocking it: a full buffer drops the row and counts
 it) and written by a background thread as Parquet files, atomically, under
 ``<root>/serving-logs/reward-model/date=YYYY-MM-DD/`` — one file per flush, at most ``log_flush_rows`` rows, at least
-every ``log_flush_s`` seconds, and once more on shutdown. A write that fails (the store is down) keeps its rows in
-the buffer for the next flush, so nothing already accepted is lost while the buffer has room.
+every ``log_flush_s`` seconds, and once more on shutdown. A write that fails (the store is down, after the storage
+root's retries) keeps its rows in the buffer for the next flush, so nothing already accepted is lost while the
+buffer has room; requests go on being served meanwhile. The next flush writes the same rows to the same file name
+first, so a write whose answer was lost but which did land is overwritten with the same bytes, never duplicated.
 """
 
 from __future__ import annotations
 
 import io
+import sys
 import threading
 import time
 import uuid
@@ -61,6 +64,7 @@ class ServingLog:
         self._wake = threading.Event()
         self._stopping = False
         self.files: list[str] = []
+        self._pending: tuple[Any, int] | None = None  # (path, rows) of a file that failed: retried as it was
         self._thread = threading.Thread(target=self._loop, name="serving-log", daemon=True)
         self._thread.start()
 
@@ -99,31 +103,38 @@ class ServingLog:
 
     def _flush_once(self, final: bool = False) -> bool:
         """Write one file of at most flush_rows rows; True when a full file was written and more may wait."""
-        with self._lock:
-            n = min(len(self._rows), self.flush_rows)
+        with self._lock:  # only this thread removes rows, from the left: the first n stay the same rows
+            path, n = self._pending or (None, min(len(self._rows), self.flush_rows))
             rows = [self._rows[i] for i in range(n)]
         if not rows:
             return False
+        path = path or self._new_path()
         try:
-            self._write(rows)
-        except Exception:  # noqa: BLE001 - the store is down: keep the rows for the next flush
+            self._write(path, rows)
+        except Exception as exc:  # noqa: BLE001 - the store is down: keep the rows for the next flush
+            self._pending = (path, n)
             self.on_outcome("failed", len(rows))
-            if not final:
+            if final:
+                print(f"serving log: {self.buffered} buffered row(s) could not be written at shutdown: {exc}",
+                      file=sys.stderr, flush=True)
+            else:
                 time.sleep(min(self.flush_s, 1.0))
             return False
         with self._lock:
             for _ in range(n):
                 self._rows.popleft()
+            self._pending = None
         self.on_outcome("written", n)
         return n == self.flush_rows
 
-    def _write(self, rows: list[dict[str, Any]]) -> None:
-        frame = pl.DataFrame(rows, schema=LOG_SCHEMA)
+    def _new_path(self) -> Any:
         now = datetime.now(UTC)
-        path = self.storage.path(*LOG_DIR, f"date={now:%Y-%m-%d}",
-                                 f"part-{now:%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet")
+        name = f"part-{now:%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
+        return self.storage.path(*LOG_DIR, f"date={now:%Y-%m-%d}", name)
+
+    def _write(self, path: Any, rows: list[dict[str, Any]]) -> None:
         buffer = io.BytesIO()
-        frame.write_parquet(buffer)
+        pl.DataFrame(rows, schema=LOG_SCHEMA).write_parquet(buffer)
         self.storage.write_bytes(path, buffer.getvalue())
         self.files.append(str(path))
 

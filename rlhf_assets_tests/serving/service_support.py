@@ -27,13 +27,14 @@ PLATT = {"method": "platt", "slope": 2.5, "intercept": -0.3}
 
 @dataclass
 class ServeStore:
-    root: Path
+    root: Path | str                  # a directory, or an s3:// uri (then storage_options name the endpoint)
     rm: list[str]                     # two tiny reward models (seeds 0 and 1)
     calibration: str                  # a Platt calibration of rm[0]
+    storage_options: dict | None = None
 
     @property
     def storage(self) -> Storage:
-        return Storage(str(self.root))
+        return Storage(str(self.root), self.storage_options)
 
     def promote(self, release: str, rm: str, calibration: str | None = None, *, alias: str = "production",
                 share: float | None = None, action: str = "promote") -> None:
@@ -42,12 +43,12 @@ class ServeStore:
                                          share=share)
 
 
-def make_store(root: Path, max_length: int = 64) -> ServeStore:
+def make_store(root: Path | str, max_length: int = 64, storage_options: dict | None = None) -> ServeStore:
     from rlhf_assets.reward.artifact import save_reward_model
     from rlhf_assets.reward.config import RMConfig
     from rlhf_assets.reward.network import build_reward_net
 
-    store = ArtifactStore(Storage(str(root)))
+    store = ArtifactStore(Storage(str(root), storage_options))
     ids = []
     for seed in (0, 1):
         cfg = RMConfig(preset="tiny", max_length=max_length, seed=seed)
@@ -58,7 +59,7 @@ def make_store(root: Path, max_length: int = 64) -> ServeStore:
     with tempfile.TemporaryDirectory() as d:
         (Path(d) / "calibration.json").write_text(json.dumps({"calibrator": PLATT}))
         cal = store.put_dir(d, kind="calibration", manifest={"parent_ids": [ids[0]]}).id
-    return ServeStore(root, ids, cal)
+    return ServeStore(root, ids, cal, storage_options)
 
 
 @dataclass
@@ -80,8 +81,8 @@ class Server:
 def start_server(store: ServeStore, *args: str, token: str | None = TOKEN, wait_ready: bool = True,
                  env: dict | None = None) -> Server:
     """`python -m rlhf_assets.serving.server --port 0 …` against the store; waits for /readyz."""
-    environment = subprocess_env(RLHF_STORAGE_ROOT=str(store.root), RLHF_ONNX_CACHE=str(store.root / "onnx"),
-                                 **(env or {}))
+    environment = subprocess_env(**{"RLHF_STORAGE_ROOT": str(store.root),
+                                    "RLHF_ONNX_CACHE": str(Path(store.root) / "onnx"), **(env or {})})
     environment.pop("RLHF_SERVE_TOKEN", None)
     if token:
         environment["RLHF_SERVE_TOKEN"] = token

@@ -75,6 +75,17 @@ class SequenceBatch:
         return SequenceBatch(self.input_ids[index], self.attention_mask[index], self.response_mask[index],
                              self.prompt_len)
 
+    def widened(self, prompt_len: int, response_len: int, pad_id: int) -> SequenceBatch:
+        """The same rows in a wider layout (prompts left-padded to ``prompt_len``, responses right-padded to
+        ``response_len``): what a batch holding more rows would have looked like."""
+        left, right = prompt_len - self.prompt_len, response_len - self.response_mask.shape[1]
+        if left < 0 or right < 0:
+            raise ValueError("a batch can only be widened")
+        F = torch.nn.functional
+        return SequenceBatch(F.pad(self.input_ids, (left, right), value=pad_id),
+                             F.pad(self.attention_mask, (left, right), value=0),
+                             F.pad(self.response_mask, (0, right), value=0), prompt_len)
+
     def to(self, device: torch.device | str) -> SequenceBatch:
         return SequenceBatch(self.input_ids.to(device), self.attention_mask.to(device),
                              self.response_mask.to(device), self.prompt_len)

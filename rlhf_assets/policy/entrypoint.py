@@ -12,6 +12,13 @@ JSON record (or a bare calibrator dict); without it the raw reward-model score i
 with the same ``--out`` resumes from its last checkpoint. Each command prints one JSON summary line at the end;
 under Dagster Pipes (rank 0) progress goes to the run's logs and the result, metrics and plots to the
 materialization (rlhf_assets/training_process.py). Exit codes: 0 success, 2 bad input.
+
+On N processes, the same command under torchrun (policy/distributed.py; ``--out`` on storage every rank sees)::
+
+    torchrun --nproc-per-node N -m rlhf_assets.policy.entrypoint ppo ...
+
+Rank 0 logs, reports to Dagster, writes checkpoints and the artifact and prints the summary; a checkpoint written
+by any N resumes on any other N.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhf_assets.policy.config import PPOConfig, SFTConfig
+from rlhf_assets.policy.distributed import process_group
 from rlhf_assets.training_process import Command, Process, png_markdown, run_commands
 
 
@@ -47,7 +55,10 @@ def _sft(args: argparse.Namespace, config: SFTConfig, process: Process) -> dict[
 
     rows = read_jsonl(args.data, ("prompt", "response"))
     val = read_jsonl(args.val_data, ("prompt", "response")) if args.val_data else []
-    r = train_sft(config, rows, args.out, val_rows=val, dataset_id=args.dataset_id, log=process.logger)
+    with process_group():
+        r = train_sft(config, rows, args.out, val_rows=val, dataset_id=args.dataset_id, log=process.logger)
+    if not process.is_rank_zero:
+        return None
     process.report({"artifact_id": r.artifact_id, "artifact_uri": r.artifact_uri, "global_step": r.global_step,
                     "tokens_per_s": float(r.tokens_per_s), "wall_time_s": float(r.wall_time_s),
                     "resumed_from_step": -1 if r.resumed_from_step is None else r.resumed_from_step,
@@ -81,8 +92,12 @@ def _ppo(args: argparse.Namespace, config: PPOConfig, process: Process) -> dict[
     eval_prompts = [r["prompt"] for r in read_jsonl(args.eval_prompts, ("prompt",))]
     sft_rows = read_jsonl(args.sft_data, ("prompt", "response")) if args.sft_data else []
     parents = list(args.parents) or [Path(sft_dir).name, Path(rm_dir).name]
-    r = train_ppo(config, sft_dir, rm_dir, prompts, eval_prompts, args.out, calibrator=_calibrator(args.calibration),
-                  sft_rows=sft_rows, dataset_id=args.dataset_id, parent_ids=parents, log=process.logger)
+    with process_group():
+        r = train_ppo(config, sft_dir, rm_dir, prompts, eval_prompts, args.out,
+                      calibrator=_calibrator(args.calibration), sft_rows=sft_rows, dataset_id=args.dataset_id,
+                      parent_ids=parents, log=process.logger)
+    if not process.is_rank_zero:
+        return None
     if process.pipes is not None:
         cfg = config.resolved()
         last = r.history[-1] if r.history else {}

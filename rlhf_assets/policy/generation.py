@@ -1,8 +1,11 @@
-"""Sampling responses from the policy with a KV cache and an explicit torch.Generator (so rollouts are exactly
-reproducible and resumable: the generator's state is part of the checkpoint)."""
+"""Sampling responses from the policy with a KV cache and explicit torch.Generators (so rollouts are exactly
+reproducible and resumable): one generator for the batch (its state is part of a checkpoint), or one per row (each
+seeded from what the row is, so a row's sample does not depend on which other rows share its batch — how PPO's
+rollouts come out the same on any number of processes)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -19,8 +22,13 @@ class Samples:
 
 @torch.no_grad()
 def sample(lm: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int,
-           eos_id: int, pad_id: int, generator: torch.Generator, temperature: float = 1.0) -> Samples:
-    """Sample up to ``max_new_tokens`` per left-padded prompt; stops early when every row has emitted EOS."""
+           eos_id: int, pad_id: int, generator: torch.Generator | Sequence[torch.Generator],
+           temperature: float = 1.0) -> Samples:
+    """Sample up to ``max_new_tokens`` per left-padded prompt; stops early when every row has emitted EOS.
+    ``generator``: one for the whole batch, or a sequence of one per row."""
+    per_row = not isinstance(generator, torch.Generator)
+    if per_row and len(generator) != prompt_ids.shape[0]:
+        raise ValueError(f"{len(generator)} generators for {prompt_ids.shape[0]} rows")
     B = prompt_ids.shape[0]
     device = prompt_ids.device
     attn = prompt_mask.clone()
@@ -32,7 +40,12 @@ def sample(lm: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Ten
     tokens, masks = [], []
     for step in range(max_new_tokens):
         probs = torch.softmax(logits.float() / temperature, -1)
-        tok = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(device)
+        if per_row:
+            cpu = probs.cpu()
+            tok = torch.cat([torch.multinomial(cpu[i:i + 1], 1, generator=g) for i, g in enumerate(generator)])
+            tok = tok.squeeze(1).to(device)
+        else:
+            tok = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(device)
         real = ~finished
         tok = torch.where(real, tok, torch.full_like(tok, pad_id))
         tokens.append(tok)

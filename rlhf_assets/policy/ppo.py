@@ -2,9 +2,10 @@
 
 One step:
 
-1. Rollout — sample one response per training prompt (policy/generation.py), score it with the calibrated
-   reward model (+ ``no_eos_penalty`` when it hit the cap), and run the policy, its value head and the frozen
-   reference over the full sequences for old log-probs, old values and reference log-probs.
+1. Rollout — sample one response per training prompt (policy/generation.py; each prompt's own generator, seeded
+   from (seed, step, its position in the rollout)), score it with the calibrated reward model (+ ``no_eos_penalty``
+   when it hit the cap), and run the policy, its value head and the frozen reference over the full sequences for
+   old log-probs, old values and reference log-probs.
 2. KL budget — the rollout's mean sequence KL(π‖π_ref) is measured on the policy that produced it. Over budget:
    "reject" restores the weights from before the previous update and doubles β; "stop" ends the run. Recorded.
 3. Rewards — reward normalization (running mean/std of scores), then per-token −β·KL with the score on the last
@@ -20,6 +21,16 @@ One step:
    resumes from it; on CPU the result is bit-identical to an uninterrupted run.
 
 The stored artifact is the selected (best) checkpoint, not the last step.
+
+On N processes (``torchrun``; policy/distributed.py) the rollout's prompts are split across the ranks: each samples,
+scores and runs the forward passes of its share, then the ranks exchange the rollout (token ids and per-token
+numbers: small next to the models), so β, the KL budget, reward normalization, GAE and advantage whitening see
+the global batch, as on one process. The update shuffles the global rollout with the generator every rank advances
+alike; each micro-batch is split across the ranks, each rank's loss is its rows' share of the micro-batch's token
+mean (times N: DDP averages gradients), so the averaged gradient is the one-process gradient; the SFT mix is split
+the same way. Every rank evaluates the held-out prompts (they would otherwise wait for rank 0); rank 0 writes the
+checkpoints, metrics and the artifact. The result matches one process up to the order of float reductions, and a
+checkpoint resumes on any N.
 """
 
 from __future__ import annotations
@@ -38,6 +49,7 @@ import numpy as np
 import torch
 
 from rlhf_assets.code_version import code_version
+from rlhf_assets.policy import distributed
 from rlhf_assets.policy.artifacts import load_policy
 from rlhf_assets.policy.config import PPOConfig
 from rlhf_assets.policy.data import collate, encode_prompt, encode_response, join, left_pad
@@ -140,11 +152,16 @@ class PPOTrainer:
                               encode_response(self.tok, r["response"], cfg.max_new_tokens)) for r in sft_rows]
         if cfg.sft_mix_share > 0 and not self.sft_examples:
             raise ValueError("sft_mix_share > 0 needs SFT examples (--sft-data)")
+        self.world = distributed.world_size()
+        if cfg.rollout_prompts % self.world:
+            raise ValueError(f"rollout_prompts={cfg.rollout_prompts} must be a multiple of the number of processes "
+                             f"({self.world}): each process samples an equal share")
+        self.model = distributed.ddp(self.policy)  # what the update runs forward/backward (self.policy on 1 process)
         self.optimizer = adamw(self.policy.parameters(), cfg.lr)
         ctl = AdaptiveKLController if cfg.adaptive_kl else FixedKLController
         self.kl_ctl = ctl(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon)
         self.moments = RunningMoments()
-        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.gen = torch.Generator().manual_seed(cfg.seed)  # minibatch order, SFT-mix picks (alike on every rank)
         self.step = 0
         self.history: list[dict] = []
         self.evals: list[dict] = []
@@ -226,9 +243,17 @@ class PPOTrainer:
         self.policy.train()
         return join(p_ids, p_mask, samples.response_ids, samples.response_mask), samples, elapsed
 
-    def rollout(self, prompt_index: Sequence[int]) -> Rollout:
+    def rollout_generators(self, positions: Sequence[int]) -> list[torch.Generator]:
+        """One generator per rollout position, seeded from (seed, step, position): a prompt's sample is the same
+        whichever process, and whichever other prompts, it is sampled with."""
+        return [torch.Generator().manual_seed(int(np.random.SeedSequence([self.cfg.seed, self.step, int(j)])
+                                                  .generate_state(1, np.uint64)[0])) for j in positions]
+
+    def rollout(self, prompt_index: Sequence[int], positions: Sequence[int] | None = None) -> Rollout:
+        """The rollout of the prompts ``prompt_index`` (at ``positions`` of the step's rollout; default 0, 1, …)."""
+        positions = range(len(prompt_index)) if positions is None else positions
         ids = [self.prompt_ids[i] for i in prompt_index]
-        batch, samples, gen_time = self._sample(ids, self.gen)
+        batch, samples, gen_time = self._sample(ids, self.rollout_generators(positions))
         texts = self._texts(samples)
         scores = self.proxy([self.prompts[i] for i in prompt_index], texts, samples.ended.cpu().numpy())
         self.policy.eval()
@@ -239,6 +264,23 @@ class PPOTrainer:
         return Rollout(batch, logprobs, ref_logprobs, values, entropy,
                        torch.as_tensor(scores, dtype=torch.float32, device=self.device), samples.ended, n_tokens,
                        gen_time)
+
+    def shared_rollout(self, prompt_index: Sequence[int]) -> Rollout:
+        """The step's rollout: on N processes each samples its contiguous share of the prompts, then every rank
+        gets all of it (re-padded to the widest share: the layout one process would have built)."""
+        if self.world == 1:
+            return self.rollout(prompt_index)
+        positions, _ = distributed.shard(range(len(prompt_index)))
+        mine = self.rollout([prompt_index[j] for j in positions.tolist()], positions.tolist())
+        P = distributed.all_reduce_max(mine.batch.prompt_len, self.device)
+        R = distributed.all_reduce_max(mine.mask.shape[1], self.device)
+        batch = mine.batch.widened(P, R, self.tok.pad_token_id)
+        wide = lambda t: torch.nn.functional.pad(t, (0, R - t.shape[1]))  # noqa: E731 - per-token numbers
+        gather = distributed.all_gather_rows
+        batch = type(batch)(gather(batch.input_ids), gather(batch.attention_mask), gather(batch.response_mask), P)
+        return Rollout(batch, gather(wide(mine.logprobs)), gather(wide(mine.ref_logprobs)),
+                       gather(wide(mine.values)), gather(wide(mine.entropy)), gather(mine.scores),
+                       gather(mine.ended.to(torch.uint8)).bool(), int(batch.response_mask.sum()), mine.gen_time)
 
     def evaluate(self) -> dict:
         """Held-out prompts, sampled with the same seed at every evaluation; proxy reward, KL, length."""
@@ -263,29 +305,41 @@ class PPOTrainer:
             row[f"{name}_reward"] = float(np.mean(scorer(prompts, texts)))
         return row
 
-    def _minibatch_loss(self, ro: Rollout, adv: torch.Tensor, ret: torch.Tensor, idx: torch.Tensor,
+    def _minibatch_loss(self, ro: Rollout, adv: torch.Tensor, ret: torch.Tensor, micro: torch.Tensor,
                         weight: float) -> dict:
-        cfg, b = self.cfg, ro.batch.rows(idx)
+        """Backward of one micro-batch's loss × ``weight``; on N processes of this rank's share of it (its rows'
+        token sums over the micro-batch's token count, × N for DDP's average). Returns the parts (shares)."""
+        cfg = self.cfg
+        idx, share, n_tokens = micro, 1.0, None
+        if self.world > 1:
+            idx, share = distributed.shard(micro)
+            n_tokens = float(ro.mask[micro].sum())
+        b = ro.batch.rows(idx)
         with autocast(self.device, cfg.precision):  # logits / T: the distribution sampled from
-            logits, values = response_outputs(self.policy, b, cfg.temperature, with_values=True)
+            logits, values = response_outputs(self.model, b, cfg.temperature, with_values=True)
         new_lp = token_logprobs(logits, b.response_ids)
         parts = ppo_loss(new_lp, ro.logprobs[idx], adv[idx], values, ro.values[idx], ret[idx],
                          entropy_from_logits(logits), ro.mask[idx], cfg.clip_coef, cfg.clip_vloss,
-                         cfg.vf_coef, cfg.ent_coef)
-        (parts.loss * weight).backward()
-        self.train_tokens += int(b.attention_mask.sum())
-        return {"pg_loss": float(parts.pg_loss), "value_loss": float(parts.vf_loss),
-                "clip_frac": float(parts.clip_frac), "approx_kl": float(parts.approx_kl),
-                "value_clip_frac": float(parts.value_clip_frac)}
+                         cfg.vf_coef, cfg.ent_coef, n_tokens=n_tokens)
+        (parts.loss * (weight * share * self.world)).backward()
+        self.train_tokens += int(b.attention_mask.sum()) * int(share)
+        return {"pg_loss": float(parts.pg_loss) * share, "value_loss": float(parts.vf_loss) * share,
+                "clip_frac": float(parts.clip_frac) * share, "approx_kl": float(parts.approx_kl) * share,
+                "value_clip_frac": float(parts.value_clip_frac) * share}
 
     def _sft_mix_loss(self, n: int) -> float:
-        """PPO-ptx: the NLL of ``n`` SFT examples joins the minibatch's loss (guards against reward hacking)."""
+        """PPO-ptx: the NLL of ``n`` SFT examples joins the minibatch's loss (guards against reward hacking). On N
+        processes the picks are split like a micro-batch; returns this rank's share of the NLL."""
         pick = torch.randint(len(self.sft_examples), (n,), generator=self.gen).tolist()
-        batch = collate([self.sft_examples[i][0] for i in pick], [self.sft_examples[i][1] for i in pick],
+        rows, share, n_tokens = pick, 1.0, None
+        if self.world > 1:
+            mine, share = distributed.shard(pick)
+            rows, n_tokens = mine.tolist(), float(sum(len(self.sft_examples[i][1]) for i in pick))
+        batch = collate([self.sft_examples[i][0] for i in rows], [self.sft_examples[i][1] for i in rows],
                         self.tok.pad_token_id)
-        nll = response_nll(self.policy, batch, self.device, self.cfg.precision)  # the SFT loss itself
-        nll.backward()
-        return nll.item()
+        nll = response_nll(self.model, batch, self.device, self.cfg.precision, n_tokens)  # the SFT loss itself
+        (nll * (share * self.world)).backward()
+        return nll.item() * share
 
     def update(self, ro: Rollout) -> dict:
         cfg = self.cfg
@@ -299,23 +353,33 @@ class PPOTrainer:
             adv = masked_whiten(adv, ro.mask)
         B = ro.batch.input_ids.shape[0]
         stats: dict[str, list[float]] = {}
-        t = time.perf_counter()
+        t, tokens_before = time.perf_counter(), self.train_tokens
         for _ in range(cfg.update_epochs):
             order = torch.randperm(B, generator=self.gen).to(self.device)
             for s in range(0, B, cfg.minibatch_size):
                 mb = order[s:s + cfg.minibatch_size]
                 self.optimizer.zero_grad(set_to_none=True)
-                for m in range(0, mb.numel(), cfg.micro_batch_size):  # gradient accumulation
-                    micro = mb[m:m + cfg.micro_batch_size]
-                    for k, v in self._minibatch_loss(ro, adv, ret, micro, micro.numel() / mb.numel()).items():
-                        stats.setdefault(k, []).append(v)
+                # Gradient accumulation; on N processes DDP all-reduces once, at the minibatch's last backward.
                 if cfg.sft_mix_share > 0:
-                    stats.setdefault("sft_nll", []).append(
-                        self._sft_mix_loss(max(1, math.ceil(cfg.sft_mix_share * mb.numel()))))
+                    with distributed.no_sync(self.model, True):
+                        stats.setdefault("sft_nll", []).append(
+                            self._sft_mix_loss(max(1, math.ceil(cfg.sft_mix_share * mb.numel()))))
+                starts = range(0, mb.numel(), cfg.micro_batch_size)
+                for m in starts:
+                    micro = mb[m:m + cfg.micro_batch_size]
+                    with distributed.no_sync(self.model, m != starts[-1]):
+                        for k, v in self._minibatch_loss(ro, adv, ret, micro, micro.numel() / mb.numel()).items():
+                            stats.setdefault(k, []).append(v)
                 gn = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
                 stats.setdefault("grad_norm", []).append(float(gn))
                 self.optimizer.step()
         self.train_time += time.perf_counter() - t
+        if self.world > 1:  # the ranks' shares of each micro-batch's parts sum to its parts; grad_norm is global
+            for k, v in stats.items():
+                if k != "grad_norm":
+                    stats[k] = distributed.all_reduce_sum(torch.tensor(v, device=self.device)).tolist()
+            tokens = torch.tensor([self.train_tokens - tokens_before], device=self.device)
+            self.train_tokens = tokens_before + int(distributed.all_reduce_sum(tokens))
         out = {k: float(np.mean(v)) for k, v in stats.items()}
         out["explained_variance"] = explained_variance(ro.values, ret, ro.mask)
         return out
@@ -323,13 +387,12 @@ class PPOTrainer:
     # ---------------------------------------------------------------------------------------------- loop
     def run(self, ckpt_path: Path, metrics_path: Path) -> str | None:
         cfg = self.cfg
-        metrics_log = MetricsLog(metrics_path, self.history)
+        metrics_log = MetricsLog(metrics_path, self.history, write=distributed.is_main())
         if self.step == 0 and not self.evals:
             self._record_eval(self.evaluate())
         stop_reason = None
         while self.step < cfg.steps:
-            index = self.prompt_indices(self.step)
-            ro = self.rollout(index)
+            ro = self.shared_rollout(self.prompt_indices(self.step))
             self.gen_time += ro.gen_time
             self.gen_tokens += ro.gen_tokens
             seq_kl = ro.seq_kl()
@@ -435,7 +498,7 @@ def train_ppo(config: PPOConfig, sft_dir: str | Path, reward_dir: str | Path, pr
     train_tps = trainer.train_tokens / trainer.train_time if trainer.train_time else 0.0
     result = PPOResult(None, None, None, int(best["step"]), best, trainer.history, trainer.evals, trainer.events,
                        stop_reason, resumed_from, rollout_tps, train_tps, 0.0)
-    if store:
+    if store and distributed.is_main():
         manifest = {
             "kind": PPO_KIND, "stage": "ppo", "dataset_id": dataset_id, "code_version": code_version(),
             "config": cfg.to_dict(), "seed": cfg.seed, "parent_ids": list(parent_ids),
@@ -450,6 +513,7 @@ def train_ppo(config: PPOConfig, sft_dir: str | Path, reward_dir: str | Path, pr
         result.artifact_id, result.artifact_uri, result.artifact_dir = ref.id, ref.uri, str(st.get(ref.id))
         result.manifest = st.manifest(ref.id)
         trainer.say(f"artifact {ref.id} (step {result.selected_step}) at {ref.uri}")
+    distributed.barrier()  # the other ranks end once the artifact is stored
     result.wall_time_s = round(time.perf_counter() - t0, 3)
     torch.use_deterministic_algorithms(trainer.deterministic_before)
     return result

@@ -13,8 +13,13 @@ import torch
 import torch.nn.functional as F
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None,
+                n_tokens: float | None = None) -> torch.Tensor:
+    """Mean over the real tokens; ``n_tokens`` divides instead of this mask's count (one rank's share of a mean over
+    a batch split across processes: the ranks' shares sum to the batch's mean)."""
     mask = mask.to(x.dtype)
+    if n_tokens is not None:
+        return (x * mask).sum() / max(n_tokens, 1.0)
     if dim is None:
         return (x * mask).sum() / mask.sum().clamp(min=1.0)
     return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1.0)
@@ -93,25 +98,27 @@ class LossParts:
 def ppo_loss(new_logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
              new_values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, entropy: torch.Tensor,
              mask: torch.Tensor, clip_coef: float, clip_vloss: bool, vf_coef: float,
-             ent_coef: float) -> LossParts:
+             ent_coef: float, n_tokens: float | None = None) -> LossParts:
     """Clipped surrogate + (clipped, with ``clip_vloss``) value loss − entropy bonus, token-level means over real
-    tokens; as CleanRL's ppo.py, with the same names."""
+    tokens; as CleanRL's ppo.py, with the same names. ``n_tokens``: the micro-batch's token count when these rows
+    are one rank's share of it (every part is then that rank's share of the micro-batch's mean)."""
     log_ratio = new_logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
     # Clipped surrogate objective (pessimistic max of the two losses).
     pg_losses = torch.max(-advantages * ratio, -advantages * torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef))
-    pg_loss = masked_mean(pg_losses, mask)
+    pg_loss = masked_mean(pg_losses, mask, n_tokens=n_tokens)
     # Value clipping (clip_vloss): the new value may move at most clip_coef from the rollout's value.
     v_clipped = old_values + torch.clamp(new_values - old_values, -clip_coef, clip_coef)
     v_unclipped = (new_values - returns) ** 2
     vf_losses = torch.max(v_unclipped, (v_clipped - returns) ** 2) if clip_vloss else v_unclipped
-    vf_loss = 0.5 * masked_mean(vf_losses, mask)
-    ent = masked_mean(entropy, mask)
+    vf_loss = 0.5 * masked_mean(vf_losses, mask, n_tokens=n_tokens)
+    ent = masked_mean(entropy, mask, n_tokens=n_tokens)
     loss = pg_loss + vf_coef * vf_loss - ent_coef * ent
     with torch.no_grad():
-        approx_kl = masked_mean((ratio - 1) - log_ratio, mask)  # Schulman's k3 estimator
-        clip_frac = masked_mean(((ratio - 1).abs() > clip_coef).float(), mask)
-        value_clip_frac = (masked_mean((v_unclipped < (v_clipped - returns) ** 2).float(), mask) if clip_vloss
+        approx_kl = masked_mean((ratio - 1) - log_ratio, mask, n_tokens=n_tokens)  # Schulman's k3 estimator
+        clip_frac = masked_mean(((ratio - 1).abs() > clip_coef).float(), mask, n_tokens=n_tokens)
+        value_clip_frac = (masked_mean((v_unclipped < (v_clipped - returns) ** 2).float(), mask, n_tokens=n_tokens)
+                           if clip_vloss
                            else torch.zeros((), device=mask.device))
     return LossParts(loss, pg_loss.detach(), vf_loss.detach(), ent.detach(), approx_kl, clip_frac, value_clip_frac)
 

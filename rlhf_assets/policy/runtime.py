@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from rlhf_assets.policy import distributed
 from rlhf_assets.storage import atomic_write_local
 
 
 def device_for() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """CUDA when there is one (under torchrun: this process's GPU, ``LOCAL_RANK``), else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
 
 
 def autocast(device: torch.device, precision: str):
@@ -53,8 +58,11 @@ def warmup_linear(optimizer: torch.optim.Optimizer, total_steps: int, warmup_rat
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write atomically (streamed to an fsynced temporary, then renamed): a kill -9 leaves the previous checkpoint
-    intact."""
-    atomic_write_local(path, lambda fh: torch.save(state, fh))
+    intact. On N processes rank 0 writes it (every rank holds the same state) and the others wait at a barrier, so
+    no rank runs ahead of the last checkpoint."""
+    if distributed.is_main():
+        atomic_write_local(path, lambda fh: torch.save(state, fh))
+    distributed.barrier()
 
 
 def load_checkpoint(path: Path) -> dict[str, Any] | None:
@@ -66,15 +74,19 @@ def load_checkpoint(path: Path) -> dict[str, Any] | None:
 
 class MetricsLog:
     """``metrics.jsonl``: one JSON line per step, rewritten from the checkpoint's history on resume.
-    ``history`` is appended to in place (it is the caller's list, saved in its checkpoints)."""
+    ``history`` is appended to in place (it is the caller's list, saved in its checkpoints). ``write=False`` (ranks
+    other than 0): the history is kept, the file left alone."""
 
-    def __init__(self, path: Path, history: list[dict]):
-        self.path, self.history = path, history
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(json.dumps(h, sort_keys=True) + "\n" for h in self.history))
+    def __init__(self, path: Path, history: list[dict], write: bool = True):
+        self.path, self.history, self.write = path, history, write
+        if write:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("".join(json.dumps(h, sort_keys=True) + "\n" for h in self.history))
 
     def append(self, row: dict) -> None:
         self.history.append(row)
+        if not self.write:
+            return
         with open(self.path, "a") as fh:
             fh.write(json.dumps(row, sort_keys=True) + "\n")
 

@@ -5,6 +5,10 @@ Loss: mean negative log-likelihood of the RESPONSE tokens only (the prompt is co
 order of epoch e is a permutation seeded by (seed, e), so a resumed run needs only the step number to continue
 exactly where it stopped; the checkpoint holds weights, optimizer, scheduler, RNG state, step and the metric
 history, and the final weights of a resumed run are bit-identical to an uninterrupted one on CPU.
+
+On N processes (torchrun, policy/distributed.py) each step's batch is split by rows across the ranks; each rank's
+loss is its rows' token NLL sum over the WHOLE batch's token count (times N: DDP averages), so the averaged gradient
+is the one-process gradient and the batch size means the same on any N.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 import torch
 
 from rlhf_assets.code_version import code_version
+from rlhf_assets.policy import distributed
 from rlhf_assets.policy.base import base_policy
 from rlhf_assets.policy.config import SFTConfig
 from rlhf_assets.policy.data import collate, encode_prompt, encode_response
@@ -44,9 +49,9 @@ SFT_KIND = "sft_policy"
 
 @dataclass
 class SFTResult:
-    artifact_id: str
-    artifact_uri: str
-    artifact_dir: str
+    artifact_id: str | None  # None on ranks other than 0 (rank 0 stores the artifact)
+    artifact_uri: str | None
+    artifact_dir: str | None
     metrics: dict[str, float]
     global_step: int
     resumed_from_step: int | None
@@ -61,11 +66,14 @@ def encode_examples(tokenizer: Any, rows: Sequence[dict], cfg: SFTConfig) -> tup
     return prompts, responses
 
 
-def response_nll(model: PolicyModel, batch, device: torch.device, precision: str) -> torch.Tensor:
+def response_nll(model: PolicyModel, batch, device: torch.device, precision: str,
+                 n_tokens: float | None = None) -> torch.Tensor:
+    """Mean response-token NLL of ``batch``; with ``n_tokens``, its token sum over that count (these rows' share of
+    a larger batch's mean, on one of N processes)."""
     batch = batch.to(device)
     with autocast(device, precision):
         logits, _ = response_outputs(model, batch)
-    return -masked_mean(token_logprobs(logits, batch.response_ids), batch.response_mask)
+    return -masked_mean(token_logprobs(logits, batch.response_ids), batch.response_mask, n_tokens=n_tokens)
 
 
 @torch.no_grad()
@@ -95,8 +103,15 @@ def train_sft(config: SFTConfig, rows: Sequence[dict], out_dir: str | Path, *, v
     work = Path(out_dir)
     device = device_for()
     deterministic_before = make_deterministic(cfg.seed, device)
+    world, main = distributed.world_size(), distributed.is_main()
+    if not main:  # rank 0 first: the small preset converts its base into the store once
+        distributed.barrier()
     model, tokenizer, parents = base_policy(cfg, store_root, say)
+    if main:
+        distributed.barrier()
     model.to(device).train()
+    model.value_head.requires_grad_(False)  # not trained by SFT (and DDP wants every trainable parameter used)
+    trainer = distributed.ddp(model)  # the model itself on one process
     pad_id = tokenizer.pad_token_id
     prompts, responses = encode_examples(tokenizer, rows, cfg)
     n = len(rows)
@@ -116,25 +131,36 @@ def train_sft(config: SFTConfig, rows: Sequence[dict], out_dir: str | Path, *, v
         start = resumed_from = int(state["step"])
         history, train_time, tokens = list(state["history"]), float(state["train_time"]), int(state["tokens"])
         say(f"resuming from step {start} ({ckpt_path})")
-    metrics_log = MetricsLog(work / "metrics.jsonl", history)
-    say(f"SFT {cfg.preset}: {n} examples, {total} steps of {cfg.batch_size} on {device}")
+    metrics_log = MetricsLog(work / "metrics.jsonl", history, write=main)
+    say(f"SFT {cfg.preset}: {n} examples, {total} steps of {cfg.batch_size} on {device}"
+        + (f" × {world} processes" if world > 1 else ""))
 
     window: list[float] = []
     for step in range(start, total):
         epoch, pos = divmod(step, steps_per_epoch)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
         idx = order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size].tolist()
-        batch = collate([prompts[i] for i in idx], [responses[i] for i in idx], pad_id)
         ts = time.perf_counter()
-        loss = response_nll(model, batch, device, cfg.precision)
-        loss.backward()
+        if world == 1:
+            batch = collate([prompts[i] for i in idx], [responses[i] for i in idx], pad_id)
+            loss = response_nll(model, batch, device, cfg.precision)
+            loss.backward()
+            loss_value = loss.item()
+        else:  # this rank's rows; their share of the batch's mean (weight 0: a stand-in row, see shard)
+            rows, weight = distributed.shard(idx)
+            rows = rows.tolist()
+            batch = collate([prompts[i] for i in rows], [responses[i] for i in rows], pad_id)
+            share = response_nll(trainer, batch, device, cfg.precision,
+                                 n_tokens=float(sum(len(responses[i]) for i in idx))) * weight
+            (share * world).backward()
+            loss_value = float(distributed.all_reduce_sum(share.detach().reshape(1)))
         grad_norm = float(torch.nn.utils.clip_grad_norm_(model.lm.parameters(), cfg.max_grad_norm))
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         train_time += time.perf_counter() - ts
-        tokens += int(batch.attention_mask.sum())
-        window.append(loss.item())
+        tokens += sum(len(prompts[i]) + len(responses[i]) for i in idx)  # the batch's, over all ranks
+        window.append(loss_value)
         done = step + 1
         if done % cfg.log_every == 0 or done == total:
             row = {"step": done, "epoch": epoch, "loss": sum(window) / len(window), "grad_norm": grad_norm,
@@ -149,6 +175,11 @@ def train_sft(config: SFTConfig, rows: Sequence[dict], out_dir: str | Path, *, v
                 "history": metrics_log.history, "train_time": train_time, "tokens": tokens})
 
     model.eval()
+    if not main:  # rank 0 evaluates and stores; the others wait for it
+        distributed.barrier()
+        torch.use_deterministic_algorithms(deterministic_before)
+        return SFTResult(None, None, None, {}, total, resumed_from, tokens / train_time if train_time else 0.0,
+                         round(time.perf_counter() - t0, 3))
     metrics = {"train_loss": metrics_log.history[-1]["loss"] if metrics_log.history else float("nan"),
                "train_nll": mean_nll(model, prompts[:256], responses[:256], pad_id, device, cfg.precision)}
     if val_rows:
@@ -166,6 +197,7 @@ def train_sft(config: SFTConfig, rows: Sequence[dict], out_dir: str | Path, *, v
     }
     store, ref = store_policy(model, tokenizer, "sft", cfg.to_dict(), manifest, store_root, work)
     say(f"artifact {ref.id} at {ref.uri}")
+    distributed.barrier()
     torch.use_deterministic_algorithms(deterministic_before)
     return SFTResult(ref.id, ref.uri, str(store.get(ref.id)), metrics, total, resumed_from, tokens_per_s,
                      round(time.perf_counter() - t0, 3), store.manifest(ref.id))

@@ -11,6 +11,7 @@ from rlhf_assets.defs.resources import (
     automation_resource_from_env,
     storage_resource_from_env,
 )
+from rlhf_assets.defs.training import training_launcher_from_env
 
 
 @dg.definitions
@@ -26,8 +27,9 @@ def defs() -> dg.Definitions:
                 "notifier": NotifierResource(webhook_url=dg.EnvVar("RLHF_ALERT_WEBHOOK").get_value(None)),
                 # every asset's output: tables as Parquet, typed references as JSON (defs/io_manager.py)
                 "io_manager": StorageIOManager(root=storage.root, s3_endpoint_url=storage.s3_endpoint_url),
-                # Training runs as its own process (Lightning's launcher owns DDP ranks); rank 0 reports back.
-                "pipes_subprocess_client": dg.PipesSubprocessClient(),
+                # Training runs as its own process or pod (Lightning's launcher / torchrun own the ranks); rank 0
+                # reports back through Dagster Pipes. Where: $RLHF_TRAINING_CONFIG (defs/training.py).
+                "training_launcher": training_launcher_from_env(),
             },
         ),
     )

@@ -10,7 +10,7 @@ from rlhf_assets.defs.owners import OWNERS
 from rlhf_assets.defs.partitions import release_partitions
 from rlhf_assets.defs.release.checks_lookup import blocking_check_statuses
 from rlhf_assets.defs.resources import ReleaseThresholdsResource, StorageResource
-from rlhf_assets.defs.training import POLICY_PPO, launch_training
+from rlhf_assets.defs.training import POLICY_PPO, TRAINING_RETRY_POLICY, TrainingLauncherResource, launch_training
 from rlhf_assets.evaluation.evidence import outcome
 from rlhf_assets.policy.config import PPOConfig
 from rlhf_assets.policy.kl_check import KLCheckSettings, measure_kl
@@ -32,6 +32,7 @@ PPOPolicyConfig = config_class(
     group_name="policy",
     kinds={"pytorch", "transformers"},
     owners=OWNERS,
+    retry_policy=TRAINING_RETRY_POLICY,
     check_specs=[dg.AssetCheckSpec(KL_WITHIN_BUDGET, asset="ppo_policy", blocking=True,
                                    partitions_def=release_partitions,
                                    description="KL(policy ‖ SFT reference), re-measured from the stored artifacts on "
@@ -42,7 +43,7 @@ def ppo_policy(
     config: PPOPolicyConfig,
     storage: StorageResource,
     release_thresholds: ReleaseThresholdsResource,
-    pipes_subprocess_client: dg.PipesSubprocessClient,
+    training_launcher: TrainingLauncherResource,
     preference_dataset: DatasetTable,
     sft_policy: ModelRef,
     reward_model: ModelRef,
@@ -59,12 +60,13 @@ def ppo_policy(
                 if s.status != "passed"]
     if upstream:
         raise dg.Failure("rm_calibration's blocking checks did not pass for this release: " +
-                         "; ".join(f"{s.name} {s.status} ({s.detail})" for s in upstream))
+                         "; ".join(f"{s.name} {s.status} ({s.detail})" for s in upstream),
+                         allow_retries=False)
     ppo, kl_check = settings_from(config, PPOConfig), settings_from(config, KLCheckSettings)
     table = preference_dataset.table
     parents = [sft_policy.artifact_id, reward_model.artifact_id]
     run = launch_training(
-        context, pipes_subprocess_client, storage, POLICY_PPO, ppo, dataset_id=preference_dataset.dataset_id,
+        context, training_launcher, storage, POLICY_PPO, ppo, dataset_id=preference_dataset.dataset_id,
         parents=parents, key=[rm_calibration.calibrator],
         inputs={"--prompts": ("prompts.jsonl", prompts_jsonl(table, "train")),
                 "--eval-prompts": ("eval_prompts.jsonl", prompts_jsonl(table, "validation")),

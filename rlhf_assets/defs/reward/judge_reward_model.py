@@ -5,6 +5,7 @@ from rlhf_assets.defs.owners import OWNERS
 from rlhf_assets.defs.partitions import release_partitions
 from rlhf_assets.defs.resources import StorageResource
 from rlhf_assets.defs.reward.reward_model import train_rm
+from rlhf_assets.defs.training import TRAINING_RETRY_POLICY, TrainingLauncherResource
 from rlhf_assets.preference.snapshot import pairs_jsonl
 from rlhf_assets.references import DatasetTable, ModelRef
 from rlhf_assets.reward.config import RMConfig
@@ -17,12 +18,13 @@ JudgeRewardModelConfig = config_class(
     doc="The reward model's settings (same preset and defaults), with the judge's own seed.")
 
 
-@dg.asset(partitions_def=release_partitions, group_name="release", kinds={"pytorch", "lightning"}, owners=OWNERS)
+@dg.asset(partitions_def=release_partitions, group_name="release", kinds={"pytorch", "lightning"}, owners=OWNERS,
+          retry_policy=TRAINING_RETRY_POLICY)
 def judge_reward_model(
     context: dg.AssetExecutionContext,
     config: JudgeRewardModelConfig,
     storage: StorageResource,
-    pipes_subprocess_client: dg.PipesSubprocessClient,
+    training_launcher: TrainingLauncherResource,
     preference_dataset: DatasetTable,
 ) -> dg.Output[ModelRef]:
     """Independent judge: a Bradley–Terry reward model trained like reward_model (`rlhf rm train` through Dagster
@@ -33,6 +35,6 @@ def judge_reward_model(
     if n_judge < 2:
         raise dg.Failure(f"release {context.partition_key}: the preference dataset has {n_judge} judge-split pair(s); "
                          "a snapshot built before the judge split existed (or judge_fraction=0) has none — create "
-                         "a new release with preference_dataset's judge_fraction > 0")
-    return train_rm(context, settings_from(config, RMConfig), storage, pipes_subprocess_client, preference_dataset,
+                         "a new release with preference_dataset's judge_fraction > 0", allow_retries=False)
+    return train_rm(context, settings_from(config, RMConfig), storage, training_launcher, preference_dataset,
                     "judge", "judge_reward_model", judge_pairs=n_judge)

@@ -86,8 +86,11 @@ PERMANENT_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADire
 
 
 def with_retries(what: str, path: Any, operation: Callable[[], T], policy: StorageSettings,
-                 sleep: Callable[[float], None] = time.sleep) -> T:
-    """``operation()``, retried on transient errors with exponential backoff and jitter; then StorageUnavailable."""
+                 sleep: Callable[[float], None] = time.sleep,
+                 final: Callable[[Exception], bool] = lambda exc: False) -> T:
+    """``operation()``, retried on transient errors with exponential backoff and jitter; then StorageUnavailable.
+    Errors in PERMANENT_ERRORS, and those ``final`` says are answers (a failed conditional PUT), are raised as
+    they are, at once."""
     wait, started = policy.backoff_s, time.monotonic()
     for attempt in range(1, policy.attempts + 1):
         try:
@@ -95,6 +98,8 @@ def with_retries(what: str, path: Any, operation: Callable[[], T], policy: Stora
         except PERMANENT_ERRORS:
             raise
         except Exception as exc:  # noqa: BLE001 - connection refused, timeouts, 5xx, throttling: all transient
+            if final(exc):
+                raise
             if attempt == policy.attempts:
                 raise StorageUnavailable(
                     f"could not {what} {path}: the store failed {attempt} time(s) over "
@@ -239,9 +244,10 @@ class Storage:
         """Download an object-store path to a local file."""
         self.retrying("download", path, lambda: path.fs.get_file(path.path, os.fspath(local)))
 
-    def retrying(self, what: str, path: UPath, operation: Callable[[], T]) -> T:
+    def retrying(self, what: str, path: UPath, operation: Callable[[], T],
+                 final: Callable[[Exception], bool] = lambda exc: False) -> T:
         """``operation`` under this root's retry policy (:func:`with_retries`)."""
-        return with_retries(what, path, operation, self.policy)
+        return with_retries(what, path, operation, self.policy, final=final)
 
     def write_json(self, path: UPath, obj: Any) -> str:
         return self.write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())

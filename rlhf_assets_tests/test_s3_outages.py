@@ -9,6 +9,7 @@ import pytest
 
 from rlhf_assets.automation.landing_watch import LandingState, scan
 from rlhf_assets.automation.log_cursor import LogCursor, new_log_rows
+from rlhf_assets.registry.aliases import Registry
 from rlhf_assets.registry.artifacts import MANIFEST, ArtifactNotFound, ArtifactStore
 from rlhf_assets.serving.log import LOG_DIR, ServingLog, read_serving_log
 from rlhf_assets.storage import Storage, StorageSettings, StorageUnavailable, with_retries
@@ -132,6 +133,24 @@ def test_an_artifact_upload_cut_by_an_outage_is_never_visible_and_the_next_put_c
     assert {r.id for r in store.list()} == {old.id, digest} and store.verify(old.id)
 
 
+def test_a_promotion_during_an_outage_fails_clearly_and_the_history_stays_whole(s3):
+    storage, client, bucket, server = s3
+    registry = Registry(storage)
+    registry.set_alias("production", "r20250601-2359", {"reward_model": "a" * 64}, action="promote",
+                       reason="first", actor="test")
+    server.stop()
+    with pytest.raises(StorageUnavailable, match=r"could not \w+ s3://.*/registry/"):
+        registry.set_alias("production", "r20250602-2359", {"reward_model": "b" * 64}, action="promote",
+                           reason="lost", actor="test")
+    restart = threading.Timer(0.1, server.start)  # back while the next promotion is retrying
+    restart.start()
+    registry.set_alias("production", "r20250603-2359", {"reward_model": "c" * 64}, action="promote",
+                       reason="second", actor="test")
+    restart.join()
+    assert [(e["seq"], e["reason"]) for e in registry.history()] == [(1, "first"), (2, "second")]
+    assert registry.current("production")["release"] == "r20250603-2359"
+
+
 # the serving log -------------------------------------------------------------------------------------------------
 def _rows(start, n):
     from datetime import UTC, datetime
@@ -168,6 +187,16 @@ def test_the_serving_log_buffers_through_an_outage_and_loses_nothing(s3):
     assert again.height == 0
     files = [k for k in _keys(client, bucket) if "/".join(LOG_DIR) in k]
     assert len(files) == len(log.files) >= 3
+
+
+def test_rows_still_buffered_when_the_service_stops_during_an_outage_are_reported(s3, capsys):
+    storage, client, bucket, server = s3
+    log = ServingLog(storage, flush_rows=100, flush_s=3600, buffer_rows=1000)
+    log.append(_rows(0, 7))
+    server.stop()
+    log.close()
+    assert log.buffered == 7
+    assert "serving log: 7 buffered row(s) could not be written at shutdown" in capsys.readouterr().err
 
 
 def test_a_failed_log_file_is_retried_under_the_same_name(s3):

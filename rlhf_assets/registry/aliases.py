@@ -23,7 +23,8 @@ Concurrency:
   the next seq on conflict; ``aliases.json`` is replaced with a compare-and-swap PUT (``If-Match: <etag>``) from a
   fresh replay, so the cache only ever moves forward and the last writer leaves it at the last entry. Both need an
   S3 that supports conditional writes (AWS since 2024-11, MinIO, moto >= 5.0; an old store that ignores the
-  headers would silently lose the exclusivity).
+  headers would silently lose the exclusivity). Every request to the store goes through the storage root's retry
+  policy (rlhf_assets/storage.py) while the store is down; a conflict is an answer, never retried there.
 
 A rollback is just ``set_alias("production", older_release, older_artifacts, action="rollback", ...)``.
 """
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import random
@@ -185,7 +187,7 @@ class Registry:
             if self.storage.is_local:
                 data = self.cache_path.read_bytes()
             else:  # one GET: s3fs's file reads re-check the etag and fail if a writer replaced the object
-                data = self._fs.cat_file(self.cache_path.path)
+                data = self.storage.retrying("read", self.cache_path, lambda: self._fs.cat_file(self.cache_path.path))
             cache = json.loads(data)
         except (FileNotFoundError, ValueError):
             return None
@@ -199,8 +201,9 @@ class Registry:
                 return []
         else:
             try:  # refresh=True: s3fs caches listings, and other writers append behind our back
-                names = [p.rsplit("/", 1)[-1] for p in self._fs.ls(self.history_dir.path, detail=False,
-                                                                      refresh=True)]
+                listed = self.storage.retrying("list", self.history_dir, lambda: self._fs.ls(
+                    self.history_dir.path, detail=False, refresh=True))
+                names = [p.rsplit("/", 1)[-1] for p in listed]
             except FileNotFoundError:
                 return []
         return sorted(int(m.group(1)) for m in map(_ENTRY_NAME.match, names) if m)
@@ -216,7 +219,7 @@ class Registry:
             blobs = [p.read_bytes() for p in paths]
         else:  # concurrent plain GETs (fs.cat(list) would consult s3fs's listing cache, which can be stale)
             with ThreadPoolExecutor(max_workers=16) as pool:
-                blobs = list(pool.map(self._fs.cat_file, [p.path for p in paths]))
+                blobs = list(pool.map(self.storage.read_bytes, paths))
         return [json.loads(b) for b in blobs]
 
     @property
@@ -228,15 +231,16 @@ class Registry:
         path, data = self._entry_path(entry["seq"]), _dumps(entry)
         if self.storage.is_local:
             return _create_exclusive_local(os.fspath(path), data)
-        try:
-            self._fs.pipe_file(path.path, data, mode="create")  # PUT with If-None-Match: *
+        try:  # PUT with If-None-Match: *; retried while the store is down, not when the name is taken
+            self.storage.retrying("create", path, lambda: self._fs.pipe_file(path.path, data, mode="create"),
+                                  final=_is_conflict)
             return True
         except Exception as exc:
             if not _is_conflict(exc):
                 raise
         # The name is taken. It is still ours if a retried PUT (lost response) had in fact succeeded.
         try:
-            return json.loads(self._fs.cat_file(path.path)).get("id") == entry["id"]
+            return json.loads(self.storage.read_bytes(path)).get("id") == entry["id"]
         except FileNotFoundError:  # 409 ConditionalRequestConflict: a racing PUT had not landed yet
             return False
 
@@ -253,7 +257,8 @@ class Registry:
                 return  # someone already wrote this state (or a newer one)
             condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
             try:
-                fs.pipe_file(key, _dumps({"history_seq": last, **fresh}), **condition)
+                put = functools.partial(fs.pipe_file, key, _dumps({"history_seq": last, **fresh}), **condition)
+                self.storage.retrying("write", self.cache_path, put, final=_is_conflict)
                 return
             except Exception as exc:
                 if not _is_conflict(exc):
@@ -263,7 +268,8 @@ class Registry:
     def _etag(self, key: str) -> str | None:
         bucket, path, _ = self._fs.split_path(key)
         try:
-            return self._fs.call_s3("head_object", Bucket=bucket, Key=path)["ETag"]
+            return self.storage.retrying("stat", self.cache_path, lambda: self._fs.call_s3(
+                "head_object", Bucket=bucket, Key=path))["ETag"]
         except FileNotFoundError:
             return None
 

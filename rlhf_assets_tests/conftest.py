@@ -91,6 +91,46 @@ def s3_storage(s3_endpoint):
     storage.root.fs.clear_instance_cache()
 
 
+# PostgreSQL on loopback (initdb + pg_ctl; rlhf_assets_tests/postgres_server.py) ---------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    from rlhf_assets_tests.postgres_server import DEBIAN_BIN_GLOB, server_binaries, start_server, stop_server
+
+    bin_dir = server_binaries()
+    if bin_dir is None:
+        pytest.skip(f"PostgreSQL's initdb and pg_ctl are neither on PATH nor in {DEBIAN_BIN_GLOB}: `make postgresql` "
+                    "installs Debian's postgresql package (needs Debian and root)")
+    server = start_server(bin_dir)
+    try:
+        yield server
+    finally:
+        stop_server(server)
+
+
+@pytest.fixture
+def postgres_instance(postgres_server, tmp_path, monkeypatch):
+    """A Dagster instance on a fresh database of the server, loaded from the repository's dagster.postgres.yaml
+    (connection from the DAGSTER_PG_* variables, as in production) in its own DAGSTER_HOME."""
+    import dagster as dg
+
+    from rlhf_assets_tests.support import REPO
+
+    database = postgres_server.create_database(f"dagster_{uuid.uuid4().hex[:12]}")
+    for key, value in postgres_server.env(database).items():
+        monkeypatch.setenv(key, value)
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((REPO / "dagster.postgres.yaml").read_text())
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    instance = dg.DagsterInstance.from_config(str(home))
+    try:
+        yield instance
+    finally:
+        instance.dispose()
+
+
 # Tiny trained models (policy, evaluation and CLI tests) -------------------------------------------------------
 
 

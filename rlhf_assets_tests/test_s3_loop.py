@@ -101,6 +101,7 @@ def test_data_pillar_landing_sensor_and_dataset_snapshot_on_s3(s3_root, moto_ser
     keys = _keys(client, bucket)
     assert f"prefix/tables/preference_dataset/{RELEASE}.manifest.json" in keys
     assert f"prefix/tables/validated_pairs/{DAY}.parquet" in keys
+    assert any(k.startswith("prefix/datasets/sha256/") and k.endswith(".parquet") for k in keys)
 
 
 def test_the_service_follows_the_registry_on_s3_and_serves_through_an_outage(s3_root, moto_server, tmp_path):

@@ -55,7 +55,7 @@ class SFTConfig(FileConfig):
     max_response_tokens: Annotated[int, Field(ge=2)] = 32
     """Response tokens kept from its start; an EOS is appended when it fits, so the policy learns to stop."""
     batch_size: PositiveInt = 16
-    """Examples per optimizer step."""
+    """Examples per optimizer step (over all processes: under torchrun each takes its share)."""
     lr: Annotated[float | None, Field(gt=0)] = None
     """AdamW learning rate (None: the preset's default, SFT_LR)."""
     weight_decay: float = 0.0
@@ -108,7 +108,8 @@ class PPOConfig(FileConfig):
     steps: PositiveInt = 30
     """PPO iterations: each samples a rollout and updates on it."""
     rollout_prompts: PositiveInt = 32
-    """Prompts (one response each) per rollout: CleanRL's batch_size."""
+    """Prompts (one response each) per rollout: CleanRL's batch_size. Over all processes: under torchrun each
+    samples an equal share (a multiple of the number of processes)."""
     max_prompt_tokens: PositiveInt = 96
     """Prompt tokens kept (the end of the prompt)."""
     max_new_tokens: PositiveInt = 24
@@ -123,7 +124,8 @@ class PPOConfig(FileConfig):
     minibatch_size: PositiveInt = 16
     """Responses per optimizer step; at most rollout_prompts."""
     micro_batch_size: PositiveInt = 16
-    """Responses per forward pass (gradient accumulation within a minibatch); divides minibatch_size."""
+    """Responses per forward pass (gradient accumulation within a minibatch); divides minibatch_size. Under
+    torchrun each process forwards its share of every micro-batch, so the update is the same on any N."""
     lr: Annotated[float | None, Field(gt=0)] = None
     """Adam learning rate (None: the preset's default, PPO_LR)."""
     gamma: Fraction = 1.0

@@ -67,15 +67,25 @@ def barrier() -> None:
         dist.barrier()
 
 
-def shard(rows: torch.Tensor | Sequence[int]) -> tuple[torch.Tensor, float]:
+def shard(rows: torch.Tensor | Sequence[int], world: int | None = None,
+          this_rank: int | None = None) -> tuple[torch.Tensor, float]:
     """This rank's contiguous share of a global set of rows, and the weight of its contribution (0 when the rows are
     fewer than the ranks and this one got none: it then runs the first row with weight 0, so every rank still takes
-    part in DDP's gradient all-reduce)."""
+    part in DDP's gradient all-reduce). ``world``/``this_rank`` default to this process's."""
     rows = torch.as_tensor(rows, dtype=torch.long)
-    mine = torch.tensor_split(rows, world_size())[rank()]
+    world = world_size() if world is None else world
+    mine = torch.tensor_split(rows, world)[rank() if this_rank is None else this_rank]
     if mine.numel() == 0:
         return rows[:1], 0.0
     return mine, 1.0
+
+
+def require_equal_shares(n: int, what: str, world: int | None = None) -> None:
+    """A clear error when ``n`` rows cannot be split equally over the processes."""
+    world = world_size() if world is None else world
+    if n % world:
+        raise ValueError(f"{what}={n} must be a multiple of the number of processes ({world}): each process takes "
+                         "an equal share")
 
 
 def ddp(module: torch.nn.Module) -> torch.nn.Module:

@@ -153,9 +153,7 @@ class PPOTrainer:
         if cfg.sft_mix_share > 0 and not self.sft_examples:
             raise ValueError("sft_mix_share > 0 needs SFT examples (--sft-data)")
         self.world = distributed.world_size()
-        if cfg.rollout_prompts % self.world:
-            raise ValueError(f"rollout_prompts={cfg.rollout_prompts} must be a multiple of the number of processes "
-                             f"({self.world}): each process samples an equal share")
+        distributed.require_equal_shares(cfg.rollout_prompts, "rollout_prompts", self.world)
         self.model = distributed.ddp(self.policy)  # what the update runs forward/backward (self.policy on 1 process)
         self.optimizer = adamw(self.policy.parameters(), cfg.lr)
         ctl = AdaptiveKLController if cfg.adaptive_kl else FixedKLController

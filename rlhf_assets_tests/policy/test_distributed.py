@@ -1,25 +1,27 @@
-"""The policy on N processes: torchrun with gloo on CPU against one plain process (tiny preset, one thread each).
+"""The policy on N processes: torchrun with gloo on CPU against one process (tiny preset, one thread each).
 
 - PPO on 2 processes, each sampling half of every rollout, ends where 1 process ends: the same per-step KL, reward,
-  losses and β within TOL_METRIC, the same last weights within TOL_WEIGHT per parameter, one summary line (rank 0).
+  losses, grad norm and β within TOL_METRIC, the same last weights within TOL_WEIGHT per parameter, one summary
+  line (rank 0's).
 - kill -9 of ONE rank after the first checkpoint brings the run down (torchrun stops the rest); the same command on
   ONE process resumes from the checkpoint the two wrote and finishes where the uninterrupted run did.
 - SFT: one process killed after its first checkpoint, the rerun on TWO processes resumes and finishes where an
-  uninterrupted one-process run did (so its steps after the checkpoint ran split over two ranks).
+  uninterrupted one-process run did (its steps after the checkpoint ran split over two ranks).
 
-Why tolerances and not bit-identity: the arithmetic is the same (sampling randomness is per prompt and position,
-every statistic global, every loss the one-process loss), but float32 sums come out in a different order — a rank
-forwards 4 rows of 12 tokens instead of 8 rows of 24 (other matmul blockings, softmax over other padding), each
-micro-batch mean is the sum of two ranks' shares, and DDP adds two half-gradients. Those are ~1e-7 relative per
-operation; through a few Adam steps at lr 1e-3 they stay orders of magnitude under TOL_WEIGHT (measured largest
-differences are in the module docstring's figures below). A sampled token could in principle flip when a
-probability differs in its last bits at the draw's boundary; the comparisons would then fail loudly, not pass.
-
-Measured (this machine): largest per-parameter difference 2×half vs 1×all after 3 PPO steps ~1e-6; metrics ~1e-6.
+Why tolerances and not bit-identity: the arithmetic is the same (sampling randomness per prompt and position, every
+statistic global, every loss the one-process loss), but float32 sums come out in another order — a rank forwards
+half the rows in a narrower padding (other matmul blockings), a micro-batch's mean is the sum of two ranks' shares,
+DDP adds two half-gradients. That is ~1e-7 relative per operation; measured after 3 PPO steps (lr 1e-3, weights of
+magnitude up to 1): largest per-parameter difference 1.0e-6, per-step metrics within 1e-6 (sampled responses and
+rewards identical). TOL_WEIGHT is 10× that, TOL_METRIC 100×; an error in the arithmetic (a rollout whitened per
+rank, a loss not scaled for DDP's average, a different draw) moves them by orders of magnitude more. A sampled
+token could in principle flip where a probability differs in its last bits at the draw's boundary: the comparisons
+would then fail loudly, not pass.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -32,9 +34,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from rlhf_assets.policy import distributed
+from rlhf_assets.policy.config import PPOConfig, SFTConfig
+from rlhf_assets.policy.data import collate, left_pad
+from rlhf_assets.policy.generation import sample
+from rlhf_assets.policy.model import tiny_lm, tiny_tokenizer
+from rlhf_assets.policy.ppo import train_ppo
+from rlhf_assets.policy.sft import train_sft
 from rlhf_assets_tests.support import TINY_PPO, policy_cmd, subprocess_env, write_jsonl
-
-pytestmark = pytest.mark.slow
 
 TIMEOUT = 300
 TOL_WEIGHT = 1e-5  # max |Δ| per parameter (weights are O(1); float-order noise measured at 1e-6)
@@ -50,10 +57,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun_cmd(n: int, *args: str) -> list[str]:
-    """The entry point under torchrun, as on a GPU node (``torchrun --nproc-per-node N -m …``)."""
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(n), "--master-addr",
-            "127.0.0.1", "--master-port", str(_free_port()), "--monitor-interval", "0.2",
+def torchrun_cmd(n: int, *args: str, standalone: bool = False) -> list[str]:
+    """The entry point under torchrun: ``--standalone`` as the Kubernetes launcher runs it in a pod (c10d
+    rendezvous on a free port it picks), or a static rendezvous on a free loopback port."""
+    where = (["--standalone"] if standalone else
+             ["--master-addr", "127.0.0.1", "--master-port", str(_free_port()), "--monitor-interval", "0.2"])
+    return [sys.executable, "-m", "torch.distributed.run", *where, "--nproc-per-node", str(n),
             "-m", "rlhf_assets.policy.entrypoint", *args]
 
 
@@ -140,16 +149,32 @@ def ppo_args(tiny_setup, tmp_path_factory):
                "--sft-data", str(write_jsonl(d / "s.jsonl", tiny_setup["sft_rows"])), "--store", tiny_setup["store"]]
 
 
+@contextlib.contextmanager
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the subprocesses (OMP_NUM_THREADS=1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
-def ppo_one_process(ppo_args):
-    d, args = ppo_args
-    return d / "one", _summary(_run(policy_cmd(*args, "--out", str(d / "one"))).stdout)
+def ppo_one_process(tiny_setup, ppo_args):
+    """The reference: one process, in this one (what the entry point runs without torchrun)."""
+    d, _ = ppo_args
+    with _one_thread():
+        r = train_ppo(PPOConfig(**PPO), tiny_setup["sft_dir"], tiny_setup["rm_dir"], tiny_setup["prompts"],
+                      tiny_setup["eval_prompts"], d / "one", sft_rows=tiny_setup["sft_rows"],
+                      store_root=tiny_setup["store"], store=False)
+    return d / "one", {"steps_run": len(r.history), "selected_step": r.selected_step, "selected": r.selected}
 
 
+@pytest.mark.slow
 def test_ppo_on_two_processes_matches_one(ppo_args, ppo_one_process):
     d, args = ppo_args
     one, s1 = ppo_one_process
-    s2 = _summary(_run(torchrun_cmd(2, *args, "--out", str(d / "two"))).stdout)
+    s2 = _summary(_run(torchrun_cmd(2, *args, "--out", str(d / "two"), standalone=True)).stdout)
     assert s1["steps_run"] == s2["steps_run"] == PPO["steps"]
     _assert_same_metrics(one, d / "two")
     assert _max_weight_difference(one, d / "two") < TOL_WEIGHT
@@ -159,6 +184,7 @@ def test_ppo_on_two_processes_matches_one(ppo_args, ppo_one_process):
     assert _checkpoint(one).keys() == _checkpoint(d / "two").keys()
 
 
+@pytest.mark.slow
 def test_ppo_kill_one_rank_then_one_process_resumes(ppo_args, ppo_one_process):
     d, args = ppo_args
     one, s1 = ppo_one_process
@@ -171,18 +197,75 @@ def test_ppo_kill_one_rank_then_one_process_resumes(ppo_args, ppo_one_process):
     assert _max_weight_difference(one, out) < TOL_WEIGHT
 
 
+@pytest.mark.slow
 def test_sft_killed_on_one_process_resumes_on_two(tiny_setup, tmp_path):
     data = write_jsonl(tmp_path / "sft.jsonl", tiny_setup["sft_rows"])
     config = tmp_path / "sft.json"
     config.write_text(json.dumps({"epochs": 1, "batch_size": 16, "max_steps": 6, "checkpoint_every": 2,
                                   "log_every": 1, "max_prompt_tokens": 24, "max_response_tokens": 16}))
     args = ["sft", "--config", str(config), "--data", str(data), "--store", str(tmp_path / "store")]
-    ref = _summary(_run(policy_cmd(*args, "--out", str(tmp_path / "one"))).stdout)
+    with _one_thread():
+        ref = train_sft(SFTConfig.from_dict(json.loads(config.read_text())), tiny_setup["sft_rows"],
+                        tmp_path / "one", store_root=str(tmp_path / "store"))
     out = tmp_path / "crash"
     step = _kill_after_first_checkpoint(policy_cmd(*args, "--out", str(out)), out, rank=None)
     assert 0 < step < 6
     resumed = _summary(_run(torchrun_cmd(2, *args, "--out", str(out))).stdout)
-    assert resumed["resumed_from_step"] == step and resumed["global_step"] == ref["global_step"] == 6
+    assert resumed["resumed_from_step"] == step and resumed["global_step"] == ref.global_step == 6
     _assert_same_metrics(tmp_path / "one", out)
     assert _max_weight_difference(tmp_path / "one", out) < TOL_WEIGHT
-    assert resumed["metrics"]["train_nll"] == pytest.approx(ref["metrics"]["train_nll"], rel=TOL_METRIC)
+    assert resumed["metrics"]["train_nll"] == pytest.approx(ref.metrics["train_nll"], rel=TOL_METRIC)
+
+
+# the pieces (quick) ---------------------------------------------------------------------------------------------
+
+
+def test_shards_cover_the_rows_once_and_a_rank_without_rows_weighs_nothing():
+    rows = list(range(10))
+    parts = [distributed.shard(rows, 4, r) for r in range(4)]
+    assert torch.cat([p for p, _ in parts]).tolist() == rows and all(w == 1.0 for _, w in parts)
+    few = [distributed.shard([7, 8], 3, r) for r in range(3)]
+    assert [(p.tolist(), w) for p, w in few] == [([7], 1.0), ([8], 1.0), ([7], 0.0)]  # a stand-in row, weight 0
+    assert distributed.shard(rows)[0].tolist() == rows and not distributed.active()  # one process: all of them
+
+
+def test_a_rollout_that_does_not_split_equally_is_refused():
+    distributed.require_equal_shares(16, "rollout_prompts", 2)
+    with pytest.raises(ValueError, match=r"rollout_prompts=15 must be a multiple of the number of processes \(2\)"):
+        distributed.require_equal_shares(15, "rollout_prompts", 2)
+
+
+def _texts(s) -> list[list[int]]:
+    return [[t for t, keep in zip(ids, m) if keep] for ids, m in zip(s.response_ids.tolist(),
+                                                                     s.response_mask.tolist())]
+
+
+def test_a_prompt_draws_the_same_response_in_whichever_batch_it_is_sampled():
+    tok = tiny_tokenizer()
+    lm = tiny_lm(tok, hidden=32, layers=1, seed=3).eval()
+    prompts = [tok(p, add_special_tokens=False)["input_ids"] for p in
+               ("hello there", "a much longer prompt than the first one, with more words", "hi", "how are you")]
+
+    def draw(a: int, b: int):
+        gens = [torch.Generator().manual_seed(1000 + j) for j in range(a, b)]  # one per position, as PPO's
+        return _texts(sample(lm, *left_pad(prompts[a:b], tok.pad_token_id), 10, tok.eos_token_id, tok.pad_token_id,
+                             gens))
+
+    whole = draw(0, 4)
+    assert whole == draw(0, 2) + draw(2, 4)  # 1 × all == 2 × half, though the halves are padded differently
+    assert len({tuple(r) for r in whole}) == 4
+    with pytest.raises(ValueError, match="3 generators for 4 rows"):
+        sample(lm, *left_pad(prompts, tok.pad_token_id), 2, 0, 0, [torch.Generator()] * 3)
+
+
+def test_a_widened_batch_is_the_rows_of_a_wider_one():
+    a, b = ([5, 6], [7, 8, 9]), ([1, 2, 3, 4], [3])
+    wide = collate([a[0], b[0]], [a[1], b[1]], pad_id=0)
+    alone = collate([a[0]], [a[1]], pad_id=0).widened(wide.prompt_len, wide.response_mask.shape[1], pad_id=0)
+    row = wide.rows(slice(0, 1))
+    for x, y in ((alone.input_ids, row.input_ids), (alone.attention_mask, row.attention_mask),
+                 (alone.response_mask, row.response_mask)):
+        assert torch.equal(x, y)
+    assert alone.prompt_len == wide.prompt_len
+    with pytest.raises(ValueError, match="only be widened"):
+        wide.widened(1, 1, 0)

@@ -183,3 +183,59 @@ def test_an_entry_point_refusing_its_input_is_not_retried(tmp_path):
     (message,) = _failures(result)
     assert "refused its input" in message
     assert _retries(result) == 0
+
+
+@pytest.mark.slow
+def test_a_killed_training_is_retried_by_its_retry_policy_and_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    """What a lost pod amounts to, on this machine: the training process is killed (SIGKILL) right after its first
+    checkpoint; the step's RetryPolicy (the training assets', without the wait) runs it again, in the same work
+    directory, and the entry point resumes from the checkpoint instead of starting over."""
+    import signal
+    import threading
+    import time
+
+    import psutil
+
+    from rlhf_assets_tests.support import make_pairs
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("MKL_NUM_THREADS", "1")
+    store = tmp_path / "store"
+    pairs = "".join(json.dumps(r) + "\n" for r in make_pairs(40, seed=1)).encode()
+    val = "".join(json.dumps(r) + "\n" for r in make_pairs(16, seed=2)).encode()
+    # 40 pairs / batch 4 = 10 steps per epoch, 3 epochs; last.ckpt every 3 steps
+    config = RMConfig(preset="tiny", epochs=3, batch_size=4, max_length=64, checkpoint_every_n_steps=3)
+    killed, reports = [], []
+
+    def kill_after_first_checkpoint():
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not killed:
+            if list(store.glob("work/**/checkpoints/last.ckpt")):
+                for child in psutil.Process().children(recursive=True):
+                    if REWARD_TRAIN.module in " ".join(child.cmdline()):
+                        child.send_signal(signal.SIGKILL)
+                        killed.append(child.pid)
+                return
+            time.sleep(0.005)
+
+    @dg.asset(partitions_def=dg.StaticPartitionsDefinition(["r1"]),
+              retry_policy=TRAINING_RETRY_POLICY._replace(delay=0))
+    def trains(context: dg.AssetExecutionContext, training_launcher: TrainingLauncherResource,
+               storage: StorageResource):
+        run = launch_training(context, training_launcher, storage, REWARD_TRAIN, config, dataset_id="d1",
+                              inputs={"--pairs": ("train.jsonl", pairs), "--val-pairs": ("val.jsonl", val)},
+                              args=["--no-progress"])
+        reports.append(run.reported)
+        return dg.MaterializeResult()
+
+    watcher = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
+    watcher.start()
+    result = dg.materialize([trains], partition_key="r1", raise_on_error=False,
+                            resources={"training_launcher": TrainingLauncherResource(),
+                                       "storage": StorageResource(root=str(store))})
+    watcher.join(timeout=5)
+    assert killed, "the training ended before it could be killed"
+    assert result.success, _failures(result)
+    assert _retries(result) == 1
+    (reported,) = reports
+    assert reported["resumed_from_step"] > 0 and reported["global_step"] == 30

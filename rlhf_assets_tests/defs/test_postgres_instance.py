@@ -79,7 +79,7 @@ def test_the_kubernetes_instance_validates_against_the_schemas_of_the_classes_it
     config, _ = dagster_instance_config(str(REPO / "k8s"))  # Dagster's instance schema
     assert config["run_retries"]["enabled"] is True and config["run_monitoring"]["enabled"] is True
     classes = {}
-    for section in ("run_launcher", "compute_logs"):
+    for section in ("run_launcher", "compute_logs", "run_coordinator"):
         cls = class_from_code_pointer(config[section]["module"], config[section]["class"])
         processed = process_config(cls.config_type(), config[section]["config"])
         assert processed.success, (section, processed.errors)
@@ -89,6 +89,31 @@ def test_the_kubernetes_instance_validates_against_the_schemas_of_the_classes_it
     assert launcher["postgres_password_secret"] == "dagster-postgresql-secret"  # → DAGSTER_PG_PASSWORD in run pods
     assert launcher["env_config_maps"] == ["rlhf-run-env"]
     assert classes["S3ComputeLogManager"]["bucket"] == "rlhf-logs"
+    assert classes["QueuedRunCoordinator"]["tag_concurrency_limits"][0]["key"] == "rlhf/gpu-type"
+
+
+def _snake(values):
+    """The Helm chart's camelCase keys as dagster.yaml's snake_case ones."""
+    if not isinstance(values, dict):
+        return values
+    return {re.sub(r"(?<!^)(?=[A-Z])", "_", k).lower(): _snake(v) for k, v in values.items()}
+
+
+def test_the_kubernetes_instance_has_the_knobs_the_helm_values_give_the_chart():
+    """k8s/dagster.yaml is the instance for a deployment without the chart; the chart renders its own from
+    k8s/values.yaml. The run queue, run monitoring, run retries and compute-log upload must not drift apart."""
+    instance, values = _yaml("k8s/dagster.yaml"), _yaml("k8s/values.yaml")
+    daemon = values["dagsterDaemon"]
+    queued = daemon["runCoordinator"]["config"]["queuedRunCoordinator"]
+    coordinator = instance["run_coordinator"]["config"]
+    assert coordinator["max_concurrent_runs"] == queued["maxConcurrentRuns"]
+    assert coordinator["tag_concurrency_limits"] == queued["tagConcurrencyLimits"]  # same keys in both
+    assert instance["run_monitoring"] == _snake(daemon["runMonitoring"])
+    assert instance["run_retries"] == _snake(daemon["runRetries"])
+    s3 = values["computeLogManager"]["config"]["s3ComputeLogManager"]
+    assert instance["compute_logs"]["class"] == values["computeLogManager"]["type"]
+    assert instance["compute_logs"]["config"]["upload_interval"] == s3["uploadInterval"]
+    assert instance["telemetry"] == values["telemetry"]
 
 
 # On a real server ----------------------------------------------------------------------------------------------

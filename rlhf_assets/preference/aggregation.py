@@ -126,17 +126,24 @@ def _normalise(counts, observed, shrinkage):
     return counts, conf, np.log(conf, out=np.zeros_like(conf), where=conf > 0)  # unused cells: log 0 := 0
 
 
-def _e_step(log_conf, log_prior, items, cell, out):
-    """Posteriors (K, n_items) from the log confusion matrices and log priors, written into ``out``."""
-    n_items = out.shape[1]
+def _e_step(log_conf, log_prior, cell, out, sum_per_item):
+    """Posteriors (K, n_items) from the log confusion matrices and log priors, written into ``out``; returns them
+    and the sum of q log q. ``sum_per_item(row values)`` adds the values of each item's rows: a bincount over item
+    codes in memory, a reduceat over contiguous rows out of core."""
     for c in range(len(log_prior)):
         table = np.ascontiguousarray(log_conf[:, c, :]).ravel()  # log pi[w, c, l] at w * K + l
-        out[c] = np.bincount(items, weights=np.take(table, cell), minlength=n_items)
+        out[c] = sum_per_item(np.take(table, cell))
         out[c] += log_prior[c]
     out -= out.max(axis=0)
+    log_post = out.copy()
     np.exp(out, out=out)
-    out /= out.sum(axis=0)
-    return out
+    total = out.sum(axis=0)
+    out /= total
+    # The H(q) term of the evidence bound with crowd-kit's floor, sum of max(q, eps) * log max(q, eps), where
+    # log q = x - log(sum exp x) takes one log per item instead of one per item and class.
+    log_post -= np.log(total)
+    np.maximum(log_post, np.log(_EPS), out=log_post)
+    return out, float(np.vdot(np.maximum(out, _EPS), log_post))
 
 
 def _check_options(max_iter, tol, shrinkage) -> None:
@@ -148,15 +155,6 @@ def _check_options(max_iter, tol, shrinkage) -> None:
         raise ValueError(f"shrinkage must be >= 0 (a pseudo-count), got {shrinkage!r}")
 
 
-def _neg_entropy(post) -> float:
-    """sum over items and classes of q log q, with crowd-kit's floor (the H(q) term of the evidence bound)."""
-    total = 0.0
-    for row in post:
-        clipped = np.maximum(row, _EPS)
-        total += clipped @ np.log(clipped)
-    return total
-
-
 def _fit(items, cell, post, n_workers, max_iter, tol, shrinkage) -> AggregationResult:
     """EM from initial posteriors ``post`` (K, n_items); ``cell`` = worker * K + label for each row."""
     _check_options(max_iter, tol, shrinkage)
@@ -166,13 +164,17 @@ def _fit(items, cell, post, n_workers, max_iter, tol, shrinkage) -> AggregationR
     priors = post.mean(axis=1)
     counts, conf, log_conf = _m_step(post, items, cell, observed, n_workers, shrinkage)
     loss, converged, it = -np.inf, False, 0
+
+    def sum_per_item(values):
+        return np.bincount(items, weights=values, minlength=n_items)
+
     for it in range(1, max_iter + 1):  # noqa: B007 -- `it` is the iteration count reported after the loop
         log_prior = np.log(np.maximum(priors, _EPS))
-        post = _e_step(log_conf, log_prior, items, cell, out=post)
+        post, neg_entropy = _e_step(log_conf, log_prior, cell, post, sum_per_item)
         priors = post.mean(axis=1)
         counts, conf, log_conf = _m_step(post, items, cell, observed, n_workers, shrinkage)
         # Evidence lower bound per label, as crowd-kit computes it: E_q[log p(z) + log p(labels | z)] + H(q).
-        elbo = np.sum(counts * log_conf) + np.log(np.maximum(priors, _EPS)) @ (post @ n_votes) - _neg_entropy(post)
+        elbo = np.sum(counts * log_conf) + np.log(np.maximum(priors, _EPS)) @ (post @ n_votes) - neg_entropy
         new_loss, previous = float(elbo) / len(items), loss
         loss = new_loss
         if new_loss - previous < tol:

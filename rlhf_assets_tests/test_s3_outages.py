@@ -235,8 +235,14 @@ def test_landing_scan_sees_files_added_after_the_first_look(s3):
     client.put_object(Bucket=bucket, Key="prefix/landing/comparisons/date=2025-06-02/c.jsonl", Body=b'{"x": 3}\n')
     second, state = scan(storage, state)
     assert [(r.day, r.files) for r in second] == [("2025-06-01", ["b.jsonl"]), ("2025-06-02", ["c.jsonl"])]
-    third, _ = scan(storage, state)
+    third, state = scan(storage, state)
     assert third == []
+    # a file rewritten with other content is requested again, by its ETag (nothing downloaded to look)
+    client.put_object(Bucket=bucket, Key="prefix/landing/comparisons/date=2025-06-02/c.jsonl", Body=b'{"x": 4}\n')
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Storage, "read_bytes", lambda self, path: pytest.fail(f"scan downloaded {path}"))
+        fourth, _ = scan(storage, state)
+    assert [(r.day, r.files) for r in fourth] == [("2025-06-02", ["c.jsonl"])]
 
 
 def _wait(condition, timeout=10.0):

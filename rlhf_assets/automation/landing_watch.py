@@ -1,10 +1,11 @@
 """Which landing files are new or changed since the last look, per annotation day.
 
-Every file is identified by its checksum (sha256 of the bytes locally; the ETag on S3, which the store computes,
-so nothing is downloaded to look). A day needs a run when it holds a file whose checksum has not been requested
-before; the run key is the day plus a digest of those checksums, so each file is processed once even when the
-daemon restarts (the state is the sensor's cursor). Files that disappear (ingest moves unreadable ones to
-quarantine) request nothing. Checksums of unchanged files (same size and modification time) are not recomputed.
+Every file is identified by its checksum (sha256 of the bytes locally; the ETag on S3, which the store computes
+and lists with the names: one LIST per day, nothing downloaded to look). A day needs a run when it holds a file
+whose checksum has not been requested before; the run key is the day plus a digest of those checksums, so each file
+is processed once even when the daemon restarts (the state is the sensor's cursor). Files that disappear (ingest
+moves unreadable ones to quarantine) request nothing. Local checksums of unchanged files (same size and
+modification time) are not recomputed.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
 
 from rlhf_assets.storage import Storage
 
@@ -50,17 +50,6 @@ class DayRequest:
         return f"landing:{self.day}:{digest}"
 
 
-def _stat(storage: Storage, path: Any) -> tuple[int, float, str | None]:
-    """(size, mtime, the store's checksum when it has one: the S3 ETag)."""
-    if storage.is_local:
-        st = path.stat()
-        return st.st_size, st.st_mtime_ns, None
-    info = path.fs.info(path.path)
-    etag = str(info.get("ETag") or info.get("etag") or "").strip('"') or None
-    mtime = info.get("LastModified") or info.get("mtime") or 0
-    return int(info.get("size") or 0), str(mtime), etag
-
-
 def scan(storage: Storage, state: LandingState, kind: str = "comparisons") -> tuple[list[DayRequest], LandingState]:
     """The days with new or changed files, and the cursor after requesting them."""
     base = storage.path("landing", kind)
@@ -75,15 +64,16 @@ def scan(storage: Storage, state: LandingState, kind: str = "comparisons") -> tu
             continue
         day = match.group(1)
         new_files, new_sums = [], []
-        for path in storage.list_files(folder):
+        for path, size, mtime, etag in storage.list_file_stats(folder):  # on S3: one LIST per day, no GET
             key = f"{day}/{path.name}"
-            size, mtime, etag = _stat(storage, path)
             known = files.get(key)
-            if known and known[0] == size and known[1] == mtime:
+            if etag is not None:  # the store's own checksum, listed with the name: always current
+                checksum = etag
+            elif known and known[0] == size and known[1] == mtime:
                 checksum = known[2]
             else:
-                checksum = etag or hashlib.sha256(storage.read_bytes(path)).hexdigest()
-                files[key] = [size, mtime, checksum]
+                checksum = hashlib.sha256(storage.read_bytes(path)).hexdigest()
+            files[key] = [size, mtime, checksum]
             if checksum not in requested.get(day, []):
                 new_files.append(path.name)
                 new_sums.append(checksum)

@@ -115,12 +115,23 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def all_reduce_max(value: int, device: torch.device) -> int:
+def _device() -> torch.device:
+    """Where this group's collectives take tensors (nccl: this process's GPU)."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def all_reduce_max(value: int, device: torch.device | None = None) -> int:
     if not active():
         return value
-    t = torch.tensor([value], dtype=torch.long, device=device)
+    t = torch.tensor([value], dtype=torch.long, device=device or _device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return int(t.item())
+
+
+def require_same(value: int, what: str) -> None:
+    """A clear error (on every rank) unless every rank holds the same ``value``."""
+    if active() and all_reduce_max(value) != -all_reduce_max(-value):
+        raise ValueError(f"the processes disagree on {what}")
 
 
 def all_gather_rows(local: torch.Tensor) -> torch.Tensor:

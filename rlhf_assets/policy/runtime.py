@@ -66,10 +66,13 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any] | None:
-    """The checkpoint at ``path`` or None; ``weights_only=True``: tensors and plain values only, no pickled code."""
-    if not path.exists():
-        return None
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """The checkpoint at ``path`` or None; ``weights_only=True``: tensors and plain values only, no pickled code.
+    On N processes every rank reads it, and all must have found the same step (else a clear error: ``--out`` must be
+    on storage every rank sees)."""
+    state = torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
+    distributed.require_same(-1 if state is None else int(state["step"]),
+                             f"the checkpoint {path} (--out must be on storage every process sees)")
+    return state
 
 
 class MetricsLog:

@@ -217,6 +217,41 @@ def test_sft_killed_on_one_process_resumes_on_two(tiny_setup, tmp_path):
     assert resumed["metrics"]["train_nll"] == pytest.approx(ref.metrics["train_nll"], rel=TOL_METRIC)
 
 
+DISAGREEING_CHECKPOINTS = """
+import sys
+from pathlib import Path
+
+import torch
+
+from rlhf_assets.policy import distributed
+from rlhf_assets.policy.runtime import load_checkpoint
+
+with distributed.process_group():
+    path = Path(sys.argv[1]) / f"rank{distributed.rank()}" / "last.pt"  # not one directory: as --out on local disks
+    if distributed.rank() == 0:
+        path.parent.mkdir(parents=True)
+        torch.save({"step": 3}, path)
+    try:
+        load_checkpoint(path)
+    except ValueError as exc:
+        print(f"rank {distributed.rank()}: {exc}", flush=True)
+        sys.exit(2)
+"""
+
+
+@pytest.mark.slow
+def test_ranks_that_see_different_checkpoints_stop_with_a_clear_error(tmp_path):
+    script = tmp_path / "resume.py"
+    script.write_text(DISAGREEING_CHECKPOINTS)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(_free_port()), str(script), str(tmp_path)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=TIMEOUT)
+    assert r.returncode != 0
+    for rank in (0, 1):
+        assert f"rank {rank}: the processes disagree on the checkpoint" in r.stdout, r.stdout + r.stderr[-2000:]
+    assert "--out must be on storage every process sees" in r.stdout
+
+
 # the pieces (quick) ---------------------------------------------------------------------------------------------
 
 

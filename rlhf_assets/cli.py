@@ -95,34 +95,39 @@ def validate(
 
 @app.command()
 def aggregate(
-    file: Annotated[Path, typer.Argument(help="CSV, TSV, Parquet or JSONL with item_id, annotator_id, label.")],
+    file: Annotated[Path, typer.Argument(help="CSV, TSV, Parquet (file or directory) or JSONL with item_id, "
+                                              "annotator_id, label.")],
     method: Annotated[str, typer.Option(help="dawid-skene or majority.")] = "dawid-skene",
     out: Annotated[Path | None, typer.Option(help="Output file (CSV unless it ends in .parquet).")] = None,
     shrinkage: Annotated[float, typer.Option(help="Dawid–Skene confusion-matrix shrinkage (pseudo-counts).")] = 0.0,
     max_iter: Annotated[int, typer.Option(help="Dawid–Skene iteration cap.")] = 100,
     tol: Annotated[float, typer.Option(help="Dawid–Skene convergence tolerance.")] = 1e-5,
     seed: Annotated[int, typer.Option(help="Majority-vote tie-breaking seed.")] = 0,
+    out_of_core: Annotated[bool | None, typer.Option(
+        "--out-of-core/--in-memory", help="Force (or forbid) the out-of-core path; default: out of core for "
+                                          "Parquet larger than AggregationSettings.out_of_core_bytes.")] = None,
+    batch_rows: Annotated[int | None, typer.Option(help="Out of core: rows per batch and bucket "
+                                                        "(default AggregationSettings.batch_rows).")] = None,
+    work_dir: Annotated[Path | None, typer.Option(help="Out of core: scratch directory (default: the system's "
+                                                       "temporary directory); needs about twice the input.")] = None,
 ):
     """Aggregate crowd labels: one label per item with its confidence."""
-    from rlhf_assets.preference.aggregate_file import AggregateInputError, aggregate_file
+    from rlhf_assets.preference.aggregate_file import AggregateInputError, aggregate_to
 
     if method not in ("dawid-skene", "majority"):
         _fail(f"--method must be dawid-skene or majority, got {method!r}")
+    if batch_rows is not None and batch_rows < 1:
+        _fail(f"--batch-rows must be >= 1, got {batch_rows}")
     try:
-        table, summary = aggregate_file(file, method=method, shrinkage=shrinkage, max_iter=max_iter, tol=tol,
-                                        seed=seed)
+        summary, streamed = aggregate_to(file, out, method=method, out_of_core=out_of_core, batch_rows=batch_rows,
+                                         work_dir=work_dir, shrinkage=shrinkage, max_iter=max_iter, tol=tol,
+                                         seed=seed)
     except AggregateInputError as exc:
         _fail(str(exc))
-    if out is None:
-        sys.stdout.write(table.write_csv())
-    elif out.suffix == ".parquet":
-        table.write_parquet(out)
-    else:
-        table.write_csv(out)
     status = "converged" if summary.converged else "not converged"
     typer.echo(f"{summary.method}: {summary.n_items} items, {summary.n_annotators} annotators, "
                f"{summary.n_rows} labels, {summary.n_iter} iterations, {status}"
-               + (f"; wrote {out}" if out else ""), err=True)
+               + (", out of core" if streamed else "") + (f"; wrote {out}" if out else ""), err=True)
 
 
 @bench_app.command("aggregation")

@@ -66,12 +66,23 @@ def torchrun_cmd(n: int, *args: str, standalone: bool = False) -> list[str]:
             "-m", "rlhf_assets.policy.entrypoint", *args]
 
 
-def _env() -> dict:
-    return subprocess_env(GLOO_SOCKET_IFNAME="lo")
+def _env(**extra: str) -> dict:
+    return subprocess_env(GLOO_SOCKET_IFNAME="lo", **extra)
 
 
-def _run(cmd: list[str]) -> subprocess.CompletedProcess:
-    r = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=TIMEOUT)
+def _pipes_env(messages: Path) -> dict[str, str]:
+    """What a Dagster Pipes session gives the process it launches (context inline, messages to a file)."""
+    from dagster_pipes import encode_param
+
+    context = {"asset_keys": ["ppo_policy"], "code_version_by_asset_key": None, "provenance_by_asset_key": None,
+               "partition_key": None, "partition_key_range": None, "partition_time_window": None, "run_id": "r1",
+               "job_name": None, "retry_number": 0, "extras": {}}
+    return {"DAGSTER_PIPES_CONTEXT": encode_param({"data": context}),
+            "DAGSTER_PIPES_MESSAGES": encode_param({"path": str(messages)})}
+
+
+def _run(cmd: list[str], **env: str) -> subprocess.CompletedProcess:
+    r = subprocess.run(cmd, capture_output=True, text=True, env=_env(**env), timeout=TIMEOUT)
     assert r.returncode == 0, r.stderr[-4000:]
     return r
 
@@ -174,7 +185,12 @@ def ppo_one_process(tiny_setup, ppo_args):
 def test_ppo_on_two_processes_matches_one(ppo_args, ppo_one_process):
     d, args = ppo_args
     one, s1 = ppo_one_process
-    s2 = _summary(_run(torchrun_cmd(2, *args, "--out", str(d / "two"), standalone=True)).stdout)
+    messages = d / "pipes.jsonl"  # under Dagster Pipes, as the asset launches it: rank 0 alone reports
+    s2 = _summary(_run(torchrun_cmd(2, *args, "--out", str(d / "two"), standalone=True),
+                       **_pipes_env(messages)).stdout)
+    methods = [json.loads(line)["method"] for line in messages.read_text().splitlines()]
+    assert methods.count("opened") == methods.count("closed") == 1
+    assert methods.count("report_asset_materialization") == 1 and "log" in methods
     assert s1["steps_run"] == s2["steps_run"] == PPO["steps"]
     _assert_same_metrics(one, d / "two")
     assert _max_weight_difference(one, d / "two") < TOL_WEIGHT

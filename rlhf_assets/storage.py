@@ -265,10 +265,12 @@ class Storage:
         return pl.read_parquet(io.BytesIO(path.read_bytes()))
 
     def exists(self, path: UPath) -> bool:
-        return path.exists()
+        return path.exists() if self.is_local else self.retrying("stat", path, path.exists)
 
     def list_files(self, directory: UPath) -> list[UPath]:
         """Regular files directly under a directory, sorted by name, hidden/temporary files excluded."""
+        if not self.is_local:  # one LIST, not a HEAD per name
+            return [row[0] for row in self.list_file_stats(directory)]
         if not directory.exists():
             return []
         return sorted(
@@ -281,7 +283,7 @@ class Storage:
         if self.is_local:
             return [(p, (st := p.stat()).st_size, st.st_mtime_ns, None) for p in self.list_files(directory)]
         try:
-            entries = directory.fs.ls(directory.path, detail=True)
+            entries = self.retrying("list", directory, lambda: directory.fs.ls(directory.path, detail=True))
         except FileNotFoundError:
             return []
         out = []

@@ -132,15 +132,21 @@ def aggregate(
 
 @bench_app.command("aggregation")
 def bench_aggregation(
-    rows: Annotated[int, typer.Option(help="Label rows for the head-to-head run.")] = 1_000_000,
-    big_rows: Annotated[int, typer.Option(help="Label rows for ours alone.")] = 5_000_000,
-    n_iter: Annotated[int, typer.Option(help="EM iterations for both.")] = 20,
-    quick: Annotated[bool, typer.Option(help="50k rows, for a smoke test.")] = False,
+    rows: Annotated[int, typer.Option(help="Label rows of the synthetic crowd (Parquet, written in chunks), "
+                                           "aggregated by ours out of core.")] = 5_000_000,
+    peer_rows: Annotated[int, typer.Option(help="Its first rows for the head-to-head: crowd-kit and ours in "
+                                                "memory, ours out of core (0: none).")] = 1_000_000,
+    n_iter: Annotated[int, typer.Option(help="EM iterations for every method.")] = 20,
+    batch_rows: Annotated[int, typer.Option(help="Out of core: rows per batch and bucket.")] = 1_000_000,
+    work_dir: Annotated[str | None, typer.Option(help="Scratch directory (needs ~3x the Parquet).")] = None,
+    quick: Annotated[bool, typer.Option(help="200k rows, for a smoke test.")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ):
-    """Dawid–Skene: ours vs crowd-kit on a synthetic task (time, peak memory, accuracy)."""
+    """Dawid–Skene: ours out of core on a crowd far larger than memory (wall time, peak RSS, accuracy); crowd-kit
+    and ours in memory on a share of it."""
     module = _bench_module("aggregation")
-    argv = ["--rows", str(rows), "--big-rows", str(big_rows), "--n-iter", str(n_iter)]
+    argv = ["--rows", str(rows), "--peer-rows", str(peer_rows), "--n-iter", str(n_iter), "--batch-rows",
+            str(batch_rows)] + (["--work-dir", work_dir] if work_dir else [])
     module.cli(argv + (["--quick"] if quick else []) + (["--json"] if as_json else []))
 
 

@@ -13,10 +13,10 @@ statistic global, every loss the one-process loss), but float32 sums come out in
 half the rows in a narrower padding (other matmul blockings), a micro-batch's mean is the sum of two ranks' shares,
 DDP adds two half-gradients. That is ~1e-7 relative per operation; measured after 3 PPO steps (lr 1e-3, weights of
 magnitude up to 1): largest per-parameter difference 1.0e-6, per-step metrics within 1e-6 (sampled responses and
-rewards identical). TOL_WEIGHT is 10× that, TOL_METRIC 100×; an error in the arithmetic (a rollout whitened per
-rank, a loss not scaled for DDP's average, a different draw) moves them by orders of magnitude more. A sampled
-token could in principle flip where a probability differs in its last bits at the draw's boundary: the comparisons
-would then fail loudly, not pass.
+rewards identical). TOL_WEIGHT is 10× that, TOL_METRIC 100×. Errors in the arithmetic fail at step 1 (tried while
+writing this: the loss without the ×N for DDP's average — the grad norm halves; the draws seeded by a rank's own
+positions — other responses, another reward). A sampled token could in principle flip where a probability differs
+in its last bits at the draw's boundary: the comparisons would then fail loudly, not pass.
 """
 
 from __future__ import annotations
@@ -108,6 +108,8 @@ def _assert_same_metrics(a: Path, b: Path) -> None:
     rows_b = [json.loads(x) for x in (b / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows_a] == [r["step"] for r in rows_b]
     for ra, rb in zip(rows_a, rows_b):
+        if "response_length" in ra:  # the same draws: the same responses, so lengths are equal, not close
+            assert (ra["response_length"], ra["no_eos_share"]) == (rb["response_length"], rb["no_eos_share"])
         for key in COMPARED:
             if key in ra:
                 assert rb[key] == pytest.approx(ra[key], rel=TOL_METRIC, abs=TOL_METRIC), (ra["step"], key)

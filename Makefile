@@ -80,13 +80,14 @@ ui: install $(DAGSTER_HOME)/dagster.yaml
 	set -a; if [ -f "$(DAGSTER_HOME)/rlhf.env" ]; then . "$(DAGSTER_HOME)/rlhf.env"; fi; set +a; \
 		exec $(BIN)/dagster dev -w workspace.yaml
 
-# The benchmarks' peers (LitServe, Ray Serve): a separate extra, never installed by `make test`.
+# The benchmarks' peers (LitServe, Ray Serve, Evidently): a separate extra, never installed by `make test`.
 install-bench: install
 	$(BIN)/python -m pip install --quiet --progress-bar off -e ".[dev,bench]"
 
 bench: install-bench
 	$(BIN)/rlhf bench aggregation
 	$(BIN)/rlhf bench serving
+	$(BIN)/rlhf bench drift
 
 clean:
 	rm -rf .rlhf .dagster

@@ -7,9 +7,10 @@
 The pod runs the same entry point as the subprocess (``python -m rlhf_assets.reward.entrypoint train …``, ``… policy
 .entrypoint sft|ppo …``); with several GPUs the reward model's Lightning launcher starts one process per GPU itself
 (``--strategy ddp --devices N``) and the policy runs under ``torchrun --nproc-per-node N``. A pod is never restarted
-by Kubernetes (Dagster Pipes creates bare pods): the Dagster step retries, and the new pod finds the checkpoints of
-the last one in the work directory, a ReadWriteMany volume mounted at the same path in the Dagster run pod (which
-stages the inputs there) and in the training pod. Artifacts go to the storage root, which must be ``s3://…``. The
+by Kubernetes (Dagster Pipes creates bare pods): the Dagster step retries, and the new pod resumes from the
+checkpoints the last one mirrored to the storage root (rlhf_assets/checkpoint_mirror.py), which must be ``s3://…``
+(artifacts go there too). The work directory is a ReadWriteMany volume mounted at the same path in the Dagster run
+pod, which stages the inputs there, and in the training pod; resuming does not depend on what it kept. The
 Dagster side is rlhf_assets/defs/training.py; no Dagster here.
 """
 
@@ -71,8 +72,9 @@ class TrainingPodSettings(FileConfig):
     shm_size: str = "16Gi"
     """Size of /dev/shm (memory-backed): NCCL and data-loader workers share tensors through it."""
     work_volume_claim: str = "rlhf-work"
-    """PersistentVolumeClaim (ReadWriteMany, k8s/work-volume.yaml) of the work directories: the staged inputs and
-    the checkpoints a retried pod resumes from. Mounted at the same path in the run pods (k8s/values.yaml)."""
+    """PersistentVolumeClaim (ReadWriteMany, k8s/work-volume.yaml) of the work directories: the inputs the run pod
+    stages for the training pod, and the local checkpoints (a retried pod resumes from their copy in the storage
+    root, rlhf_assets/checkpoint_mirror.py). Mounted at the same path in the run pods (k8s/values.yaml)."""
     work_mount_path: str = "/rlhf-work"
     """Where the work volume is mounted, in the run pod and the training pod alike."""
     env_secrets: Strings = ("rlhf-s3",)

@@ -11,6 +11,11 @@ rank 0 prints one JSON summary line.
 
 The storage root reaches a training process one way: ``$RLHF_STORAGE_ROOT`` (the Dagster launcher sets it;
 ``--store`` sets it for this process, for people running the command by hand).
+
+``--checkpoint-key KEY`` mirrors the run's checkpoints to ``<storage root>/checkpoints/KEY/`` and, when ``--out`` holds
+none, resumes from the last one mirrored there (rlhf_assets/checkpoint_mirror.py; :attr:`Process.checkpoints`): a
+process on a fresh machine — a retried Kubernetes pod — picks up where the killed one stopped. Without it, ``--out``
+alone holds the checkpoints.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rlhf_assets.checkpoint_mirror import CheckpointMirror
 from rlhf_assets.config_schema import add_flags, load
 from rlhf_assets.jsonsafe import json_safe
 from rlhf_assets.storage import ROOT_ENV
@@ -85,10 +91,12 @@ def png_markdown(png: bytes, title: str) -> str:
 
 @dataclass
 class Process:
-    """What a command's run function gets besides its arguments: where to log and report (rank 0 only)."""
+    """What a command's run function gets besides its arguments: where to log and report (rank 0 only), and the
+    storage root's mirror of the checkpoints (None without ``--checkpoint-key``)."""
 
     tag: str
     pipes: Any | None
+    checkpoints: CheckpointMirror | None = None
 
     @property
     def is_rank_zero(self) -> bool:
@@ -139,6 +147,9 @@ def build_parser(prog: str, description: str, commands: Sequence[Command]) -> ar
             p.add_argument("--dataset-id", help="preference_dataset id (recorded in the manifest).")
             p.add_argument("--parent", action="append", default=[], dest="parents",
                            help="Parent artifact id (repeatable).")
+            p.add_argument("--checkpoint-key",
+                           help="Mirror checkpoints to <storage root>/checkpoints/KEY/ and resume from there when "
+                                "--out has none (a fresh machine picks up where a killed run stopped).")
         if command.add_arguments is not None:
             command.add_arguments(p)
         if command.settings is not None:
@@ -159,7 +170,13 @@ def run_commands(prog: str, description: str, commands: Sequence[Command],
             os.environ[ROOT_ENV] = args.store
         config = load(command.settings, args.config, args) if command.settings is not None else None
         with pipes() as context:
-            summary = command.run(args, config, Process(f"{prog} {command.name}", context))
+            process = Process(f"{prog} {command.name}", context)
+            if getattr(args, "checkpoint_key", None):
+                from rlhf_assets.storage import storage_from_env
+
+                process.checkpoints = CheckpointMirror(storage_from_env(), args.checkpoint_key, args.out,
+                                                       log=process.logger)
+            summary = command.run(args, config, process)
     except (ValueError, ArtifactNotFound) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2

@@ -6,12 +6,15 @@ Pipes, read back the rank-0 report.
     return run.output(ModelRef(artifact_id=run.artifact_id, ...))
 
 The work directory is stable per (asset, release, inputs, config), so a rerun after a crash finds the process's
-checkpoints and resumes. The storage root reaches the process one way only, in its environment
+checkpoints and resumes; on an s3:// root the process also mirrors its checkpoints to
+``<root>/checkpoints/<asset>/<release>/<hash>/`` (``--checkpoint-key``, rlhf_assets/checkpoint_mirror.py), so a
+rerun on another machine, with an empty work directory, resumes too. The storage root reaches the process one way only, in its environment
 (``RLHF_STORAGE_ROOT``, and ``RLHF_S3_ENDPOINT_URL`` when set). The ``training_launcher`` resource says where the
 process runs (rlhf_assets/training_pod.py TrainingPodSettings, from ``$RLHF_TRAINING_CONFIG``): a subprocess
 (PipesSubprocessClient), or a Kubernetes pod with GPUs (PipesK8sClient) running the same entry point, its work
-directory on a volume mounted at the same path in the run pod and the training pod. Kubernetes never restarts such a
-pod: the training assets carry TRAINING_RETRY_POLICY, and the retried step's pod resumes from the checkpoints.
+directory (the staged inputs) on a volume mounted at the same path in the run pod and the training pod. Kubernetes
+never restarts such a pod: the training assets carry TRAINING_RETRY_POLICY, and the retried step's pod resumes from
+the checkpoints mirrored in the storage root.
 """
 
 from __future__ import annotations
@@ -120,13 +123,26 @@ class TrainingRun:
                                                 "work_dir": dg.MetadataValue.path(str(self.work))}))
 
 
+def run_key(asset: str, release: str, *key_parts: Any) -> str:
+    """``asset/release/<hash of inputs and config>``: what names one training run, its work directory and its
+    checkpoints mirrored in the storage root."""
+    key = hashlib.sha256(json.dumps(list(key_parts), sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return f"{asset}/{release}/{key}"
+
+
 def work_dir(storage_root: str, asset: str, release: str, *key_parts: Any, base: str | None = None) -> Path:
     """Stable per (asset, release, inputs, config): a rerun after a crash finds its checkpoints and resumes. Under
     ``base`` when given (the work volume in kubernetes mode), else ``$RLHF_WORK_DIR``, the local storage root or
     ./.rlhf-work."""
-    key = hashlib.sha256(json.dumps(list(key_parts), sort_keys=True, default=str).encode()).hexdigest()[:12]
     base = base or os.environ.get(WORK_DIR_ENV) or (storage_root if "://" not in storage_root else ".rlhf-work")
-    return Path(base).resolve() / "work" / asset / release / key
+    return Path(base).resolve() / "work" / run_key(asset, release, *key_parts)
+
+
+def mirrors_checkpoints(storage_root: str) -> bool:
+    """Whether a training run mirrors its checkpoints to the storage root: when the root is not a local directory.
+    A local root holds the work directory itself (``<root>/work/…``), so a copy beside it would add nothing; an
+    s3:// root outlives the machine (or pod) that trains."""
+    return "://" in storage_root and not storage_root.startswith("file://")
 
 
 def k8s_run_arguments(pod: TrainingPodSettings, entrypoint: Entrypoint, args: Sequence[str],
@@ -158,11 +174,13 @@ def launch_training(context: dg.AssetExecutionContext, launcher: _TrainingLaunch
             raise dg.Failure(str(exc), allow_retries=False) from None
     settings = dataclasses.asdict(config)
     asset = context.asset_key.to_user_string()
-    work = work_dir(storage.root, asset, context.partition_key, dataset_id, list(parents), settings, *key,
-                    base=pod.work_mount_path if kubernetes else None)
+    identity = (asset, context.partition_key, dataset_id, list(parents), settings, *key)
+    work = work_dir(storage.root, *identity, base=pod.work_mount_path if kubernetes else None)
     work.mkdir(parents=True, exist_ok=True)
     (work / "config.json").write_text(json.dumps(settings, indent=2, default=list))
     command = ["--config", str(work / "config.json"), "--out", str(work), "--dataset-id", dataset_id]
+    if mirrors_checkpoints(storage.root):  # a retried pod on another node resumes from the storage root
+        command += ["--checkpoint-key", run_key(*identity)]
     for parent in parents:
         command += ["--parent", parent]
     for flag, (name, data) in inputs.items():

@@ -9,7 +9,8 @@ flag (``--steps``, ``--clip-coef``, …; ``--help`` lists them with their defaul
 are JSONL: SFT rows ``{"prompt", "response"}``, prompt rows ``{"prompt"}``. ``--sft`` and ``--reward-model`` take
 an artifact id (or unique prefix), an artifact directory, or ``latest``. ``--calibration`` is rm_calibration's
 JSON record (or a bare calibrator dict); without it the raw reward-model score is used. Rerunning the same command
-with the same ``--out`` resumes from its last checkpoint. Each command prints one JSON summary line at the end;
+with the same ``--out`` resumes from its last checkpoint (with ``--checkpoint-key``, also on a fresh machine: from
+the storage root's mirror of it). Each command prints one JSON summary line at the end;
 under Dagster Pipes (rank 0) progress goes to the run's logs and the result, metrics and plots to the
 materialization (rlhf_assets/training_process.py). Exit codes: 0 success, 2 bad input.
 
@@ -56,7 +57,8 @@ def _sft(args: argparse.Namespace, config: SFTConfig, process: Process) -> dict[
     rows = read_jsonl(args.data, ("prompt", "response"))
     val = read_jsonl(args.val_data, ("prompt", "response")) if args.val_data else []
     with process_group():
-        r = train_sft(config, rows, args.out, val_rows=val, dataset_id=args.dataset_id, log=process.logger)
+        r = train_sft(config, rows, args.out, val_rows=val, dataset_id=args.dataset_id, log=process.logger,
+                      checkpoints=process.checkpoints)
     if not process.is_rank_zero:
         return None
     process.report({"artifact_id": r.artifact_id, "artifact_uri": r.artifact_uri, "global_step": r.global_step,
@@ -95,7 +97,7 @@ def _ppo(args: argparse.Namespace, config: PPOConfig, process: Process) -> dict[
     with process_group():
         r = train_ppo(config, sft_dir, rm_dir, prompts, eval_prompts, args.out,
                       calibrator=_calibrator(args.calibration), sft_rows=sft_rows, dataset_id=args.dataset_id,
-                      parent_ids=parents, log=process.logger)
+                      parent_ids=parents, log=process.logger, checkpoints=process.checkpoints)
     if not process.is_rank_zero:
         return None
     if process.pipes is not None:

@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rlhf_assets.checkpoint_mirror import CheckpointMirror
 from rlhf_assets.code_version import code_version
 from rlhf_assets.policy import distributed
 from rlhf_assets.policy.artifacts import load_policy
@@ -383,7 +384,7 @@ class PPOTrainer:
         return out
 
     # ---------------------------------------------------------------------------------------------- loop
-    def run(self, ckpt_path: Path, metrics_path: Path) -> str | None:
+    def run(self, ckpt_path: Path, metrics_path: Path, mirror: CheckpointMirror | None = None) -> str | None:
         cfg = self.cfg
         metrics_log = MetricsLog(metrics_path, self.history, write=distributed.is_main())
         if self.step == 0 and not self.evals:
@@ -421,7 +422,7 @@ class PPOTrainer:
             if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
                 self._record_eval(self.evaluate())
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
-                save_checkpoint(ckpt_path, self.state_dict())
+                save_checkpoint(ckpt_path, self.state_dict(), mirror)
         return stop_reason
 
     def _over_budget(self, kl: float, row: dict) -> str | None:
@@ -467,15 +468,17 @@ def train_ppo(config: PPOConfig, sft_dir: str | Path, reward_dir: str | Path, pr
               eval_prompts: Sequence[str], out_dir: str | Path, *, calibrator: Mapping[str, Any] | None = None,
               sft_rows: Sequence[dict] = (), store_root: str | None = None, dataset_id: str | None = None,
               parent_ids: Sequence[str] = (), extra_scorers: Mapping[str, Callable] | None = None,
-              log: Callable[[str], None] | None = None, store: bool = True) -> PPOResult:
-    """Run PPO (resuming from ``out_dir/checkpoints/last.pt`` when present) and store the selected checkpoint."""
+              log: Callable[[str], None] | None = None, store: bool = True,
+              checkpoints: CheckpointMirror | None = None) -> PPOResult:
+    """Run PPO (resuming from ``out_dir/checkpoints/last.pt`` when present, else from the one ``checkpoints``, the
+    storage root's mirror, holds) and store the selected checkpoint."""
     t0 = time.perf_counter()
     cfg = config.resolved()
     work = Path(out_dir)
     trainer = PPOTrainer(cfg, sft_dir, reward_dir, prompts, eval_prompts, calibrator=calibrator, sft_rows=sft_rows,
                          extra_scorers=extra_scorers, log=log)
     ckpt_path = work / "checkpoints" / "last.pt"
-    state = load_checkpoint(ckpt_path)
+    state = load_checkpoint(ckpt_path, checkpoints)
     resumed_from = None
     if state is not None:
         trainer.load_state_dict(state)
@@ -484,9 +487,9 @@ def train_ppo(config: PPOConfig, sft_dir: str | Path, reward_dir: str | Path, pr
     if trainer.step >= cfg.steps or (trainer.events and trainer.events[-1]["action"] == "stop"):
         stop_reason = trainer.events[-1]["reason"] if trainer.events and trainer.events[-1]["action"] == "stop" else None
     else:
-        stop_reason = trainer.run(ckpt_path, work / "metrics.jsonl")
+        stop_reason = trainer.run(ckpt_path, work / "metrics.jsonl", checkpoints)
         if stop_reason is not None:
-            save_checkpoint(ckpt_path, trainer.state_dict())
+            save_checkpoint(ckpt_path, trainer.state_dict(), checkpoints)
     if not trainer.best:
         raise ValueError("no held-out evaluation was finite and inside the KL budget (not even the SFT policy's at "
                          "step 0): check the reward model's scores for NaN")

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from rlhf_assets.checkpoint_mirror import CheckpointMirror
 from rlhf_assets.policy import distributed
 from rlhf_assets.storage import atomic_write_local
 
@@ -56,19 +57,28 @@ def warmup_linear(optimizer: torch.optim.Optimizer, total_steps: int, warmup_rat
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+def save_checkpoint(path: Path, state: dict[str, Any], mirror: CheckpointMirror | None = None) -> None:
     """Write atomically (streamed to an fsynced temporary, then renamed): a kill -9 leaves the previous checkpoint
-    intact. On N processes rank 0 writes it (every rank holds the same state) and the others wait at a barrier, so
-    no rank runs ahead of the last checkpoint."""
+    intact; then, with a ``mirror``, upload it to the storage root. On N processes rank 0 writes it (every rank holds
+    the same state) and the others wait at a barrier, so no rank runs ahead of the last checkpoint."""
     if distributed.is_main():
         atomic_write_local(path, lambda fh: torch.save(state, fh))
+        if mirror is not None:
+            mirror.push([path])
     distributed.barrier()
 
 
-def load_checkpoint(path: Path) -> dict[str, Any] | None:
+def load_checkpoint(path: Path, mirror: CheckpointMirror | None = None) -> dict[str, Any] | None:
     """The checkpoint at ``path`` or None; ``weights_only=True``: tensors and plain values only, no pickled code.
-    On N processes every rank reads it, and all must have found the same step (else a clear error: ``--out`` must be
-    on storage every rank sees)."""
+    With a ``mirror`` and no checkpoint at ``path``, the last one mirrored to the storage root is downloaded first
+    (rank 0, then any rank that still lacks it: another node's disk). On N processes every rank reads it, and all
+    must have found the same step (else a clear error: ``--out`` must be on storage every rank sees)."""
+    if mirror is not None:
+        if distributed.is_main():
+            mirror.restore([path])
+        distributed.barrier()
+        if not distributed.is_main() and not path.exists():
+            mirror.restore([path])
     state = torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
     distributed.require_same(-1 if state is None else int(state["step"]),
                              f"the checkpoint {path} (--out must be on storage every process sees)")

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from rlhf_assets.checkpoint_mirror import CheckpointMirror
 from rlhf_assets.code_version import code_version
 from rlhf_assets.policy import distributed
 from rlhf_assets.policy.base import base_policy
@@ -93,8 +94,9 @@ def mean_nll(model: PolicyModel, prompts: list, responses: list, pad_id: int, de
 
 def train_sft(config: SFTConfig, rows: Sequence[dict], out_dir: str | Path, *, val_rows: Sequence[dict] = (),
               store_root: str | None = None, dataset_id: str | None = None,
-              log: Callable[[str], None] | None = None) -> SFTResult:
-    """Fine-tune ``config.preset``'s base policy on ``rows`` ({"prompt", "response"}) and store the artifact."""
+              log: Callable[[str], None] | None = None, checkpoints: CheckpointMirror | None = None) -> SFTResult:
+    """Fine-tune ``config.preset``'s base policy on ``rows`` ({"prompt", "response"}) and store the artifact.
+    ``checkpoints``: the storage root's mirror of ``out_dir/checkpoints`` (resume on a fresh machine)."""
     say = log or (lambda msg: None)
     t0 = time.perf_counter()
     cfg = config.resolved()
@@ -121,7 +123,7 @@ def train_sft(config: SFTConfig, rows: Sequence[dict], out_dir: str | Path, *, v
     scheduler = warmup_linear(optimizer, total, cfg.warmup_ratio)
 
     ckpt_path = work / "checkpoints" / "last.pt"
-    state = load_checkpoint(ckpt_path)
+    state = load_checkpoint(ckpt_path, checkpoints)
     start, resumed_from, history, train_time, tokens = 0, None, [], 0.0, 0
     if state is not None:
         model.load_state_dict(state["model"])
@@ -172,7 +174,7 @@ def train_sft(config: SFTConfig, rows: Sequence[dict], out_dir: str | Path, *, v
             save_checkpoint(ckpt_path, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(), "step": done,
-                "history": metrics_log.history, "train_time": train_time, "tokens": tokens})
+                "history": metrics_log.history, "train_time": train_time, "tokens": tokens}, checkpoints)
 
     model.eval()
     if not main:  # rank 0 evaluates and stores; the others wait for it

@@ -76,7 +76,7 @@ def _train(args: argparse.Namespace, config: RMConfig, process: Process) -> dict
 
     result = train_reward_model(config, train_path, val_path, out, dataset_id=args.dataset_id,
                                 parent_ids=tuple(args.parents), progress=not args.no_progress, log=process.logger,
-                                artifact_kind=args.artifact_kind)
+                                artifact_kind=args.artifact_kind, checkpoints=process.checkpoints)
     if result is None:  # not rank 0
         return None
     process.report({

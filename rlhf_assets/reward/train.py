@@ -14,7 +14,10 @@
 3. RESUMES when ``work_dir/checkpoints/last.ckpt`` exists: weights, optimizer, scheduler, step/epoch counters,
    callback states, RNG states and the data position (the train dataloader is resumable) come back, so an
    interrupted run ends with the same weights as an uninterrupted one. The run's config and data hashes are kept
-   in ``work_dir/run.json``; resuming with different ones is refused;
+   in ``work_dir/run.json``; resuming with different ones is refused. With a checkpoint mirror
+   (rlhf_assets/checkpoint_mirror.py), rank 0 uploads ``run.json``, ``best.ckpt`` and ``last.ckpt`` to the storage
+   root after every checkpoint (MirroredCheckpointIO), and a work directory without ``last.ckpt`` is first filled
+   from there;
 4. on rank 0 only: loads the best checkpoint's weights (the last ones when there was no validation), evaluates
    on the val pairs (accuracy, AUC, ECE, log-loss) and on up to ``TRAIN_EVAL_MAX_PAIRS`` train pairs, and writes
    the artifact (safetensors + config + tokenizer + manifest) into the store. Other ranks return ``None``.
@@ -40,7 +43,9 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins import TorchCheckpointIO
 
+from rlhf_assets.checkpoint_mirror import CheckpointMirror
 from rlhf_assets.code_version import code_version
 from rlhf_assets.hf_offline import set_offline
 from rlhf_assets.registry.artifacts import ArtifactStore, file_sha256
@@ -167,6 +172,19 @@ class StepCheckpoint(ModelCheckpoint):
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
 
+class MirroredCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, then an upload of the run's checkpoint files to the storage root's mirror.
+    Lightning calls it on global rank 0 only, after the file is written and before the other ranks go on."""
+
+    def __init__(self, mirror: CheckpointMirror, files: list[Path]):
+        super().__init__()
+        self.mirror, self.files = mirror, files
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        super().save_checkpoint(checkpoint, path, storage_options=storage_options)
+        self.mirror.push(self.files)
+
+
 class ProgressLog(Callback):
     """One line per ``every_n_steps`` optimizer steps and per validation, sent to ``log`` (rank 0 only)."""
 
@@ -234,11 +252,14 @@ def train_reward_model(config: RMConfig, train_pairs_path: str | os.PathLike[str
                        val_pairs_path: str | os.PathLike[str], work_dir: str | os.PathLike[str],
                        store_root: str | None = None, dataset_id: str | None = None,
                        parent_ids: Sequence[str] = (), progress: bool = True,
-                       log: LogFn | None = None, artifact_kind: str = ARTIFACT_KIND) -> TrainResult | None:
+                       log: LogFn | None = None, artifact_kind: str = ARTIFACT_KIND,
+                       checkpoints: CheckpointMirror | None = None) -> TrainResult | None:
     """Fit, evaluate and store a reward model; returns the result on rank 0 and ``None`` on other ranks.
 
     ``artifact_kind`` names the artifact's role in the store (``judge_reward_model`` for the release's independent
-    judge), so ``latest`` reward model never resolves to a judge.
+    judge), so ``latest`` reward model never resolves to a judge. ``checkpoints``: the storage root's mirror of the
+    work directory's checkpoints — uploaded after every checkpoint (rank 0), and the resume point when the work
+    directory holds none (a fresh machine).
 
     Process-wide torch settings changed for the run (deterministic algorithms) are restored afterwards, so an
     in-process caller (a test, an in-process Dagster step) is left as it was.
@@ -249,7 +270,7 @@ def train_reward_model(config: RMConfig, train_pairs_path: str | os.PathLike[str
                             torch.is_deterministic_algorithms_warn_only_enabled())
     try:
         return _train(config, train_pairs_path, val_pairs_path, work_dir, store_root, dataset_id, parent_ids,
-                      progress, log, artifact_kind)
+                      progress, log, artifact_kind, checkpoints)
     finally:
         torch.use_deterministic_algorithms(deterministic_before[0], warn_only=deterministic_before[1])
 
@@ -257,7 +278,7 @@ def train_reward_model(config: RMConfig, train_pairs_path: str | os.PathLike[str
 def _train(config: RMConfig, train_pairs_path: str | os.PathLike[str], val_pairs_path: str | os.PathLike[str],
            work_dir: str | os.PathLike[str], store_root: str | None, dataset_id: str | None,
            parent_ids: Sequence[str], progress: bool, log: LogFn | None,
-           artifact_kind: str = ARTIFACT_KIND) -> TrainResult | None:
+           artifact_kind: str = ARTIFACT_KIND, checkpoints: CheckpointMirror | None = None) -> TrainResult | None:
     say: LogFn = log or (lambda msg: None)
     t0 = time.perf_counter()
     cfg = config.resolved()
@@ -266,6 +287,11 @@ def _train(config: RMConfig, train_pairs_path: str | os.PathLike[str], val_pairs
     work.mkdir(parents=True, exist_ok=True)
     ckpt_dir = work / CHECKPOINT_DIR
     last = ckpt_dir / LAST_CKPT
+    # What a resume needs, the file that says "a checkpoint is here" last. Every rank restores what it lacks (the
+    # same pointer: nothing is pushed before training starts; the files are renamed into place whole).
+    mirrored = [work / RUN_FILE, ckpt_dir / BEST_CKPT, last]
+    if checkpoints is not None:
+        checkpoints.restore(mirrored)
     resuming = last.exists()
 
     train_sha, val_sha = file_sha256(train_pairs_path), file_sha256(val_pairs_path)
@@ -320,6 +346,7 @@ def _train(config: RMConfig, train_pairs_path: str | os.PathLike[str], val_pairs
         val_check_interval=cfg.lightning_val_check_interval, log_every_n_steps=cfg.log_every_n_steps,
         callbacks=callbacks, logger=loggers, default_root_dir=work, use_distributed_sampler=False,
         enable_progress_bar=show_bar, enable_model_summary=False,
+        plugins=[MirroredCheckpointIO(checkpoints, mirrored)] if checkpoints is not None else None,
     )
     fit_t0 = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resuming else None)

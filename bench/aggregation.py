@@ -9,7 +9,7 @@ Parquet) aggregates all of it; the first ``peer_rows`` rows (whole items) are th
 1.4.2's DawidSkene, our in-memory Dawid–Skene and ours out of core run on the same labels.
 
 Every measurement runs in its own spawned child process. Wall time: the best of ``repeats`` runs (one for the
-large run). Peak RSS: ru_maxrss of the child (itself and any children it waited for; the interpreter and imports
+large run). Peak RSS: the child's VmHWM (and ru_maxrss of any children it waited for; the interpreter and imports
 included). In-memory runs also get a tracemalloc peak in a separate child (what the aggregation allocates).
 Every method runs exactly ``n_iter`` EM iterations: crowd-kit with tol=-inf, ours with a tolerance so small that
 only a non-increasing evidence bound stops it. Accuracy is against the generator's truth.
@@ -42,9 +42,15 @@ _OUR_TOL = 1e-300
 
 
 def _maxrss_bytes() -> int:
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    """Peak RSS of this process and of the children it waited for. VmHWM rather than ru_maxrss for this process:
+    ru_maxrss survives exec, so a spawned child would report its parent's peak at fork time."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        own = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
+    except (OSError, StopIteration):  # not Linux
+        own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, children) * 1024  # Linux: KiB
+    return max(own, children) * 1024  # KiB
 
 
 def _frame(path: str) -> pd.DataFrame:
@@ -157,7 +163,7 @@ def main(rows: int = 5_000_000, peer_rows: int = 1_000_000, n_iter: int = 20, ba
     with tempfile.TemporaryDirectory(prefix="rlhf-bench-aggregation-", dir=work_dir) as scratch:
         scratch = Path(scratch)
         start = time.perf_counter()
-        crowd = write_crowd(scratch / "crowd.parquet", rows, chunk_rows=min(1_000_000, peer_rows))
+        crowd = write_crowd(scratch / "crowd.parquet", rows, chunk_rows=min(1_000_000, peer_rows or rows))
         generated_s = time.perf_counter() - start
         size_mib = crowd.path.stat().st_size / 2**20
         print(f"Dawid-Skene on a synthetic crowd: {crowd.rows:,} label rows, {crowd.items:,} items x 3-5 labels, "

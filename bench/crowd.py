@@ -81,6 +81,8 @@ def _distinct_annotators(items: np.ndarray, weights_cdf: np.ndarray, rng: np.ran
 def write_crowd(path: Path | str, rows: int, *, annotators: int | None = None, chunk_rows: int = 1_000_000,
                 seed: int = 0) -> Crowd:
     """About ``rows`` label rows (item_id, annotator_id, label) to ``path``; the truth to ``<path>.truth.npy``."""
+    if chunk_rows < 5:
+        raise ValueError(f"chunk_rows must be at least 5 (items have 3-5 labels), got {chunk_rows}")
     path = Path(path)
     rng = np.random.default_rng(seed)
     annotators = annotators or int(min(max(500, rows // 5_000), 20_000))

@@ -83,9 +83,20 @@ class CheckpointMirror:
         return json.loads(self.storage.read_bytes(path))
 
     # push (rank 0, after a checkpoint was written locally) -------------------------------------------------------
-    def push(self, files: Sequence[str | os.PathLike[str]]) -> dict[str, Any]:
+    def push(self, files: Sequence[str | os.PathLike[str]]) -> dict[str, Any] | None:
         """Upload ``files`` (under the work directory; missing ones are left out) as a new version, then the pointer,
-        then delete the objects no pointer names any more. Returns the pointer."""
+        then delete the objects no pointer names any more. Returns the pointer.
+
+        When the store stays unavailable through its retries, the push is given up with a warning and training goes
+        on (None): the local checkpoint is intact, the mirror keeps the previous one and the next push catches up —
+        an outage costs at most the progress since the last push if the machine is also lost, never the run."""
+        try:
+            return self._push(files)
+        except StorageUnavailable as exc:
+            self._say(f"WARNING: checkpoint not mirrored (the previous one stays the resume point): {exc}")
+            return None
+
+    def _push(self, files: Sequence[str | os.PathLike[str]]) -> dict[str, Any]:
         previous = self._pointer if self._pointer is not None else self.pointer()
         before = (previous or {}).get("files", {})
         version = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"

@@ -6,6 +6,7 @@ Layout (DESIGN.md):
     <root>/quarantine/date=YYYY-MM-DD/            rejected files and rows, with their reasons
     <root>/artifacts/sha256/<digest>/             model artifacts
     <root>/registry/                              aliases and history
+    <root>/checkpoints/<asset>/<partition>/<key>/ training checkpoints mirrored (rlhf_assets/checkpoint_mirror.py)
 
 On ``s3://`` roots every write (and every read through this class) goes through :func:`with_retries`: bounded
 attempts with exponential backoff and jitter (StorageSettings, from ``$RLHF_STORAGE_CONFIG``), then a

@@ -324,3 +324,27 @@ def test_the_launcher_mirrors_checkpoints_unless_the_root_is_the_local_directory
     assert mirrors_checkpoints(root) is mirrors
     assert check_key(run_key("reward_model", "r1", "d1", {"lr": 1e-4})) == run_key("reward_model", "r1", "d1",
                                                                                     {"lr": 1e-4})
+
+
+def test_a_push_during_an_outage_is_given_up_and_the_next_one_catches_up(s3_storage, moto_server, tmp_path):
+    from rlhf_assets.storage import StorageSettings
+
+    storage, _, _ = s3_storage
+    storage.policy = StorageSettings(attempts=2, backoff_s=0.01, backoff_max_s=0.01, connect_timeout_s=0.5)
+    work, said = tmp_path / "a", []
+    mirror = CheckpointMirror(storage, KEY, work, log=said.append)
+    _write(work, "checkpoints/last.ckpt", b"step-3")
+    assert mirror.push(["checkpoints/last.ckpt"]) is not None
+    moto_server.stop()
+    _write(work, "checkpoints/last.ckpt", b"step-6")
+    assert mirror.push(["checkpoints/last.ckpt"]) is None  # training goes on
+    assert "checkpoint not mirrored" in said[-1] and "could not" in said[-1]
+    moto_server.start()
+    fresh = tmp_path / "b"
+    assert CheckpointMirror(storage, KEY, fresh).restore(["checkpoints/last.ckpt"])
+    assert (fresh / "checkpoints/last.ckpt").read_bytes() == b"step-3"  # the last complete push
+    _write(work, "checkpoints/last.ckpt", b"step-9")
+    mirror.push(["checkpoints/last.ckpt"])
+    shutil.rmtree(fresh)
+    assert CheckpointMirror(storage, KEY, fresh).restore(["checkpoints/last.ckpt"])
+    assert (fresh / "checkpoints/last.ckpt").read_bytes() == b"step-9"

@@ -406,6 +406,8 @@ def aggregate_batches(batches, out, *, n_rows_hint: int, source: str = "input", 
 
 def aggregate_parquet(source: Path | str, out, *, batch_rows: int = 1_000_000, **kwargs) -> OutOfCoreResult:
     """aggregate_batches over a Parquet file or directory, read ``batch_rows`` rows at a time."""
+    if batch_rows < 1:
+        raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
     dataset = open_parquet(source)
     return aggregate_batches(read_batches(dataset, batch_rows), out, n_rows_hint=dataset.count_rows(),
                              source=str(source), batch_rows=batch_rows, **kwargs)

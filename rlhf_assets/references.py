@@ -105,6 +105,15 @@ class OPERef(Reference):
 
 
 @dataclass(frozen=True)
+class AdversarialRef(Reference):
+    """adversarial_eval's result: the report (reward-model and policy probes, worst examples;
+    evaluation/adversarial.py) and the checks computed from it ({check, value, threshold, passed, description})."""
+
+    report: dict[str, Any]
+    checks: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class DecisionRef(Reference):
     """deployment_decision's verdict for a release and the artifacts it decides about (the same record is kept in
     the registry, ``registry/decisions/<release>.json``, which promotion and rollback read)."""
@@ -146,7 +155,8 @@ class DatasetTable:
 
 
 REFERENCE_TYPES: dict[str, type] = {cls.__name__: cls for cls in (ModelRef, PolicyRef, CalibrationRef, OPERef,
-                                                                   DecisionRef, ReleaseActionRef, DriftReferenceRef)}
+                                                                   DecisionRef, ReleaseActionRef, DriftReferenceRef,
+                                                                   AdversarialRef)}
 
 
 def is_reference(obj: Any) -> bool:

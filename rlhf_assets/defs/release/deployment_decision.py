@@ -8,7 +8,7 @@ from rlhf_assets.defs.partitions import release_partitions
 from rlhf_assets.defs.release.checks_lookup import blocking_check_statuses
 from rlhf_assets.defs.resources import ReleaseThresholdsResource, StorageResource
 from rlhf_assets.evaluation.gates import DecisionSettings, GateInputs, decide
-from rlhf_assets.references import CalibrationRef, DecisionRef, ModelRef, OPERef, PolicyRef
+from rlhf_assets.references import AdversarialRef, CalibrationRef, DecisionRef, ModelRef, OPERef, PolicyRef
 from rlhf_assets.registry.decisions import write_decision
 
 DeploymentDecisionConfig = config_class(
@@ -41,10 +41,12 @@ def deployment_decision(
     sft_policy: ModelRef,
     reward_model: ModelRef,
     rm_calibration: CalibrationRef,
+    adversarial_eval: AdversarialRef,  # its checks are read from the instance with the other blocking checks
 ):
     """promote / canary / reject / escalate from gates with three outcomes (pass, fail, inconclusive — each on a
     bootstrap interval): upstream blocking checks on this partition, reward-model accuracy, calibration, human–RM
-    correlation, measured KL, OPE reliability and the independent judge's uplift. Missing evidence rejects. The
+    correlation, measured KL, OPE reliability and the independent judge's uplift; the adversarial evaluation's checks
+    (style-only flip rate, length drift, degenerate answers) are upstream checks. Missing evidence rejects. The
     verdict is the materialization's `rlhf/verdict` tag, and the `release_approved` check warns on reject and
     escalate."""
     statuses = blocking_check_statuses(context.instance, context.partition_key)

@@ -48,7 +48,7 @@ def _dagster_configs():
         (OPEReportConfig, (OPESettings,), (), {}),
         (DeploymentDecisionConfig, (DecisionSettings,), (), {}),
         (PreferenceDatasetConfig, (SnapshotSettings,), (), {}),
-        (AggregationConfig, (AggregationSettings,), (), {}),
+        (AggregationConfig, (AggregationSettings,), ("out_of_core_bytes", "batch_rows"), {}),
         (ValidationConfig, (ValidationRules,), ("day",), {}),
         (ReleaseThresholdsResource, (ReleaseThresholds,), (), {}),
     ]

@@ -41,11 +41,11 @@ class AggregationSettings:
     min_overlap: Annotated[int, Field(ge=1)] = 20
     """Items two annotators must share before their Cohen's kappa is reported."""
     out_of_core_bytes: Annotated[int, Field(ge=0)] = 256 << 20
-    """Label input larger than this (bytes: Parquet on disk for `rlhf aggregate`, the comparisons in memory for
-    aggregated_labels) is aggregated out of core: bucketed on disk by item, one sequential pass per EM iteration,
-    memory bounded by batch_rows instead of growing with the rows."""
+    """`rlhf aggregate`: Parquet input larger than this (bytes on disk) is aggregated out of core — bucketed on disk
+    by item, one sequential pass per EM iteration, memory bounded by batch_rows instead of growing with the rows."""
     batch_rows: Annotated[int, Field(ge=1)] = 1_000_000
-    """Out of core: rows read at a time, and about the rows of one on-disk bucket (peak memory grows with it)."""
+    """`rlhf aggregate` out of core: rows read at a time, and about the rows of one on-disk bucket (peak memory grows
+    with it)."""
     flagged_annotators: Literal["keep", "exclude"] = "keep"
     """Annotators the disagreement sensor flagged (monitoring/annotators/flagged.json): keep their labels (the table
     still marks them) or exclude them from the aggregation (their labels are counted in the table, not used)."""

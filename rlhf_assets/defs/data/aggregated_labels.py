@@ -10,7 +10,8 @@ from rlhf_assets.defs.partitions import daily_partitions
 from rlhf_assets.defs.resources import StorageResource
 from rlhf_assets.preference.labels import AggregationSettings, aggregate_comparisons
 
-AggregationConfig = config_class("AggregationConfig", AggregationSettings)
+# The out-of-core knobs are `rlhf aggregate`'s: this asset gets its day's comparisons as one frame from the IO manager.
+AggregationConfig = config_class("AggregationConfig", AggregationSettings, exclude=("out_of_core_bytes", "batch_rows"))
 
 
 @dg.multi_asset(

@@ -95,7 +95,10 @@ def serving_log(storage: Storage, behavior_id: str, *, include_canary: bool = Fa
     baseline_policy_id=behavior_id)``. Other policies' rows (an ended canary, an older production) stay out: their
     shares of the traffic the current split produced are not known.
     """
+    from rlhf_assets.policy_serving.log import policy_log_files
+
     files = [f for f in storage.list_files(storage.path(SERVING_LOGS)) if f.name.endswith(".parquet")]
+    files += policy_log_files(storage)  # what `rlhf serve-policy` served (serving-logs/policy/date=…/)
     if not files:
         return None
     log = pl.concat([storage.read_parquet(f) for f in files], how="diagonal_relaxed")

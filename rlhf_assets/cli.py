@@ -179,6 +179,16 @@ def serve(ctx: typer.Context):
     raise typer.Exit(server(list(ctx.args)))
 
 
+@app.command("serve-policy", context_settings=_PASSTHROUGH, add_help_option=False)
+def serve_policy(ctx: typer.Context):
+    """The registry's policy behind runtime guards: [--port 8090] [--kl-limit NATS] [--on-guard reference|refuse]
+    [--filter-blocklist W …] [--filter-regexes RX …] [--classifier-url URL] … (--help for all). Needs
+    $RLHF_SERVE_TOKEN unless --insecure-no-auth (loopback only)."""
+    from rlhf_assets.policy_serving.server import main as server
+
+    raise typer.Exit(server(list(ctx.args)))
+
+
 @policy_app.command("sft", context_settings=_PASSTHROUGH, add_help_option=False)
 def policy_sft(ctx: typer.Context):
     """Fine-tune the base policy on chosen responses: --data FILE --out DIR [--config FILE] [--preset tiny|small|hf]

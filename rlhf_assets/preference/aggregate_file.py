@@ -14,8 +14,7 @@ from typing import TextIO
 import polars as pl
 
 from rlhf_assets.preference.aggregation import AggregationSummary, aggregate_table
-
-REQUIRED = ("item_id", "annotator_id", "label")
+from rlhf_assets.preference.aggregation_out_of_core import REQUIRED, LabelInputError, aggregate_parquet
 
 
 class AggregateInputError(ValueError):
@@ -89,8 +88,6 @@ def aggregate_to(path: Path, out: Path | TextIO | None, *, method: str = "dawid-
     if out_of_core is None:
         out_of_core = path.is_dir() or (is_parquet(path) and input_bytes(path) > out_of_core_bytes)
     if out_of_core:
-        from rlhf_assets.preference.aggregation_out_of_core import LabelInputError, aggregate_parquet
-
         if not is_parquet(path):
             raise AggregateInputError(f"{path}: out of core needs Parquet input (a .parquet file or a directory)")
         try:

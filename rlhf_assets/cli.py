@@ -109,7 +109,7 @@ def aggregate(
     batch_rows: Annotated[int | None, typer.Option(help="Out of core: rows per batch and bucket "
                                                         "(default AggregationSettings.batch_rows).")] = None,
     work_dir: Annotated[Path | None, typer.Option(help="Out of core: scratch directory (default: the system's "
-                                                       "temporary directory); needs about twice the input.")] = None,
+                                                       "temporary directory); about 3-4x the Parquet input.")] = None,
 ):
     """Aggregate crowd labels: one label per item with its confidence."""
     from rlhf_assets.preference.aggregate_file import AggregateInputError, aggregate_to
@@ -138,7 +138,7 @@ def bench_aggregation(
                                                 "memory, ours out of core (0: none).")] = 1_000_000,
     n_iter: Annotated[int, typer.Option(help="EM iterations for every method.")] = 20,
     batch_rows: Annotated[int, typer.Option(help="Out of core: rows per batch and bucket.")] = 1_000_000,
-    work_dir: Annotated[str | None, typer.Option(help="Scratch directory (needs ~3x the Parquet).")] = None,
+    work_dir: Annotated[str | None, typer.Option(help="Scratch directory (about 4x the crowd's Parquet).")] = None,
     quick: Annotated[bool, typer.Option(help="200k rows, for a smoke test.")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ):

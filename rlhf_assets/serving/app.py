@@ -28,6 +28,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from rlhf_assets.serving.cache import ScoreCache, Scored, text_key
+from rlhf_assets.serving.cascade import escalate
 from rlhf_assets.serving.log import ServingLog
 from rlhf_assets.serving.metrics import ServiceMetrics
 from rlhf_assets.serving.pool import ModelPool, Route
@@ -199,9 +200,12 @@ class Service:
     def _model_fields(self, route: Route) -> dict[str, Any]:
         return {"artifact_id": route.artifact_id, "release": route.release, "alias": route.alias}
 
-    def _rows(self, route: Route, request_id: str, key: str | None, endpoint: str, latency_ms: float,
+    def _rows(self, route: Route | list[Route], request_id: str, key: str | None, endpoint: str, latency_ms: float,
               scored: list[tuple[Scored, bool]], texts: list[tuple[str, str]], sides: list[str | None],
               p_a: list[float | None]) -> list[dict[str, Any]]:
+        """Serving-log rows; ``route`` is the one that scored them all, or one per row (the cascade's student rows
+        name the student's artifact, so monitors that select the production artifact's rows never mix them in)."""
+        routes = route if isinstance(route, list) else [route] * len(scored)
         now = datetime.now(UTC)
         key_hash = hashlib.sha256(key.encode()).hexdigest() if key else None
         keep = self.settings.log_texts
@@ -209,14 +213,14 @@ class Service:
         return [{
             "time": now, "request_id": request_id, "item": i // per_item, "key_hash": key_hash, "endpoint": endpoint,
             "side": side,
-            "artifact_id": route.artifact_id, "release": route.release, "alias": route.alias,
+            "artifact_id": r.artifact_id, "release": r.release, "alias": r.alias,
             "prompt_sha256": hashlib.sha256(prompt.encode()).hexdigest(),
             "response_sha256": hashlib.sha256(response.encode()).hexdigest(),
             "prompt_tokens": result.prompt_tokens, "tokens": result.tokens, "truncated": result.truncated,
             "score": result.score, "p_a": p, "latency_ms": latency_ms, "cache_hit": hit,
             "embedding": result.embedding.tolist(), "prompt": prompt if keep else None,
             "response": response if keep else None,
-        } for i, ((result, hit), (prompt, response), side, p) in enumerate(zip(scored, texts, sides, p_a))]
+        } for i, ((result, hit), (prompt, response), side, p, r) in enumerate(zip(scored, texts, sides, p_a, routes))]
 
     async def _score(self, route: Route, parsed: Any, started: float) -> dict[str, Any]:
         texts = [(i["prompt"], i["response"]) for i in parsed.items]
@@ -229,21 +233,49 @@ class Service:
                   "tokens": s.tokens, "cached": hit, **self._model_fields(route)} for s, hit in scored]
         return {"items": items, "request_id": request_id} if parsed.batched else {**items[0], "request_id": request_id}
 
+    async def _compare_with(self, route: Route, texts: list[tuple[str, str]]
+                            ) -> tuple[list[tuple[Scored, bool]], np.ndarray]:
+        """(scored texts, calibrated P(a ≻ b) per item) from one model."""
+        scored = await self.score_texts(route, texts)
+        margins = np.array([x.score - y.score for (x, _), (y, _) in zip(scored[0::2], scored[1::2])])
+        return scored, route.slot.model.probability(margins)
+
+    async def _cascade(self, route: Route, student: Route, texts: list[tuple[str, str]]
+                       ) -> tuple[list[tuple[Scored, bool]], np.ndarray, list[Route]]:
+        """The student decides every item outside the uncertainty band; the teacher (``route``) those inside it
+        (rlhf_assets/serving/cascade.py)."""
+        scored, p = await self._compare_with(student, texts)
+        sent = escalate(p, self.settings.cascade_band)
+        deciders = [route if s else student for s in sent]
+        if sent.any():
+            idx = np.flatnonzero(sent)
+            t_scored, t_p = await self._compare_with(route, [texts[2 * i + k] for i in idx for k in (0, 1)])
+            p = p.copy()
+            p[idx] = t_p
+            for j, i in enumerate(idx):
+                scored[2 * i], scored[2 * i + 1] = t_scored[2 * j], t_scored[2 * j + 1]
+        self.metrics.cascade.labels(decided_by="teacher").inc(int(sent.sum()))
+        self.metrics.cascade.labels(decided_by="student").inc(int((~sent).sum()))
+        return scored, p, deciders
+
     async def _compare(self, route: Route, parsed: Any, started: float) -> dict[str, Any]:
         texts = [(i["prompt"], i[side]) for i in parsed.items for side in ("response_a", "response_b")]
-        scored = await self.score_texts(route, texts)
+        student = self.pool.student_route() if route.alias != "version" else None
+        if student is None:
+            scored, p = await self._compare_with(route, texts)
+            deciders = [route] * len(parsed.items)
+        else:
+            scored, p, deciders = await self._cascade(route, student, texts)
         a, b = scored[0::2], scored[1::2]
-        margins = np.array([x.score - y.score for (x, _), (y, _) in zip(a, b)])
-        p = route.slot.model.probability(margins)
         request_id = uuid.uuid4().hex
         latency_ms = (time.perf_counter() - started) * 1000
-        self._log(self._rows(route, request_id, parsed.key, "compare", latency_ms, scored, texts,
-                             ["a", "b"] * len(parsed.items), [float(v) for v in np.repeat(p, 2)]))
-        calibrated = route.slot.model.calibrator is not None
-        items = [{"p_a": float(pi), "calibrated": calibrated, "calibration_id": route.slot.model.calibration_id,
-                  "score_a": x.score, "score_b": y.score,
-                  "truncated": x.truncated is not None or y.truncated is not None, **self._model_fields(route)}
-                 for pi, (x, _), (y, _) in zip(p, a, b)]
+        self._log(self._rows([r for r in deciders for _ in (0, 1)], request_id, parsed.key, "compare", latency_ms,
+                             scored, texts, ["a", "b"] * len(parsed.items), [float(v) for v in np.repeat(p, 2)]))
+        items = [{"p_a": float(pi), "calibrated": r.slot.model.calibrator is not None,
+                  "calibration_id": r.slot.model.calibration_id, "score_a": x.score, "score_b": y.score,
+                  "truncated": x.truncated is not None or y.truncated is not None, **self._model_fields(r),
+                  **({"decided_by": "teacher" if r is route else "student"} if student is not None else {})}
+                 for pi, (x, _), (y, _), r in zip(p, a, b, deciders)]
         return {"items": items, "request_id": request_id} if parsed.batched else {**items[0], "request_id": request_id}
 
 

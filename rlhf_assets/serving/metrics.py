@@ -35,6 +35,9 @@ class ServiceMetrics:
                                 ["model", "release", "alias", "backend"], registry=r)
         self.reloads = Counter("rlhf_rm_reloads", "Registry alias changes applied (or failed), by result.",
                                ["result"], registry=r)
+        self.cascade = Counter("rlhf_rm_cascade_items", "Compared items under the student → teacher cascade, by who "
+                               "decided them (student, teacher: escalated from the uncertainty band).",
+                               ["decided_by"], registry=r)
         self.log_rows = Counter("rlhf_rm_serving_log_rows", "Serving-log rows by outcome (written, dropped, failed).",
                                 ["outcome"], registry=r)
 

@@ -30,6 +30,8 @@ from rlhf_assets.serving.settings import ServeSettings
 from rlhf_assets.storage import Storage
 
 REWARD_KINDS = ("reward_model", "judge_reward_model")
+STUDENT_KIND = "rm_distilled"  # the cascade's student (rlhf_assets/reward/distill_release.py)
+STUDENT_ALIAS = "cascade-student"
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,7 @@ class ModelPool:
     not_ready_reason: str | None = "starting: loading the registry's models"
     pinned_model: Target | None = None  # --model, resolved once
     in_flight: Any = lambda: 1 << 30  # the service's count of requests in flight (the batchers read it)
+    student: Slot | None = None  # the cascade's distilled student (ServeSettings.cascade_student), loaded once
 
     @property
     def store(self) -> ArtifactStore:
@@ -170,6 +173,7 @@ class ModelPool:
     # following the registry ------------------------------------------------------------------------------------
     async def refresh(self) -> bool:
         """Read the registry's aliases; load, warm and switch to what changed. True when the routes changed."""
+        await self._ensure_student()
         aliases = await asyncio.to_thread(Registry(self.storage).aliases)
         production, canary, share, seq = targets_from_registry(aliases)
         alias = "production"
@@ -217,11 +221,33 @@ class ModelPool:
                 if previous.leases == 0:
                     self._stop(previous)
 
-    def _load(self, target: Target) -> Slot:
+    async def _ensure_student(self) -> None:
+        """Load the cascade's student the first time (its calibrator is the one stored with it)."""
+        if not self.settings.cascade_student or self.student is not None:
+            return
+        try:
+            artifact_id = await asyncio.to_thread(self.store.resolve_id, self.settings.cascade_student, STUDENT_KIND)
+            kind = (await asyncio.to_thread(self.store.manifest, artifact_id)).get("kind")
+        except (ArtifactNotFound, ValueError) as exc:
+            raise ValueError(f"cascade_student {self.settings.cascade_student!r}: {exc}") from None
+        if kind not in (STUDENT_KIND, *REWARD_KINDS):
+            raise ValueError(f"cascade_student {self.settings.cascade_student!r} is a {kind!r} artifact, not a "
+                             f"reward model ({STUDENT_KIND} or {', '.join(REWARD_KINDS)})")
+        self.student = await asyncio.to_thread(self._load, Target(artifact_id), True)
+        self._publish()
+
+    def student_route(self) -> Route | None:
+        return Route(self.student, STUDENT_ALIAS) if self.student is not None else None
+
+    def _load(self, target: Target, student: bool = False) -> Slot:
         """Load and warm a version (in a worker thread)."""
         store = self.store
         calibrator = None
-        if target.calibration_id:
+        if student:
+            from rlhf_assets.reward.distill_release import student_calibrator
+
+            calibrator = student_calibrator(store.get(target.artifact_id))
+        elif target.calibration_id:
             doc = json.loads((store.get(target.calibration_id) / "calibration.json").read_text())
             calibrator = doc.get("calibrator")
         model = ServedModel(store.get(target.artifact_id), target.artifact_id, calibrator=calibrator,
@@ -266,6 +292,8 @@ class ModelPool:
             alias = ("canary" if r.canary and r.canary.artifact_id == artifact_id else
                      r.production_alias if r.production and r.production.artifact_id == artifact_id else "version")
             rows.append((artifact_id, slot.target.release or "", alias, slot.model.backend.name))
+        if self.student is not None:
+            rows.append((self.student.target.artifact_id, "", STUDENT_ALIAS, self.student.model.backend.name))
         self.metrics.set_models(rows)
 
     def describe(self) -> dict[str, Any]:
@@ -279,6 +307,7 @@ class ModelPool:
                 "canary_share": r.canary_share, "loaded": sorted(self.slots), "registry_seq": r.registry_seq}
 
     def close(self) -> None:
-        for slot in list(self.slots.values()):
+        for slot in [*self.slots.values(), *([self.student] if self.student is not None else [])]:
             slot.batcher.stop()
         self.slots.clear()
+        self.student = None

@@ -44,6 +44,13 @@ class ServeSettings(FileConfig):
     max_batch_tokens: PositiveInt = 16384
     """Tokens (padded: items × longest) per forward pass."""
 
+    cascade_student: str | None = None
+    """Artifact id (or unique prefix, or `latest`) of a distilled student (rm_distilled): /v1/compare then scores
+    every item with it and sends only those whose calibrated P(a ≻ b) is within cascade_band of 0.5 to the routed
+    model (the teacher). None: no cascade. Requests for one version (/v1/models/{id}/…) never cascade."""
+    cascade_band: Annotated[float, Field(ge=0, le=0.5)] = 0.1
+    """Half-width of the cascade's uncertainty band: |P − 0.5| ≤ band goes to the teacher (0.5: everything)."""
+
     cache_entries: Annotated[int, Field(ge=0)] = 100_000
     """Scores kept in the LRU cache (0: no cache)."""
     cache_bytes: Annotated[int, Field(ge=0)] = 64 * 1024 * 1024

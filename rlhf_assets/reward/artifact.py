@@ -29,7 +29,7 @@ from rlhf_assets.artifact_payload import (
 from rlhf_assets.hf_offline import load_tokenizer, set_offline
 from rlhf_assets.reward.config import RMConfig
 from rlhf_assets.reward.data import PairCollator, PairEncoder
-from rlhf_assets.reward.network import RewardNet, backbone_from_config
+from rlhf_assets.reward.network import RewardNet, backbone_from_config, merged_backbone
 
 ARTIFACT_FORMAT = "rlhf_assets.reward_model/v1"
 
@@ -40,7 +40,12 @@ def save_reward_model(net: RewardNet, tokenizer: Any, config: RMConfig, out_dir:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    net_cpu = net.to("cpu")
+    net = net.to("cpu")
+    if hasattr(net.backbone, "merge_and_unload"):  # LoRA: stored merged, so it loads and serves like any other
+        merged = RewardNet(merged_backbone(net.backbone), net.kind)
+        merged.head.load_state_dict(net.head.state_dict())
+        net = merged
+    net_cpu = net
     # One metadata key only: safetensors writes a multi-key metadata map in hash order (not byte-stable).
     save_model(net_cpu, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
     backbone_config = net.backbone.config.to_dict()

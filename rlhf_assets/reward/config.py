@@ -46,6 +46,17 @@ class RMConfig(FileConfig):
     """Backbone dropout (None keeps the backbone's). 0 keeps the reward scale stable and runs exactly reproducible
     across resumes and world sizes."""
 
+    lora_rank: Annotated[int, Field(ge=0)] = 0
+    """LoRA rank (peft) on the backbone's attention projections: only the adapters and the reward head train; the
+    artifact stores the adapters merged into the weights (served like any reward model). 0: full fine-tuning."""
+    lora_alpha: Annotated[float, Field(gt=0)] = 16.0
+    """LoRA scaling α (the update is scaled by α / rank)."""
+    lora_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    """Dropout on the LoRA branch's input."""
+    lora_targets: str | None = None
+    """Comma-separated module names the adapters wrap (None: peft's default for the backbone family, e.g. query,value
+    for BERT, q_proj,v_proj for Llama; a family without a default needs this)."""
+
     # optimisation -----------------------------------------------------------------------------------------------
     batch_size: PositiveInt = 16
     """Pairs per device per optimizer micro-step."""

@@ -35,6 +35,7 @@ into its checks (thresholds: evaluation/thresholds.py).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any
@@ -273,7 +274,7 @@ def evaluate_adversarial(*, candidate: tuple[Any, Any], reference: tuple[Any, An
                       "worst_examples": worst_examples(rows, settings.worst_examples),
                       "filters": {"blocklist": list(response_filter.settings.filter_blocklist),
                                   "regexes": list(response_filter.settings.filter_regexes)},
-                      "settings": {k: getattr(settings, k) for k in AdversarialSettings.field_names()}})
+                      "settings": dataclasses.asdict(settings)})
 
 
 def check_rows(report: Mapping[str, Any], thresholds: ReleaseThresholds) -> list[dict[str, Any]]:

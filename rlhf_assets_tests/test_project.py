@@ -46,7 +46,7 @@ def test_domain_code_does_not_import_dagster():
 
 #: The plain helper modules tests may import; fixtures come from conftest.py files, which pytest finds by name.
 TEST_HELPER_MODULES = {"rlhf_assets_tests.support", "rlhf_assets_tests.records",
-                       "rlhf_assets_tests.serving.service_support",
+                       "rlhf_assets_tests.serving.service_support", "rlhf_assets_tests.policy_serving.policy_support",
                        "rlhf_assets_tests.defs.dagster_support", "rlhf_assets_tests.postgres_server",
                        "rlhf_assets_tests.k8s.k8s_support"}
 

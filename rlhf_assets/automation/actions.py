@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from rlhf_assets.automation.correlation import Correlation
 from rlhf_assets.automation.settings import AutomationSettings
+from rlhf_assets.registry.aliases import NOT_A_MOVE
 
 Kind = Literal["retrain", "rollback", "graduate", "end_canary"]
 
@@ -38,7 +39,7 @@ class Action:
 
 def previous_production(history: list[dict[str, Any]], current: str | None) -> str | None:
     """The release that held production before ``current`` (the last good one), or None."""
-    holders = [e["release"] for e in history if e["alias"] == "production" and e["action"] != "clear"]
+    holders = [e["release"] for e in history if e["alias"] == "production" and e["action"] not in NOT_A_MOVE]
     for release in reversed(holders):
         if release != current:
             return release

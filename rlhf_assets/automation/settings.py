@@ -46,6 +46,16 @@ class AutomationSettings(FileConfig):
     canary_min_windows: Annotated[int, Field(ge=0)] = 1
     """Drift windows of the canary's own traffic that must have been checked without an alarm before it graduates."""
 
+    # the served policy's runtime guard (policy_guard_sensor, reading `rlhf serve-policy`'s log) -------------------
+    policy_guard_window: PositiveInt = 200
+    """A release's newest served responses (in its current alias) the live guard figures are measured on."""
+    policy_guard_min_responses: PositiveInt = 30
+    """Responses a release must have served in its alias before its live guard figures can escalate it."""
+    max_guarded_share: Share = 0.2
+    """Allowed divergence: escalate (and move out of canary/production) when more of its responses were guarded."""
+    max_live_mean_kl: Annotated[float, Field(gt=0)] = 10.0
+    """Allowed divergence: escalate when its live mean log-likelihood ratio to its reference exceeds this (nats)."""
+
     # annotator disagreement ---------------------------------------------------------------------------------------
     max_kappa_drop: Share = 0.1
     """Alert when a day's Fleiss' kappa is this far below the mean of the days before it."""

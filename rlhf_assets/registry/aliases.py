@@ -4,6 +4,7 @@ Layout under ``<root>/registry/``::
 
     history/00000001.json   one file per change, created once and never rewritten:
                             {seq, id, time, alias, release, artifacts, share, action, reason, actor, from_release}
+                            (an ``escalate`` entry moves nothing: a note for a person, with its ``evidence``)
     aliases.json            {"history_seq": N, "production": {...} | null, "canary": {...} | null}
     .lock                   local roots only: the writers' exclusive lock
 
@@ -50,6 +51,8 @@ from rlhf_assets.storage import Storage, synced_temp_beside
 
 ALIASES = ("production", "canary")
 ACTIONS = ("promote", "canary", "rollback", "override")  # what set_alias records; clear_alias records "clear"
+#: Entries that do not put a release in an alias: a cleared alias, and an escalation (a note for a person).
+NOT_A_MOVE = ("clear", "escalate")
 MAX_ATTEMPTS = 100
 _ENTRY_NAME = re.compile(r"^(\d{8,})\.json$")
 _CONFLICT_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
@@ -74,6 +77,8 @@ def _empty_state() -> dict[str, Any]:
 def apply_entry(state: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
     """The alias state after one history entry (replay is a fold of this over the history)."""
     state = dict(state)
+    if entry["action"] == "escalate":
+        return state
     if entry["action"] == "clear":
         state[entry["alias"]] = None
     else:
@@ -150,6 +155,16 @@ class Registry:
         """Point ``alias`` at nothing (e.g. end a canary); returns the entry, or None if it was already clear."""
         _check_alias(alias)
         return self._append({"alias": alias, "release": None, "artifacts": {}, "share": None, "action": "clear",
+                             **_who(reason, actor)})
+
+    def escalate(self, alias: str, release: str, *, reason: str, actor: str,
+                  evidence: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Record that ``release`` in ``alias`` needs a person's look (action ``escalate``, with its ``evidence``);
+        the aliases do not move. Returns the entry."""
+        _check_alias(alias)
+        validate_key(release)
+        return self._append({"alias": alias, "release": release, "artifacts": {}, "share": None,
+                             "action": "escalate", "evidence": json.loads(json.dumps(evidence or {}, default=str)),
                              **_who(reason, actor)})
 
     # internals ----------------------------------------------------------------------------------------------

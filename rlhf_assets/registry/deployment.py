@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rlhf_assets.registry.aliases import Registry
+from rlhf_assets.registry.aliases import NOT_A_MOVE, Registry
 from rlhf_assets.storage import Storage
 
 
@@ -43,12 +43,13 @@ class NeverInProduction(ValueError):
 def last_in_production(history: list[dict[str, Any]], release: str) -> dict[str, Any] | None:
     """The newest history entry that put ``release`` in production (any action), or None."""
     return next((e for e in reversed(history) if e["alias"] == "production" and e["release"] == release
-                 and e["action"] != "clear"), None)
+                 and e["action"] not in NOT_A_MOVE), None)
 
 
 def production_releases(history: list[dict[str, Any]]) -> list[str]:
     """Every release that has held production, in the order each first did."""
-    return list(dict.fromkeys(e["release"] for e in history if e["alias"] == "production" and e["action"] != "clear"))
+    return list(dict.fromkeys(e["release"] for e in history
+                              if e["alias"] == "production" and e["action"] not in NOT_A_MOVE))
 
 
 def rollback(storage: Storage, release: str, *, actor: str = "dagster", why: str | None = None) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from rlhf_assets.policy_serving.log import read_policy_log
 from rlhf_assets.registry.artifacts import ArtifactStore
 from rlhf_assets.serving.pool import key_share
 from rlhf_assets.storage import Storage
-from rlhf_assets_tests.policy_serving.support import CLEAN, DRIFTED, make_policy_store, start_policy_server
+from rlhf_assets_tests.policy_serving.policy_support import CLEAN, DRIFTED, make_policy_store, start_policy_server
 from rlhf_assets_tests.serving.service_support import ServeStore, start_server
 
 PROMPTS = ["How do I bake bread?", "Tell me about the moon.", "What is a good name for a cat?"]

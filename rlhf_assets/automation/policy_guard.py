@@ -1,0 +1,96 @@
+"""Human-in-the-loop escalation from the served policy's runtime guard (pure functions; the sensor acts on them).
+
+``rlhf serve-policy`` logs every response with its log-likelihood ratio to the reference (``kl``) and whether it was
+guarded (policy_serving/log.py). Per release holding ``production`` or ``canary``, over its newest
+``policy_guard_window`` responses served since it took that alias: the share guarded and the mean kl. When either
+exceeds the allowed divergence (``max_guarded_share``, ``max_live_mean_kl``) on at least
+``policy_guard_min_responses`` responses, the release is **escalated**: an ``escalate`` entry in the registry history
+for a person, with the evidence, and it is moved out — a canary is ended, production is rolled back to the release
+that held it before (none before: the escalation and the alert only, production stays). One escalation per tenure:
+a release already escalated since it took its alias is not escalated again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+import polars as pl
+
+from rlhf_assets.automation.actions import Action, previous_production
+from rlhf_assets.automation.settings import AutomationSettings
+
+
+@dataclass
+class GuardStats:
+    alias: str
+    release: str
+    policy_id: str
+    n: int
+    guarded_share: float
+    mean_kl: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Escalation:
+    alias: str
+    release: str
+    trigger: str
+    evidence: dict[str, Any]
+    move: Action | None  # end_canary / rollback; None when there is nothing to roll back to
+
+
+def _since(holder: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(str(holder["since"]).replace("Z", "+00:00"))
+
+
+def live_guard_stats(log: pl.DataFrame, aliases: dict[str, Any], window: int) -> list[GuardStats]:
+    """Per alias holder with a policy: its newest ``window`` responses logged under that alias since it took it."""
+    out = []
+    for alias in ("production", "canary"):
+        holder = aliases.get(alias)
+        policy = ((holder or {}).get("artifacts") or {}).get("policy")
+        if not policy or log.height == 0:
+            continue
+        rows = (log.filter((pl.col("alias") == alias) & (pl.col("release") == holder["release"])
+                           & (pl.col("policy_id") == policy) & (pl.col("time") >= _since(holder)))
+                .sort("time").tail(window))
+        if rows.height == 0:
+            continue
+        guarded = rows["guard_reasons"].list.len() > 0
+        out.append(GuardStats(alias, holder["release"], policy, rows.height, float(guarded.mean()),
+                              float(rows["kl"].mean())))
+    return out
+
+
+def escalations(stats: list[GuardStats], aliases: dict[str, Any], history: list[dict[str, Any]],
+                settings: AutomationSettings) -> list[Escalation]:
+    out = []
+    for s in stats:
+        if s.n < settings.policy_guard_min_responses:
+            continue
+        over = []
+        if s.guarded_share > settings.max_guarded_share:
+            over.append(f"{s.guarded_share:.0%} of responses guarded > {settings.max_guarded_share:.0%}")
+        if s.mean_kl > settings.max_live_mean_kl:
+            over.append(f"mean KL to the reference {s.mean_kl:.2f} nats > {settings.max_live_mean_kl}")
+        if not over:
+            continue
+        holder = aliases[s.alias]
+        if any(e["action"] == "escalate" and e["alias"] == s.alias and e["release"] == s.release
+               and e["seq"] > holder["history_seq"] for e in history):
+            continue  # already escalated in this tenure; its move is under way or was refused
+        trigger = f"{s.alias} {s.release}: {' and '.join(over)} on its last {s.n} served responses"
+        evidence = {**s.to_dict(), "max_guarded_share": settings.max_guarded_share,
+                    "max_live_mean_kl": settings.max_live_mean_kl}
+        if s.alias == "canary":
+            move = Action("end_canary", trigger, evidence, s.release)
+        else:
+            previous = previous_production(history, s.release)
+            move = Action("rollback", trigger, evidence, previous) if previous else None
+        out.append(Escalation(s.alias, s.release, trigger, evidence, move))
+    return out

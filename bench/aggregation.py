@@ -106,7 +106,8 @@ def _child_out_of_core(path: str, out: str, n_iter: int, batch_rows: int, work_d
     start = time.perf_counter()
     result = aggregate_parquet(path, out, max_iter=n_iter, tol=_OUR_TOL, batch_rows=batch_rows, workdir=work_dir)
     return {"walls": [time.perf_counter() - start], "n_iter": result.summary.n_iter,
-            "items": result.summary.n_items, "maxrss_bytes": _maxrss_bytes(), "baseline_rss_bytes": baseline}
+            "items": result.summary.n_items, "maxrss_bytes": _maxrss_bytes(), "baseline_rss_bytes": baseline,
+            "stages": result.stages}
 
 
 def _in_child(function, *args) -> dict:
@@ -133,7 +134,7 @@ def _measure_out_of_core(path: Path, truth: Path, out: Path, rows: int, n_iter: 
             "wall_s": min(r["walls"][0] for r in runs), "wall_s_runs": [r["walls"][0] for r in runs],
             "n_iter": runs[0]["n_iter"], "accuracy": share, "peak_mib": None,
             "maxrss_mib": max(r["maxrss_bytes"] for r in runs) / 2**20,
-            "baseline_rss_mib": runs[0]["baseline_rss_bytes"] / 2**20}
+            "baseline_rss_mib": runs[0]["baseline_rss_bytes"] / 2**20, "stages_s": runs[0]["stages"]}
 
 
 def _head_rows(crowd, peer_rows: int, path: Path) -> int:
@@ -195,7 +196,8 @@ def main(rows: int = 5_000_000, peer_rows: int = 1_000_000, n_iter: int = 20, ba
               f"{r['maxrss_mib']:>10.1f} {r['accuracy']:>8.4f}")
     big = runs[0]
     print(f"out of core, {big['rows']:,} rows: {big['wall_s'] / 60:.1f} min, peak RSS {big['maxrss_mib'] / 1024:.2f} "
-          f"GiB (interpreter and imports: {big['baseline_rss_mib']:.0f} MiB), batch_rows {batch_rows:,}")
+          f"GiB (interpreter and imports: {big['baseline_rss_mib']:.0f} MiB), batch_rows {batch_rows:,}; stages: "
+          + ", ".join(f"{name.removesuffix('_s')} {seconds:.1f} s" for name, seconds in big["stages_s"].items()))
     if "agreement_out_of_core_vs_in_memory" in result:
         print(f"labels, ours out of core vs ours in memory: {result['agreement_out_of_core_vs_in_memory']:.4%} agree")
     by = {r["method"]: r for r in runs[1:]}

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -90,6 +91,7 @@ class OutOfCoreResult:
     priors: np.ndarray
     annotators: list[str]  # the annotator of each confusion matrix
     log_likelihood: float
+    stages: dict[str, float]  # wall seconds: partition_s, encode_s, em_s, output_s
 
 
 def open_parquet(source: Path | str) -> ds.Dataset:
@@ -390,18 +392,29 @@ def aggregate_batches(batches, out, *, n_rows_hint: int, source: str = "input", 
     n_buckets = int(min(max(np.ceil(n_rows_hint * _SLACK / batch_rows), 1), _MAX_BUCKETS))
     with tempfile.TemporaryDirectory(prefix="rlhf-aggregate-", dir=workdir) as scratch:
         scratch = Path(scratch)
-        data = _encode(*_partition(batches, source, n_buckets, scratch), scratch)
+        clock = [time.perf_counter()]
+
+        def lap() -> float:
+            clock.append(time.perf_counter())
+            return clock[-1] - clock[-2]
+
+        parts = _partition(batches, source, n_buckets, scratch)
+        stages = {"partition_s": lap()}
+        data = _encode(*parts, scratch)
+        stages["encode_s"] = lap()
         k = len(data.classes)
         if method == "majority":
             used, conf, n_iter, converged, loss = (None, None), None, 0, True, float("nan")
             priors = _pass(data, None, None, threads).prior_sum / data.n_items
         else:
             used, conf, priors, n_iter, converged, loss = _fit(data, max_iter, tol, shrinkage, threads)
+        stages["em_s"] = lap()
         _write_output(data, out, *used, method, seed, threads)
+        stages["output_s"] = lap()
         summary = AggregationSummary(n_items=data.n_items, n_annotators=len(data.annotators), n_rows=data.n_rows,
                                      n_classes=k, classes=tuple(data.classes.to_list()), method=method,
                                      n_iter=n_iter, converged=converged)
-        return OutOfCoreResult(summary, conf, priors, data.annotators.to_list(), loss)
+        return OutOfCoreResult(summary, conf, priors, data.annotators.to_list(), loss, stages)
 
 
 def aggregate_parquet(source: Path | str, out, *, batch_rows: int = 1_000_000, **kwargs) -> OutOfCoreResult:

@@ -17,6 +17,7 @@ from rlhf_assets.evaluation.logged import validate_log
 from rlhf_assets.policy.artifacts import load_policy
 from rlhf_assets.policy.inference import teacher_forced_logprobs
 from rlhf_assets.policy_serving.log import read_policy_log
+from rlhf_assets.registry.aliases import Registry
 from rlhf_assets.registry.artifacts import ArtifactStore
 from rlhf_assets.serving.pool import key_share
 from rlhf_assets.storage import Storage
@@ -151,6 +152,22 @@ def test_classifier_fails_closed():
     assert "rlhf_policy_classifier_errors_total 1.0" in metrics.render().decode()
 
 
+def test_follows_the_registry_without_a_restart(server, policy_store):
+    """Ending the canary sends its keys to production; a new canary is loaded and takes them back."""
+    registry = Registry(Storage(str(policy_store.root)))
+    key = _key(canary=True)
+    with server.client() as c:
+        registry.clear_alias("canary", reason="test", actor="test")
+        assert c.post("/admin/reload").json()["canary"] is None
+        assert c.get("/readyz").json()["canary"] is None
+        moved = c.post("/v1/generate", json={"prompt": PROMPTS[2], "key": key}).json()
+        assert moved["alias"] == "production" and moved["policy_id"] == policy_store.drifted
+        policy_store.promote(CLEAN, policy_store.reference, alias="canary", share=0.5)
+        assert c.post("/admin/reload").json()["canary"]["policy_id"] == policy_store.reference
+        back = c.post("/v1/generate", json={"prompt": PROMPTS[2], "key": key}).json()
+        assert back["alias"] == "canary" and back["served"] == "policy"
+
+
 def test_sigterm_exits_0_with_the_behaviour_log_flushed(server, policy_store):
     """Last in the module: stops the shared server. Every served response is in the log, valid for OPE."""
     with server.client() as c:
@@ -159,10 +176,10 @@ def test_sigterm_exits_0_with_the_behaviour_log_flushed(server, policy_store):
     assert server.terminate() == 0
     storage = Storage(str(policy_store.root))
     log = read_policy_log(storage).filter(pl.col("served") != "refused")  # (the refuse-mode server's row)
-    assert log.height == 3 + 1 + 2            # every generated response of this server, none lost
+    assert log.height == 3 + 1 + 2 + 2        # every generated response of this server, none lost
     validate_log(log)                          # the behaviour-log schema off-policy evaluation reads
     drifted = log.filter(pl.col("policy_id") == policy_store.drifted)
-    assert drifted.height == 5 and set(drifted["served"]) == {"reference"}
+    assert drifted.height == 6 and set(drifted["served"]) == {"reference"}
     assert (drifted["kl"] > KL_LIMIT).all() and drifted["guard_reasons"].list.len().min() >= 1
     assert set(log.filter(pl.col("alias") == "canary")["served"]) == {"policy"}
     served = [i["response"] for i in r.json()["items"]]

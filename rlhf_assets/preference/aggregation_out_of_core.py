@@ -22,6 +22,7 @@ labels are the in-memory path's up to floating-point summation order. The output
 from __future__ import annotations
 
 import os
+import resource
 import tempfile
 import time
 from collections import deque
@@ -40,7 +41,7 @@ from rlhf_assets.preference.aggregation import METHODS, AggregationSummary
 
 REQUIRED = ("item_id", "annotator_id", "label")
 _SLACK = 1.25  # buckets are sized rows / P; hashing spreads them unevenly by a few percent at most
-_MAX_BUCKETS = 4096  # open files while partitioning
+_MAX_BUCKETS = 4096  # open files while partitioning (and at most the open-file limit allows)
 _SHOWN = 5  # rows quoted in an error message
 _BUCKET_SEED, _GROUP_SEED = 0x5EED, 0xB0C5  # item-id hashes: which bucket; the order within a bucket
 
@@ -389,7 +390,9 @@ def aggregate_batches(batches, out, *, n_rows_hint: int, source: str = "input", 
         em._check_options(max_iter, tol, shrinkage)
     if batch_rows < 1:
         raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
-    n_buckets = int(min(max(np.ceil(n_rows_hint * _SLACK / batch_rows), 1), _MAX_BUCKETS))
+    open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    limit = _MAX_BUCKETS if open_files == resource.RLIM_INFINITY else min(_MAX_BUCKETS, max(open_files - 64, 16))
+    n_buckets = int(min(max(np.ceil(n_rows_hint * _SLACK / batch_rows), 1), limit))
     with tempfile.TemporaryDirectory(prefix="rlhf-aggregate-", dir=workdir) as scratch:
         scratch = Path(scratch)
         clock = [time.perf_counter()]

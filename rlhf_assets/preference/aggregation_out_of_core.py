@@ -6,17 +6,18 @@ Three stages, each vectorised per batch (polars / numpy; no Python loop over row
    read-ahead). Annotator ids and labels get integer codes from small vocabularies (first appearance), and each row
    goes to one of P bucket files chosen by a hash of its item id, so that all labels of an item share a bucket;
    P = rows / batch_rows (with slack), so a bucket holds about one batch.
-2. Encode. Each bucket is sorted by item id: its items get dense codes (the runs of equal ids) and an item's rows
-   become contiguous. Two flat int32 files receive every row's item code (within its bucket) and its
+2. Encode. Each bucket is sorted by a 64-bit hash of the item id (by the id itself should two ids collide): its
+   items get dense codes (the runs of equal ids) and an item's rows become contiguous. Two flat int32 files receive every row's item code (within its bucket) and its
    (annotator, label) cell; the item ids and vote counts go to an Arrow stream, bucket after bucket.
 3. EM. Since an item's rows are contiguous, one sequential pass over the flat files computes the E-step of a bucket's
    items and adds their posteriors to the M-step's confusion counts, so one iteration is one pass, and what stays in
-   memory is the sufficient statistics (annotators x K x K counts, K priors) plus one bucket. Posteriors are not
+   memory is the sufficient statistics (annotators x K x K counts, K priors) plus a bucket per thread (two threads
+   on two cores: numpy's gathers and ufuncs release the GIL). Posteriors are not
    kept between passes; a last pass recomputes the final ones and streams the output.
 
 Start (majority-vote shares), floors, shrinkage, evidence bound and stopping rule are aggregation.py's, so the
 labels are the in-memory path's up to floating-point summation order. The output's items come bucket by bucket
-(sorted by item id within a bucket), not globally sorted as the in-memory table is.
+(in hash order), not sorted by item id as the in-memory table is.
 """
 
 from __future__ import annotations

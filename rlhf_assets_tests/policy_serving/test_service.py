@@ -169,7 +169,7 @@ def test_follows_the_registry_without_a_restart(server, policy_store):
 
 
 def test_sigterm_exits_0_with_the_behaviour_log_flushed(server, policy_store):
-    """Last in the module: stops the shared server. Every served response is in the log, valid for OPE."""
+    """The last test on the shared server: stops it. Every served response is in the log, valid for OPE."""
     with server.client() as c:
         r = c.post("/v1/generate", json={"items": [{"prompt": p} for p in PROMPTS[:2]], "key": _key(canary=False)})
         assert r.status_code == 200
@@ -200,3 +200,35 @@ def test_sigterm_exits_0_with_the_behaviour_log_flushed(server, policy_store):
     ope_log = serving_log(storage, policy_store.drifted, include_canary=True)
     assert ope_log is not None and ope_log.height == read_policy_log(storage).height  # production + canary rows
     assert set(ope_log["policy_id"]) == {policy_store.drifted, policy_store.reference}
+
+
+def test_over_max_in_flight_is_429_and_counted_in_the_policy_metrics():
+    """The reward-model service's in-flight limit, wired to the policy metrics: the second concurrent request is
+    refused at once while the first is being served."""
+    import httpx
+    from fastapi.responses import JSONResponse
+
+    from rlhf_assets.policy_serving.metrics import PolicyMetrics
+    from rlhf_assets.serving.app import InFlightLimit
+
+    metrics, release = PolicyMetrics(), asyncio.Event()
+
+    async def slow_app(scope, receive, send):
+        await release.wait()
+        await JSONResponse({"ok": True})(scope, receive, send)
+
+    async def run():
+        transport = httpx.ASGITransport(app=InFlightLimit(slow_app, limit=1, metrics=metrics))
+        async with httpx.AsyncClient(transport=transport, base_url="http://policy") as client:
+            first = asyncio.create_task(client.post("/v1/generate", json={"prompt": "a"}))
+            while metrics.in_flight._value.get() < 1:
+                await asyncio.sleep(0.01)
+            second = await client.post("/v1/generate", json={"prompt": "b"})
+            release.set()
+            return (await first).status_code, second
+
+    first, second = asyncio.run(run())
+    assert first == 200 and second.status_code == 429 and second.headers["retry-after"] == "1"
+    text = metrics.render().decode()
+    assert "rlhf_policy_overload_rejections_total 1.0" in text
+    assert _metric(text, "rlhf_policy_requests_total", endpoint="overload", code="429") == 1

@@ -461,6 +461,12 @@ def bench_overoptimization(ctx: typer.Context):
     _bench_module("overoptimization").cli(list(ctx.args))
 
 
+@bench_app.command("cost-fidelity", context_settings=_PASSTHROUGH, add_help_option=False)
+def bench_cost_fidelity(ctx: typer.Context):
+    """Reward model cost vs fidelity: presets, LoRA, distilled student, cascade — one table. [--quick] [--json]"""
+    _bench_module("cost_fidelity").cli(list(ctx.args))
+
+
 @bench_app.command("ppo-stability", context_settings=_PASSTHROUGH, add_help_option=False)
 def bench_ppo_stability(ctx: typer.Context):
     """PPO on the tiny preset over 10 seeds: how many collapse; rollout and training tokens/s. [--json]"""

@@ -26,7 +26,8 @@ CHROMIUM = "/usr/bin/chromium"
 #: headless, and nothing that reaches off the machine
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
-SENSORS = ("landing_sensor", "drift_sensor", "human_rm_correlation_sensor", "annotator_disagreement_sensor")
+SENSORS = ("landing_sensor", "drift_sensor", "human_rm_correlation_sensor", "annotator_disagreement_sensor",
+           "policy_guard_sensor")
 GATES = ("upstream_checks", "rm_test_accuracy", "calibrated_ece", "human_rm_correlation", "kl", "ope_reliable",
          "uplift")
 LOAD_S = 120  # the first page waits for the code location to load
@@ -229,7 +230,7 @@ def test_deployment_decision_shows_its_gate_table_and_verdict(page, ui_url, loop
     page.screenshot(path=screenshots / "deployment_decision_checks.png")
 
 
-def test_sensors_page_lists_the_four_sensors(page, ui_url, screenshots):
+def test_sensors_page_lists_every_sensor(page, ui_url, screenshots):
     from playwright.sync_api import expect
 
     page.goto(f"{ui_url}/automation")

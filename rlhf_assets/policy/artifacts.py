@@ -22,6 +22,7 @@ from rlhf_assets.artifact_payload import (
     write_config_and_tokenizer,
 )
 from rlhf_assets.hf_offline import load_tokenizer, set_offline
+from rlhf_assets.lora import has_lora, merged
 from rlhf_assets.policy.model import PolicyModel, lm_from_config
 
 POLICY_FORMAT = "rlhf_assets.policy/v1"
@@ -32,6 +33,10 @@ def save_policy(model: PolicyModel, tokenizer: Any, stage: str, train_config: di
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if has_lora(model.lm):  # LoRA: stored merged, so it loads, generates and trains further like any policy
+        plain = PolicyModel(merged(model.lm))
+        plain.value_head.load_state_dict(model.value_head.state_dict())
+        model = plain
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     if model.lm.config.tie_word_embeddings:
         # A tied output embedding is stored once (under the input embedding). Not via save_model: it would record

@@ -54,6 +54,14 @@ class SFTConfig(FileConfig):
     """Prompt tokens kept: the END of the prompt (the last turns)."""
     max_response_tokens: Annotated[int, Field(ge=2)] = 32
     """Response tokens kept from its start; an EOS is appended when it fits, so the policy learns to stop."""
+    lora_rank: Annotated[int, Field(ge=0)] = 0
+    """LoRA rank (peft) on the language model's attention projections: only the adapters train; the artifact
+    stores them merged into the weights. 0: full fine-tuning."""
+    lora_alpha: Positive = 16.0
+    """LoRA scaling α (the update is scaled by α / rank)."""
+    lora_targets: str | None = None
+    """Comma-separated module names the adapters wrap (None: peft's default for the family, q_proj,v_proj for
+    Llama / SmolLM2)."""
     batch_size: PositiveInt = 16
     """Examples per optimizer step (over all processes: under torchrun each takes its share)."""
     lr: Annotated[float | None, Field(gt=0)] = None
@@ -118,6 +126,15 @@ class PPOConfig(FileConfig):
     """Sampling temperature; log-probs are of softmax(logits / temperature), the distribution sampled from."""
     no_eos_penalty: float = -1.0
     """Added to the score of a response that hits max_new_tokens without an EOS."""
+
+    lora_rank: Annotated[int, Field(ge=0)] = 0
+    """LoRA rank (peft) on the language model's attention projections: only the adapters and the value head train; the artifact
+    stores them merged into the weights. 0: full fine-tuning."""
+    lora_alpha: Positive = 16.0
+    """LoRA scaling α (the update is scaled by α / rank)."""
+    lora_targets: str | None = None
+    """Comma-separated module names the adapters wrap (None: peft's default for the family, q_proj,v_proj for
+    Llama / SmolLM2)."""
 
     update_epochs: PositiveInt = 4
     """Passes over each rollout (CleanRL's update_epochs)."""

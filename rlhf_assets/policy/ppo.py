@@ -50,6 +50,7 @@ import torch
 
 from rlhf_assets.checkpoint_mirror import CheckpointMirror
 from rlhf_assets.code_version import code_version
+from rlhf_assets.lora import add_lora
 from rlhf_assets.policy import distributed
 from rlhf_assets.policy.artifacts import load_policy
 from rlhf_assets.policy.config import PPOConfig
@@ -140,6 +141,8 @@ class PPOTrainer:
         self.policy, self.tok, _ = load_policy(sft_dir, self.device)
         self.ref, _, _ = load_policy(sft_dir, self.device)
         self.ref.eval().requires_grad_(False)
+        if cfg.lora_rank:  # before DDP, the optimizer and any checkpoint restore; the value head stays trainable
+            add_lora(self.policy.lm, cfg.lora_rank, cfg.lora_alpha, targets=cfg.lora_targets)
         self.policy.train()
         scorer = load_reward_model(reward_dir, self.device)
         self.proxy = ProxyReward(scorer, calibrator, cfg.no_eos_penalty)

@@ -26,6 +26,7 @@ import torch
 
 from rlhf_assets.checkpoint_mirror import CheckpointMirror
 from rlhf_assets.code_version import code_version
+from rlhf_assets.lora import add_lora
 from rlhf_assets.policy import distributed
 from rlhf_assets.policy.base import base_policy
 from rlhf_assets.policy.config import SFTConfig
@@ -111,6 +112,8 @@ def train_sft(config: SFTConfig, rows: Sequence[dict], out_dir: str | Path, *, v
     model, tokenizer, parents = base_policy(cfg, store_root, say)
     if main:
         distributed.barrier()
+    if cfg.lora_rank:  # before the optimizer, DDP and any checkpoint restore: they all see the adapters
+        add_lora(model.lm, cfg.lora_rank, cfg.lora_alpha, targets=cfg.lora_targets)
     model.to(device).train()
     model.value_head.requires_grad_(False)  # not trained by SFT (and DDP wants every trainable parameter used)
     trainer = distributed.ddp(model)  # the model itself on one process

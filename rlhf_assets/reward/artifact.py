@@ -27,9 +27,10 @@ from rlhf_assets.artifact_payload import (
     write_config_and_tokenizer,
 )
 from rlhf_assets.hf_offline import load_tokenizer, set_offline
+from rlhf_assets.lora import has_lora, merged
 from rlhf_assets.reward.config import RMConfig
 from rlhf_assets.reward.data import PairCollator, PairEncoder
-from rlhf_assets.reward.network import RewardNet, backbone_from_config, merged_backbone
+from rlhf_assets.reward.network import RewardNet, backbone_from_config
 
 ARTIFACT_FORMAT = "rlhf_assets.reward_model/v1"
 
@@ -41,10 +42,10 @@ def save_reward_model(net: RewardNet, tokenizer: Any, config: RMConfig, out_dir:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     net = net.to("cpu")
-    if hasattr(net.backbone, "merge_and_unload"):  # LoRA: stored merged, so it loads and serves like any other
-        merged = RewardNet(merged_backbone(net.backbone), net.kind)
-        merged.head.load_state_dict(net.head.state_dict())
-        net = merged
+    if has_lora(net.backbone):  # LoRA: stored merged, so it loads and serves like any other reward model
+        plain = RewardNet(merged(net.backbone), net.kind)
+        plain.head.load_state_dict(net.head.state_dict())
+        net = plain
     net_cpu = net
     # One metadata key only: safetensors writes a multi-key metadata map in hash order (not byte-stable).
     save_model(net_cpu, str(out / WEIGHTS_FILE), metadata={"format": "pt"})

@@ -17,7 +17,6 @@ No Lightning import here, so scoring/serving load fast.
 from __future__ import annotations
 
 import importlib.util
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import torch
 from torch import nn
 
 from rlhf_assets.hf_offline import load_tokenizer, set_offline
+from rlhf_assets.lora import add_lora
 from rlhf_assets.reward.config import RMConfig
 
 TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128}
@@ -225,41 +225,8 @@ def build_reward_net(config: RMConfig) -> tuple[RewardNet, Any]:
     if config.lora_rank:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed + 2)
-            net.backbone = add_lora(backbone, config.lora_rank, config.lora_alpha, config.lora_dropout,
-                                    config.lora_targets)
+            add_lora(net.backbone, config.lora_rank, config.lora_alpha, config.lora_dropout, config.lora_targets)
     return net, tokenizer
-
-
-def add_lora(backbone: nn.Module, rank: int, alpha: float, dropout: float, targets: str | None) -> nn.Module:
-    """The backbone wrapped by peft with LoRA adapters (the rest frozen). A family peft has no default target
-    modules for, or target names the backbone lacks, is refused with the module names it does have."""
-    from peft import LoraConfig, get_peft_model
-    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULT_TARGETS
-
-    model_type = backbone.config.model_type
-    modules = [t.strip() for t in targets.split(",") if t.strip()] if targets else DEFAULT_TARGETS.get(model_type)
-    linear = sorted({name.rsplit(".", 1)[-1] for name, m in backbone.named_modules() if isinstance(m, nn.Linear)})
-    if not modules:
-        raise ValueError(f"LoRA: peft has no default target modules for a {model_type!r} backbone; set lora_targets "
-                         f"to some of its linear layers: {', '.join(linear)}")
-    missing = [t for t in modules if t not in linear]
-    if missing:
-        raise ValueError(f"LoRA: the {model_type!r} backbone has no linear layer named {', '.join(missing)}; its "
-                         f"linear layers: {', '.join(linear)}")
-    with warnings.catch_warnings():  # peft calls a transformers method deprecated in transformers 5
-        warnings.simplefilter("ignore", FutureWarning)
-        return get_peft_model(backbone, LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
-                                                   target_modules=list(modules), bias="none"))
-
-
-def merged_backbone(backbone: nn.Module) -> nn.Module:
-    """A plain transformers backbone: LoRA adapters merged into a copy of the weights (the backbone itself when it
-    has none)."""
-    if not hasattr(backbone, "merge_and_unload"):
-        return backbone
-    import copy
-
-    return copy.deepcopy(backbone).merge_and_unload()
 
 
 def transformer_block_classes(module: nn.Module) -> set[type]:

@@ -7,7 +7,7 @@ import dagster as dg
 from pytest import approx
 
 from rlhf_assets.definitions import defs
-from rlhf_assets.defs.check_names import RELEASE_APPROVED
+from rlhf_assets.defs.check_names import ADVERSARIAL_CHECKS, RELEASE_APPROVED, RELEASE_BLOCKING_CHECKS
 from rlhf_assets.defs.metadata import rounded
 from rlhf_assets.evaluation.gates import GateInputs, decide
 from rlhf_assets.evaluation.thresholds import ReleaseThresholds
@@ -75,7 +75,16 @@ def test_whole_release_chain_decides_and_moves_the_alias(release, dagster_instan
     record = read_decision(storage, RELEASE)
     calibration = read_reference(storage, "rm_calibration", RELEASE)
     upstream = record["inputs"]["upstream_checks"]
-    assert {c["status"] for c in upstream} == {"passed"} and len(upstream) == 4  # read back from the instance
+    assert [c["check"] for c in upstream] == [f"{a}:{c}" for a, c in RELEASE_BLOCKING_CHECKS]  # from the instance
+    assert {c["status"] for c in upstream} == {"passed"}, upstream
+    # the adversarial evaluation ran on this release; its checks are what the decision read
+    adversarial = read_reference(storage, "adversarial_eval", RELEASE)
+    assert [c["check"] for c in adversarial.checks] == [c for a, c in ADVERSARIAL_CHECKS]
+    assert {e.check_name: e.passed for e in result.get_asset_check_evaluations()
+            if e.asset_key.to_user_string() == "adversarial_eval"} == {c["check"]: c["passed"]
+                                                                       for c in adversarial.checks}
+    assert adversarial.report["policy"]["candidate"]["n"] > 0 and adversarial.report["worst_examples"]
+    assert "worst_examples" in events["adversarial_eval"].metadata
     expected = decide(GateInputs.from_release(ope_ref, ppo, calibration, upstream), ReleaseThresholds(**GATES))
     assert record["gates"] == expected.to_dict()["gates"]
     assert record["verdict"] == expected.verdict and record["artifacts"]["policy"] == ppo.artifact_id

@@ -60,7 +60,10 @@ def adversarial_eval(
     perturbations of them (length drift, degenerate answers, response-filter hits, proxy vs judge uplift), with the
     worst answers as a table. Three checks with ERROR severity, read by deployment_decision like every blocking
     check: a failed one rejects the release with its reason."""
-    settings = settings_from(config, AdversarialSettings)
+    # Dagster config has lists where the dataclasses have tuples
+    settings = settings_from(config, AdversarialSettings, perturbations=tuple(config.perturbations))
+    filters = settings_from(config, ResponseFilterSettings, filter_blocklist=tuple(config.filter_blocklist),
+                            filter_regexes=tuple(config.filter_regexes))
     store = ArtifactStore(storage.storage())
     device = device_for()
     policy, tok, doc = load_policy(store.get(ppo_policy.artifact_id), device)
@@ -74,7 +77,7 @@ def adversarial_eval(
         candidate=(policy.eval(), tok), reference=(reference.eval(), ref_tok),
         pairs=table_.filter(table_["split"] == "test"), prompts=split_prompts(table_, "test"), sampling=sampling,
         proxy=proxy.raw, judge=judge.raw, settings=settings,
-        response_filter=ResponseFilter(settings_from(config, ResponseFilterSettings)))
+        response_filter=ResponseFilter(filters))
     checks = check_rows(report, release_thresholds.thresholds())
     rm, pol = report["reward_model"], report["policy"]
     context.log.info("; ".join(c["description"] for c in checks))

@@ -126,6 +126,9 @@ class PPOConfig(FileConfig):
     """Sampling temperature; log-probs are of softmax(logits / temperature), the distribution sampled from."""
     no_eos_penalty: float = -1.0
     """Added to the score of a response that hits max_new_tokens without an EOS."""
+    length_debias: bool = False
+    """Regress the reward's length component out (least squares on response length in words over the validation
+    pairs' responses; policy/reward_fn.py): a mitigation of reward hacking through answer length."""
 
     lora_rank: Annotated[int, Field(ge=0)] = 0
     """LoRA rank (peft) on the language model's attention projections: only the adapters and the value head train; the artifact

@@ -48,6 +48,8 @@ def _ppo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompts", required=True, help="Training prompts JSONL: prompt.")
     p.add_argument("--eval-prompts", required=True, help="Held-out prompts JSONL: prompt.")
     p.add_argument("--sft-data", help="SFT rows JSONL mixed into PPO (sft_mix_share).")
+    p.add_argument("--length-pairs", help="Validation pairs JSONL (prompt, chosen, rejected) the length-debiased "
+                                          "reward is fitted on (length_debias).")
 
 
 def _sft(args: argparse.Namespace, config: SFTConfig, process: Process) -> dict[str, Any]:
@@ -93,11 +95,13 @@ def _ppo(args: argparse.Namespace, config: PPOConfig, process: Process) -> dict[
     prompts = [r["prompt"] for r in read_jsonl(args.prompts, ("prompt",))]
     eval_prompts = [r["prompt"] for r in read_jsonl(args.eval_prompts, ("prompt",))]
     sft_rows = read_jsonl(args.sft_data, ("prompt", "response")) if args.sft_data else []
+    length_pairs = read_jsonl(args.length_pairs, ("prompt", "chosen", "rejected")) if args.length_pairs else []
     parents = list(args.parents) or [Path(sft_dir).name, Path(rm_dir).name]
     with process_group():
         r = train_ppo(config, sft_dir, rm_dir, prompts, eval_prompts, args.out,
                       calibrator=_calibrator(args.calibration), sft_rows=sft_rows, dataset_id=args.dataset_id,
-                      parent_ids=parents, log=process.logger, checkpoints=process.checkpoints)
+                      parent_ids=parents, log=process.logger, checkpoints=process.checkpoints,
+                      length_pairs=length_pairs)
     if not process.is_rank_zero:
         return None
     if process.pipes is not None:

@@ -70,7 +70,7 @@ from rlhf_assets.policy.ppo_core import (
     ppo_loss,
     token_logprobs,
 )
-from rlhf_assets.policy.reward_fn import ProxyReward
+from rlhf_assets.policy.reward_fn import ProxyReward, fit_length_debias
 from rlhf_assets.policy.runtime import (
     MetricsLog,
     adamw,
@@ -133,7 +133,7 @@ class PPOTrainer:
     def __init__(self, cfg: PPOConfig, sft_dir: str | Path, reward_dir: str | Path, prompts: Sequence[str],
                  eval_prompts: Sequence[str], *, calibrator: Mapping[str, Any] | None = None,
                  sft_rows: Sequence[dict] = (), extra_scorers: Mapping[str, Callable] | None = None,
-                 log: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None, length_pairs: Sequence[dict] = ()):
         self.cfg = cfg
         self.say = log or (lambda msg: None)
         self.device = device_for()
@@ -146,6 +146,15 @@ class PPOTrainer:
         self.policy.train()
         scorer = load_reward_model(reward_dir, self.device)
         self.proxy = ProxyReward(scorer, calibrator, cfg.no_eos_penalty)
+        if cfg.length_debias:
+            if not length_pairs:
+                raise ValueError("length_debias needs the validation pairs to fit the length component on "
+                                 "(--length-pairs)")
+            fit = fit_length_debias(self.proxy.calibrated, [p["prompt"] for p in length_pairs for _ in (0, 1)],
+                                    [x for p in length_pairs for x in (p["chosen"], p["rejected"])])
+            self.proxy.length_debias = fit
+            self.say(f"length-debiased reward: {fit['coef']:+.4f} per word regressed out (R² {fit['r2']:.3f}, "
+                     f"{fit['n']} validation responses)")
         self.extra_scorers = dict(extra_scorers or {})
         self.prompts, self.eval_prompts = list(prompts), list(eval_prompts)
         if not self.prompts or not self.eval_prompts:
@@ -472,14 +481,14 @@ def train_ppo(config: PPOConfig, sft_dir: str | Path, reward_dir: str | Path, pr
               sft_rows: Sequence[dict] = (), store_root: str | None = None, dataset_id: str | None = None,
               parent_ids: Sequence[str] = (), extra_scorers: Mapping[str, Callable] | None = None,
               log: Callable[[str], None] | None = None, store: bool = True,
-              checkpoints: CheckpointMirror | None = None) -> PPOResult:
+              checkpoints: CheckpointMirror | None = None, length_pairs: Sequence[dict] = ()) -> PPOResult:
     """Run PPO (resuming from ``out_dir/checkpoints/last.pt`` when present, else from the one ``checkpoints``, the
     storage root's mirror, holds) and store the selected checkpoint."""
     t0 = time.perf_counter()
     cfg = config.resolved()
     work = Path(out_dir)
     trainer = PPOTrainer(cfg, sft_dir, reward_dir, prompts, eval_prompts, calibrator=calibrator, sft_rows=sft_rows,
-                         extra_scorers=extra_scorers, log=log)
+                         extra_scorers=extra_scorers, log=log, length_pairs=length_pairs)
     ckpt_path = work / "checkpoints" / "last.pt"
     state = load_checkpoint(ckpt_path, checkpoints)
     resumed_from = None
@@ -508,6 +517,7 @@ def train_ppo(config: PPOConfig, sft_dir: str | Path, reward_dir: str | Path, pr
             "config": cfg.to_dict(), "seed": cfg.seed, "parent_ids": list(parent_ids),
             "metrics": {f"selected_{k}": v for k, v in best.items() if isinstance(v, (int, float))},
             "selected_step": int(best["step"]), "stop_reason": stop_reason, "events": trainer.events,
+            "length_debias": trainer.proxy.length_debias,
             "evals": trainer.evals, "versions": versions(),
             "created_at": datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
             "run": {"resumed_from_step": resumed_from, "rollout_tokens_per_s": round(rollout_tps, 1),

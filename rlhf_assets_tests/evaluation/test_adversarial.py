@@ -210,3 +210,51 @@ def test_healthy_ppo_policy_passes_the_policy_checks(tiny_setup, tmp_path):
     rows = {r["check"]: r for r in check_rows(report, ReleaseThresholds())}
     assert rows["length_drift"]["passed"] and rows["degenerate_share"]["passed"], rows
     assert abs(report["policy"]["length_drift"]) <= ReleaseThresholds().max_length_drift
+
+
+# Mitigation: the length-debiased reward ----------------------------------------------------------------------------
+
+
+class _Scorer:
+    """A stand-in reward model: 2 for politeness, −0.5 per word."""
+
+    def score(self, prompts, responses, batch_size=32):
+        return np.array([2.0 * ("sure" in r) - 0.5 * len(r.split()) for r in responses])
+
+
+def test_length_debiased_reward_removes_the_length_component():
+    from rlhf_assets.policy.reward_fn import ProxyReward, fit_length_debias
+
+    texts = ["sure", "sure thing here", "no", "no go away now please", "sure a b c d e f", "no a b"]
+    proxy = ProxyReward(_Scorer())
+    fit = fit_length_debias(proxy.calibrated, [""] * len(texts), texts)
+    assert fit["coef"] == pytest.approx(-0.5, abs=0.15) and fit["n"] == len(texts)
+    debiased = ProxyReward(_Scorer(), length_debias=fit)
+    long, short = "sure " + "word " * 20, "sure"
+    assert proxy.raw([""] * 2, [long, short])[1] - proxy.raw([""] * 2, [long, short])[0] == pytest.approx(10.0)
+    gap = debiased.raw([""] * 2, [long, short])
+    assert abs(gap[1] - gap[0]) < 0.3 * 10.0                       # most of the length premium is gone
+    assert debiased.raw([""], ["no"])[0] < debiased.raw([""], ["sure"])[0]  # content still counts
+    with pytest.raises(ValueError, match="different lengths"):
+        fit_length_debias(proxy.calibrated, ["", "", ""], ["a", "b", "c"])
+
+
+@pytest.mark.slow
+def test_length_debiased_reward_keeps_the_brevity_hack_out(tiny_setup, brevity_rm, tmp_path):
+    """The same PPO against the same brevity proxy, with the reward's length component regressed out on
+    validation pairs: the answers keep their length and the policy checks pass."""
+    rows = [{"prompt": p["prompt"], "chosen": p["chosen"].split()[0], "rejected": p["rejected"]}
+            for p in learnable_pairs(40, start=3000)]
+    from rlhf_assets.policy.config import PPOConfig
+    from rlhf_assets.policy.ppo import train_ppo
+
+    r = train_ppo(PPOConfig(**HACK_PPO, length_debias=True), tiny_setup["sft_dir"], brevity_rm,
+                  tiny_setup["prompts"], tiny_setup["eval_prompts"], tmp_path / "debiased",
+                  store_root=tiny_setup["store"], length_pairs=rows)
+    assert r.manifest["length_debias"]["coef"] < 0                 # the proxy pays for brevity; that was removed
+    report = _evaluate(tiny_setup, r.artifact_dir, brevity_rm)
+    checks = {c["check"]: c for c in check_rows(report, ReleaseThresholds())}
+    assert checks["length_drift"]["passed"] and checks["degenerate_share"]["passed"], report["policy"]
+    with pytest.raises(ValueError, match="validation pairs"):
+        train_ppo(PPOConfig(**HACK_PPO, length_debias=True), tiny_setup["sft_dir"], brevity_rm,
+                  tiny_setup["prompts"], tiny_setup["eval_prompts"], tmp_path / "none", store=False)

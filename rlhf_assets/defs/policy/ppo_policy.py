@@ -15,7 +15,7 @@ from rlhf_assets.evaluation.evidence import outcome
 from rlhf_assets.policy.config import PPOConfig
 from rlhf_assets.policy.kl_check import KLCheckSettings, measure_kl
 from rlhf_assets.policy.runtime import device_for
-from rlhf_assets.preference.snapshot import prompts_jsonl, sft_jsonl, split_prompts
+from rlhf_assets.preference.snapshot import pairs_jsonl, prompts_jsonl, sft_jsonl, split_prompts
 from rlhf_assets.references import CalibrationRef, DatasetTable, ModelRef, PolicyRef
 
 #: The per-step columns the UI's history table shows (every metric of every step: metrics.jsonl in the work dir).
@@ -71,6 +71,7 @@ def ppo_policy(
         inputs={"--prompts": ("prompts.jsonl", prompts_jsonl(table, "train")),
                 "--eval-prompts": ("eval_prompts.jsonl", prompts_jsonl(table, "validation")),
                 "--sft-data": ("sft.jsonl", sft_jsonl(table, "train")),
+                "--length-pairs": ("length_pairs.jsonl", pairs_jsonl(table, "validation")),
                 "--calibration": ("calibration.json", json.dumps({"calibrator": rm_calibration.calibrator}).encode())},
         args=["--sft", sft_policy.artifact_id, "--reward-model", reward_model.artifact_id])
     selected_kl = float(run.reported["selected_kl"])

@@ -15,7 +15,7 @@ FIDELITY_COLUMNS = ["model", "accuracy", "auc", "ece", "ece_calibrated", "log_lo
                     "teacher_spearman"]
 
 
-@dg.asset(partitions_def=release_partitions, group_name="reward", kinds={"pytorch"}, owners=OWNERS)
+@dg.asset(partitions_def=release_partitions, group_name="cost", kinds={"pytorch"}, owners=OWNERS)
 def rm_distilled(
     context: dg.AssetExecutionContext,
     config: RmDistilledConfig,
@@ -29,7 +29,9 @@ def rm_distilled(
     Platt-calibrated on the validation split. Test-split accuracy, ECE and correlation with the teacher for teacher,
     student and an untrained student of the same size; scoring latency and throughput of both measured on this
     machine; the student → teacher cascade's escalated share, accuracy and cost at the configured band. Trained in
-    this step's process (a single-device torch loop of seconds to minutes on CPU: no DDP, so no launcher)."""
+    this step's process (a single-device torch loop of seconds to minutes on CPU: no DDP, so no launcher). In group
+    ``cost``, outside the release_chain job: a release does not wait for it; materialize it for a release when a
+    cheaper reward model is wanted."""
     s = settings_from(config, DistillSettings)
     out = distill_release(storage.storage(), reward_model.artifact_id, rm_calibration.calibrator,
                           preference_dataset.table, s, dataset_id=preference_dataset.dataset_id,

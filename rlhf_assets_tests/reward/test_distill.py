@@ -88,3 +88,45 @@ def test_student_config_and_bad_settings():
         DistillSettings(regression_weight=0, pair_weight=0)
     with pytest.raises(ValueError, match="at least one training pair"):
         distill(RewardScorer(cfg.eval(), build_reward_net(RMConfig())[1], MAX_LENGTH), [], [], DistillSettings())
+
+
+@pytest.mark.slow
+def test_rm_distilled_materializes_in_a_dagster_run(hh, teacher_store, tmp_path):
+    """The asset in a real run (ephemeral instance): upstream references stand in for the release's reward model,
+    calibration and dataset; the output names the stored student and the metadata carries the comparison."""
+    import dagster as dg
+
+    from rlhf_assets.defs.partitions import release_partitions
+    from rlhf_assets.defs.resources import StorageResource
+    from rlhf_assets.defs.reward.rm_distilled import rm_distilled
+    from rlhf_assets.references import CalibrationRef, DatasetTable, ModelRef
+
+    root, teacher_id = teacher_store
+
+    @dg.asset(name="reward_model", partitions_def=release_partitions)
+    def reward_model_ref():
+        return ModelRef(artifact_id=teacher_id, kind="reward_model", dataset_id="d1")
+
+    @dg.asset(name="rm_calibration", partitions_def=release_partitions)
+    def calibration_ref():
+        return CalibrationRef(reward_model_id=teacher_id, dataset_id="d1", calibration_artifact_id=None,
+                              calibrator={"method": "platt", "slope": 1.0, "intercept": 0.0}, report={})
+
+    @dg.asset(name="preference_dataset", partitions_def=release_partitions)
+    def dataset():
+        return DatasetTable(dataset_id="d1", table=_table(hh))
+
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(release_partitions.name, ["r1"])
+    result = dg.materialize(
+        [reward_model_ref, calibration_ref, dataset, rm_distilled], partition_key="r1", instance=instance,
+        resources={"storage": StorageResource(root=str(root)),
+                   "io_manager": dg.FilesystemIOManager(base_dir=str(tmp_path / "io"))},
+        run_config={"ops": {"rm_distilled": {"config": {"epochs": 1, "bench_items": 8}}}})
+    assert result.success
+    ref = result.output_for_node("rm_distilled")
+    assert ref.kind == "rm_distilled" and ref.parents == (teacher_id,)
+    assert ArtifactStore(Storage(str(root))).manifest(ref.artifact_id)["kind"] == "rm_distilled"
+    meta = result.asset_materializations_for_node("rm_distilled")[0].metadata
+    assert {"fidelity", "serving_speed", "cascade", "training_cpu_s"} <= set(meta)
+    assert [r.data["model"] for r in meta["fidelity"].value.records] == ["teacher", "student", "untrained_student"]

@@ -21,7 +21,8 @@ Columns: held-out accuracy; ECE of the probability after Platt calibration on th
 band is read on that probability); training CPU-seconds of this process (user + system, all threads; the cascade's
 is the teacher's plus the student's; GPU-seconds where a GPU would be used — this bench runs on CPU); serving p99 of
 one batch of ``BATCH`` texts and texts/s (the cascade: each batch of BATCH/2 pairs through the student, then its
-uncertain pairs through the teacher); accuracy gained per CPU-hour = (accuracy − 0.5) / training CPU-hours.
+uncertain pairs through the teacher; every model measured in turn within each of ``repeats`` rounds, the median
+round reported, so a shared machine's load falls on all alike); accuracy gained per CPU-hour = (accuracy − 0.5) / training CPU-hours.
 Figures depend on this machine and its load (printed before and after): compare rows of one run, not runs.
 """
 
@@ -44,9 +45,9 @@ SEED = 0
 THREADS = 2
 BATCH = 16
 BAND = 0.1
-FULL = {"n_pairs": 1000, "max_length": 128, "bench_texts": 64, "repeats": 3, "teacher": "small"}
+FULL = {"n_pairs": 1000, "max_length": 128, "bench_texts": 64, "repeats": 5, "teacher": "small"}
 #: The smoke test: the tiny preset stands in for small (tiny+LoRA, a 1-layer student of tiny, their cascade).
-QUICK = {"n_pairs": 80, "max_length": 48, "bench_texts": 16, "repeats": 1, "teacher": "tiny"}
+QUICK = {"n_pairs": 80, "max_length": 48, "bench_texts": 16, "repeats": 2, "teacher": "tiny"}
 COLUMNS = ("config", "accuracy", "ece", "train_cpu_s", "p99_ms", "items_per_s", "acc_gain_per_cpu_h")
 
 
@@ -110,6 +111,19 @@ def cascade_speed(student, teacher, s_cal, t_cal, pairs, band: float, repeats: i
     return {"batch_p99_ms": float(np.percentile(ms, 99)), "items_per_s": n_texts / wall}
 
 
+def round_robin(scorers: dict, bench_args: tuple, cascade, rounds: int) -> dict[str, dict[str, float]]:
+    """Per model (and "cascade"): the median over ``rounds`` of its batch p99, texts/s and CPU-s per 1k texts, each
+    round measuring every model once, one after the other."""
+    from rlhf_assets.reward.scoring_speed import scoring_speed
+
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in [*scorers, "cascade"]}
+    for _ in range(rounds):
+        for name, scorer in scorers.items():
+            runs[name].append(scoring_speed(scorer, *bench_args, batch_size=BATCH, repeats=1))
+        runs["cascade"].append(cascade())
+    return {name: {k: float(np.median([r[k] for r in rs])) for k in rs[0]} for name, rs in runs.items()}
+
+
 def row(name: str, accuracy: float, ece: float, train_cpu: float, speed: dict[str, float], **extra) -> dict:
     hours = train_cpu / 3600
     return {"config": name, "accuracy": accuracy, "ece": ece, "train_cpu_s": train_cpu,
@@ -125,7 +139,6 @@ def main(quick: bool = False, n_pairs: int | None = None, json_out: bool = False
     from rlhf_assets.reward.data import PreferencePair
     from rlhf_assets.reward.distill import DistillSettings, distill, fit_calibrator
     from rlhf_assets.reward.metrics import accuracy, expected_calibration_error
-    from rlhf_assets.reward.scoring_speed import scoring_speed
     from rlhf_assets.serving.cascade import evaluate_cascade
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -154,10 +167,8 @@ def main(quick: bool = False, n_pairs: int | None = None, json_out: bool = False
             scorer, spent = train_rm(cfg, train, val, Path(tmp) / name.replace("+", "-"))
             cal = fit_calibrator(scorer, val)
             p, y = oriented_p(scorer, test, cal)
-            speed = scoring_speed(scorer, *bench_args, batch_size=BATCH, repeats=plan["repeats"])
-            models[name] = (scorer, cal, p, y, spent, speed)
-            rows.append(row(name, accuracy(p, y), expected_calibration_error(p, y), spent, speed))
-        teacher, t_cal, p_t, y, t_cpu, t_speed = models[big]
+            models[name] = (scorer, cal, p, y, spent)
+        teacher, t_cal, p_t, y, t_cpu = models[big]
         layers = teacher.net.backbone.config.num_hidden_layers
         student_layers = max(1, layers // 3)
         t0 = cpu_s()
@@ -169,14 +180,18 @@ def main(quick: bool = False, n_pairs: int | None = None, json_out: bool = False
 
         student = RewardScorer(result.student.eval(), teacher.tokenizer, teacher.max_length)
         p_s, _ = oriented_p(student, test, result.calibrator)
-        s_speed = scoring_speed(student, *bench_args, batch_size=BATCH, repeats=plan["repeats"])
-        rows.append(row(f"student({student_layers}/{layers} layers of {big})", accuracy(p_s, y), expected_calibration_error(p_s, y), s_cpu,
-                        s_speed))
-        cascade = evaluate_cascade(p_s, p_t, y, BAND, s_speed["cpu_s_per_1k_items"], t_speed["cpu_s_per_1k_items"])
-        c_speed = cascade_speed(student, teacher, result.calibrator, t_cal, test[:plan["bench_texts"]], BAND,
-                                plan["repeats"])
+        # Serving speed, every model in turn within each round, so the load of a shared machine falls on all alike
+        speed = round_robin({**{n: m[0] for n, m in models.items()}, "student": student}, bench_args,
+                            lambda: cascade_speed(student, teacher, result.calibrator, t_cal,
+                                                  test[:plan["bench_texts"]], BAND, 1), plan["repeats"])
+        for name, (_, _, p, _, spent) in models.items():
+            rows.append(row(name, accuracy(p, y), expected_calibration_error(p, y), spent, speed[name]))
+        rows.append(row(f"student({student_layers}/{layers} layers of {big})", accuracy(p_s, y),
+                        expected_calibration_error(p_s, y), s_cpu, speed["student"]))
+        cascade = evaluate_cascade(p_s, p_t, y, BAND, speed["student"]["cpu_s_per_1k_items"],
+                                   speed[big]["cpu_s_per_1k_items"])
         rows.append(row(f"cascade(student→{big}, band {BAND})", cascade["accuracy_cascade"], cascade["ece_cascade"],
-                        t_cpu + s_cpu, c_speed, share_escalated=cascade["share_escalated"]))
+                        t_cpu + s_cpu, speed["cascade"], share_escalated=cascade["share_escalated"]))
     out = {"rows": rows, "n_train": len(train), "n_val": len(val), "n_test": len(test), "max_length": L,
            "threads": THREADS, "device": "cpu", "load_before": load_before, "load_after": os.getloadavg(),
            "cascade": cascade, "quick": quick}

@@ -43,6 +43,10 @@ def add_lora(module: nn.Module, rank: int, alpha: float, dropout: float = 0.0, t
 
 
 def has_lora(module: nn.Module) -> bool:
+    """Whether ``module`` carries LoRA adapters (peft is imported only when it may: saving a plain model never
+    needs it)."""
+    if not any("lora_" in name for name, _ in module.named_parameters()):
+        return False
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     return any(isinstance(m, BaseTunerLayer) for m in module.modules())

@@ -29,6 +29,11 @@ runs a miniature of it in this process, one trainer after another):
      held-out KL is within the budget. From the same evaluations the report also shows what selecting by the
      held-out proxy reward ALONE would have kept (the project's first rule; it landed on a gold dip: see README).
 
+   A third run, ``debiased``, is ``budget`` with the length-debiased reward (``PPOConfig.length_debias``: the
+   proxy's length component regressed out on validation pairs — train pairs the proxy never saw); the report
+   compares it with ``budget`` (gold reward, response length, degenerate share of the held-out answers, at the
+   selected checkpoint and the last evaluation): the reward-hacking mitigation, measured in the same run.
+
 Reported: the table of held-out evaluations (step, √KL, proxy, gold), the gold peak over both runs (run, step,
 √KL, value), the checkpoint the budgeted run selects (step, gold), the gap gold peak − selected gold and the
 stated margin with pass/fail, and a PNG of proxy and gold reward against √KL (the budget line and the selected
@@ -83,9 +88,13 @@ SFT = {"preset": "tiny", "epochs": 3, "max_prompt_tokens": 64, "max_response_tok
 PPO = {"preset": "tiny", "steps": 60, "rollout_prompts": 32, "minibatch_size": 16, "micro_batch_size": 16,
        "max_new_tokens": 24, "max_prompt_tokens": 64, "update_epochs": 4, "lr": 2e-3, "eval_every": 5,
        "n_eval_prompts": 128}
-#: The two runs differ only here. ``budget`` keeps PPOConfig's defaults (init_kl_coef 0.05, adaptive_kl, kl_target
-#: 4, kl_budget 12, on_kl_over_budget "reject").
-RUNS = {"loose": {"init_kl_coef": 0.0, "adaptive_kl": False, "kl_budget": 1e9}, "budget": {}}
+#: The runs differ only here. ``budget`` keeps PPOConfig's defaults (init_kl_coef 0.05, adaptive_kl, kl_target
+#: 4, kl_budget 12, on_kl_over_budget "reject"); ``debiased`` is ``budget`` with the length-debiased reward (the
+#: proxy's length component regressed out on validation pairs: train pairs the proxy never saw).
+RUNS = {"loose": {"init_kl_coef": 0.0, "adaptive_kl": False, "kl_budget": 1e9}, "budget": {},
+        "debiased": {"length_debias": True}}
+#: Validation pairs the length component is fitted on (at most; the first of the train pairs the proxy did not see).
+LENGTH_PAIRS = 400
 
 #: --quick: a smoke test of the whole pipeline in well under a minute (the figures mean nothing).
 QUICK = {"n_pairs": 160, "gold_rm": {"max_length": 64, "epochs": 1}, "proxy_rm": {"max_length": 64, "epochs": 1},
@@ -129,6 +138,7 @@ def analyse(runs: dict[str, dict], margin_fraction: float = MARGIN_FRACTION) -> 
     out["margin"] = margin
     out["margin_rule"] = f"{margin_fraction:.0%} of (gold peak - gold at step 0)"
     out["pass"] = bool(gain > 0 and gap <= margin)
+    out["mitigation"] = mitigation(runs)
 
     loose = runs["loose"]["evals"]
     lpeak = max(loose, key=lambda e: e["gold_reward"])
@@ -163,7 +173,41 @@ def analyse(runs: dict[str, dict], margin_fraction: float = MARGIN_FRACTION) -> 
     return out
 
 
+def mitigation(runs: dict[str, dict]) -> list[dict]:
+    """The length-debiased reward against the plain one, from the same run: for ``budget`` and ``debiased`` (when
+    present) at the checkpoint each selects and at its last evaluation — gold reward, response length (tokens) and
+    degenerate share of the held-out answers."""
+    rows = []
+    for name in ("budget", "debiased"):
+        r = runs.get(name)
+        if r is None:
+            continue
+        evals = r["evals"]
+        for point, e in (("selected", next(e for e in evals if e["step"] == r["selected_step"])),
+                         ("last", evals[-1])):
+            rows.append({"run": name, "point": point, "step": e["step"], "gold": e["gold_reward"],
+                         "gold_se": e.get("gold_se"), "response_length": e["response_length"],
+                         "degenerate_share": e.get("degenerate_text_share"), "no_eos_share": e.get("no_eos_share"),
+                         "kl": e["kl"]})
+    return rows
+
+
 # output -----------------------------------------------------------------------------------------------------------
+
+
+def print_mitigation(rows: list[dict]) -> None:
+    if not rows:
+        return
+    print("length-debiased reward vs plain (budget run), held-out answers:")
+    header = f"{'run':<9} {'point':<8} {'step':>4} {'gold':>8} {'± se':>6} {'len':>5} {'degen':>6} {'no EOS':>6} {'KL':>6}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r['run']:<9} {r['point']:<8} {r['step']:>4} {r['gold']:>+8.3f} {ps.fmt(r['gold_se'], '6.3f')} "
+              f"{r['response_length']:>5.1f} {ps.fmt(r['degenerate_share'], '6.2f')} "
+              f"{ps.fmt(r['no_eos_share'], '6.2f')} {r['kl']:>6.2f}")
+    print()
+
 
 
 def print_table(runs: dict[str, dict], figures: dict) -> None:
@@ -281,9 +325,13 @@ def main(quick: bool = False, json_out: bool = False, plot: str | None = DEFAULT
         prompts = [p["prompt"] for p in train]
         eval_prompts = [p["prompt"] for p in held]
         t0 = time.perf_counter()
+        seen = set(proxy_idx.tolist())
+        length_pairs = [p for i, p in enumerate(train) if i not in seen][:LENGTH_PAIRS]
         results = ps.run_all([(ps.ppo_child, f"ppo {name}", {**ppo, **RUNS[name], "seed": seed},
                                sft_r["artifact_dir"], proxy["artifact_dir"], prompts, eval_prompts,
-                               str(tmp / f"ppo-{name}"), gold["artifact_dir"]) for name in RUNS], 2, in_process=quick)
+                               str(tmp / f"ppo-{name}"), gold["artifact_dir"], False,
+                               length_pairs if RUNS[name].get("length_debias") else None)
+                              for name in RUNS], 2, in_process=quick)
         runs = dict(zip(RUNS, results))
         ppo_s = time.perf_counter() - t0
     finally:
@@ -303,6 +351,7 @@ def main(quick: bool = False, json_out: bool = False, plot: str | None = DEFAULT
           f"adaptive (target 4), budget {runs['budget']['config']['kl_budget']:g} nats, reject")
     print()
     print_table(runs, figures)
+    print_mitigation(figures["mitigation"])
     pk, sel, lo = figures["gold_peak"], figures["selected"], figures["loose"]
     print(f"gold at step 0 (SFT policy): {figures['start']['gold']:+.3f}; proxy {figures['start']['proxy']:+.3f}")
     print(f"gold peak : {pk['gold']:+.3f} ± {ps.fmt(pk['gold_se'], '.3f')} ({pk['run']} run, step {pk['step']}, "

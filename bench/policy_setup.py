@@ -170,23 +170,32 @@ def rm_then_sft_child(rm_args: tuple, sft_args: tuple) -> tuple[dict, dict]:
 
 
 def ppo_child(tag: str, ppo_kwargs: dict, sft_dir: str, rm_dir: str, prompts: list[str], eval_prompts: list[str],
-              work: str, gold_dir: str | None = None, verbose: bool = False) -> dict:
+              work: str, gold_dir: str | None = None, verbose: bool = False, length_pairs: list[dict] | None = None
+              ) -> dict:
     """One PPO run (``train_ppo(..., store=False)``); with ``gold_dir`` every held-out evaluation is also scored by
-    that reward model (``extra_scorers={"gold": ...}``), its per-response scores kept for standard errors."""
+    that reward model (``extra_scorers={"gold": ...}``), its per-response scores kept for standard errors, and the
+    share of its texts that are degenerate (fewer than 3 words or a repetition loop: evaluation/adversarial_probes.py
+    on words) recorded as ``degenerate_text_share``. ``length_pairs``: the validation pairs a length-debiased
+    reward (``length_debias``) is fitted on."""
     _child_init()
     from rlhf_assets.policy.config import PPOConfig
     from rlhf_assets.policy.ppo import train_ppo
 
     extra: dict[str, Callable] = {}
     gold_scores: list[list[float]] = []
+    degenerate: list[float] = []
     if gold_dir is not None:
         from rlhf_assets.reward.artifact import load_reward_model
 
         gold = load_reward_model(gold_dir)
 
+        from rlhf_assets.evaluation.adversarial_probes import degenerate_reasons
+
         def gold_scorer(p, texts):
             s = gold.score(list(p), list(texts))
             gold_scores.append([float(x) for x in s])
+            degenerate.append(float(np.mean([bool(degenerate_reasons(t.split(), True, min_tokens=3, max_run=4))
+                                             for t in texts])) if texts else float("nan"))
             return s
 
         extra["gold"] = gold_scorer
@@ -197,11 +206,12 @@ def ppo_child(tag: str, ppo_kwargs: dict, sft_dir: str, rm_dir: str, prompts: li
 
     t0 = time.perf_counter()
     r = train_ppo(PPOConfig(**ppo_kwargs), sft_dir, rm_dir, prompts, eval_prompts, work, extra_scorers=extra,
-                  log=log, store=False)
+                  log=log, store=False, length_pairs=length_pairs or ())
     wall = time.perf_counter() - t0
     evals = [dict(e) for e in r.evals]
-    for e, s in zip(evals, gold_scores):
+    for e, s, d in zip(evals, gold_scores, degenerate):
         e["gold_se"] = float(np.std(s, ddof=1) / math.sqrt(len(s))) if len(s) > 1 else float("nan")
+        e["degenerate_text_share"] = d
     selected = {k: v for k, v in r.selected.items() if isinstance(v, (int, float))}
     return {"history": r.history, "evals": evals, "events": r.events, "stop_reason": r.stop_reason,
             "selected_step": r.selected_step, "selected": selected,

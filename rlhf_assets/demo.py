@@ -150,8 +150,8 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
                      f"{_fmt(release.get('ece_before'))} → {_fmt(release.get('ece_after'))} "
                      f"({release.get('method')})")
         lines.append(f"release checks:     passed {', '.join(passed) or '-'}; failed {', '.join(failed) or '-'}"
-                     + ("  (blocking: nothing downstream of the failed check runs for this release)"
-                        if failed else ""))
+                     + ("  (blocking: the release is not deployed — the decision below rejects it, or a failed "
+                        "Dagster-blocking check stopped the run before it)" if failed else ""))
         if release.get("ppo_policy"):
             lines.append(f"policy:             SFT {release.get('sft_policy')}… → PPO "
                          f"{release.get('ppo_policy')}…, kept step {release.get('ppo_selected_step')} (held-out "
@@ -197,8 +197,12 @@ def _fmt(value) -> str:
 
 #: The demo's tiny preset trains fewer steps; every threshold keeps its production value (the release gates act on
 #: bootstrap intervals, so a small test split gives "inconclusive" → canary rather than a coin-toss reject).
+#: Both tiny reward models prefer short refusals on HH harmless, and PPO against them answered in 1–5 tokens (the
+#: adversarial_eval gate rejects that as length drift): the demo turns on the mitigations — the length-debiased
+#: reward and the SFT mix (PPO-ptx) — so its release is a healthy one (README, "Reward hacking").
 TINY_DEMO_OPS = {"sft_policy": {"config": {"epochs": 1}},
-                 "ppo_policy": {"config": {"steps": 20, "eval_every": 5}}}
+                 "ppo_policy": {"config": {"steps": 20, "eval_every": 5, "length_debias": True,
+                                           "sft_mix_share": 0.25}}}
 
 
 def _run_release(definitions, instance, storage: Storage, preset: str, progress) -> dict[str, Any]:

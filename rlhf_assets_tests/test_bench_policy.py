@@ -164,6 +164,11 @@ def test_overoptimization_quick_end_to_end(tmp_path, capsys):
     assert 0 <= r["reward_models"]["gold"]["heldout_accuracy"] <= 1
     assert r["config"]["n_proxy_pairs"] < r["config"]["n_train"]
     assert "gold peak" in out and "selected" in out and ("PASS" in out or "FAIL" in out)
+    # the length-debiased reward beside the plain one, from the same run
+    rows = {(m["run"], m["point"]): m for m in r["mitigation"]}
+    assert set(rows) == {(run, point) for run in ("budget", "debiased") for point in ("selected", "last")}
+    assert all(0 <= m["degenerate_share"] <= 1 and m["response_length"] > 0 for m in rows.values())
+    assert "length-debiased reward vs plain" in out
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 
 from rlhf_assets.definitions import defs
 from rlhf_assets.defs.check_names import (
+    ADVERSARIAL_CHECKS,
     CALIBRATION_BLOCKING_CHECKS,
     KL_WITHIN_BUDGET,
     QUARANTINE_RATE,
@@ -31,7 +32,7 @@ from rlhf_assets.defs.partitions import release_partitions
 from rlhf_assets.defs.release.checks_lookup import blocking_check_statuses, check_status
 from rlhf_assets.evaluation.gates import GateInputs, decide
 from rlhf_assets.evaluation.thresholds import ReleaseThresholds
-from rlhf_assets.references import ModelRef, OPERef, PolicyRef, read_reference, write_reference
+from rlhf_assets.references import AdversarialRef, ModelRef, OPERef, PolicyRef, read_reference, write_reference
 from rlhf_assets.registry.decisions import read_decision
 from rlhf_assets_tests.defs.dagster_support import DAY, RELEASE, config, land_release
 from rlhf_assets_tests.support import GOOD, REPO, learnable_pairs
@@ -150,7 +151,8 @@ def test_the_data_pillar_and_a_release_decision_run_on_postgres(storage_root, po
     assert reward.success, [e.message for e in reward.all_events if e.is_failure]
     stand_ins = {"sft_policy": ModelRef(artifact_id="sft", kind="sft_policy", dataset_id="d"),
                  "ppo_policy": PolicyRef(artifact_id="ppo", kind="ppo_policy", dataset_id="d"),
-                 "ope_report": OPERef(report={}, log_uri="none", log_sha256="none")}
+                 "ope_report": OPERef(report={}, log_uri="none", log_sha256="none"),
+                 "adversarial_eval": AdversarialRef(report={})}
     for asset, ref in stand_ins.items():
         write_reference(storage, asset, RELEASE, ref)
     decided = defs().resolve_job_def("release_chain").execute_in_process(
@@ -174,6 +176,7 @@ def test_the_data_pillar_and_a_release_decision_run_on_postgres(storage_root, po
         assert statuses[f"{asset}:{check}"].status == "passed"
         assert statuses[f"{asset}:{check}"].run_id == reward.run_id
     assert statuses[f"ppo_policy:{KL_WITHIN_BUDGET}"].status == "not measured"
+    assert {statuses[f"{a}:{c}"].status for a, c in ADVERSARIAL_CHECKS} == {"not measured"}
     record = read_decision(storage, RELEASE)
     upstream = [{"check": s.name, "status": s.status, "detail": s.detail} for s in statuses.values()]
     assert record["inputs"]["upstream_checks"] == upstream
@@ -210,6 +213,7 @@ def _stand_in(asset, checks, fail=(), explode=()):
 
 
 RM_CHECKS = [c for _, c in CALIBRATION_BLOCKING_CHECKS]
+ADVERSARIAL = [c for _, c in ADVERSARIAL_CHECKS]
 SCENARIO = ["good", "failed", "errored", "stale", "never"]
 
 
@@ -221,7 +225,8 @@ def _history_and_verdicts(instance):
 
     def run(partition, **calibration):
         dg.materialize([_stand_in("rm_calibration", RM_CHECKS, **calibration),
-                        _stand_in("ppo_policy", [KL_WITHIN_BUDGET])], instance=instance, partition_key=partition,
+                        _stand_in("ppo_policy", [KL_WITHIN_BUDGET]), _stand_in("adversarial_eval", ADVERSARIAL)],
+                       instance=instance, partition_key=partition,
                        raise_on_error=False)
 
     for partition in ("good", "failed", "errored", "stale"):
@@ -245,7 +250,7 @@ def test_the_gate_reads_the_same_check_history_from_postgres_as_from_sqlite(dags
         "good": "promote", "failed": "reject", "errored": "reject", "stale": "reject", "never": "reject"}
     statuses = {p: [c["status"] for c in checks] for p, (checks, _) in on_postgres.items()}
     assert statuses["good"] == ["passed"] * len(RELEASE_BLOCKING_CHECKS)
-    assert statuses["failed"] == ["failed"] * len(RM_CHECKS) + ["passed"]
+    assert statuses["failed"] == ["failed"] * len(RM_CHECKS) + ["passed"] * (1 + len(ADVERSARIAL))
     assert statuses["errored"][:len(RM_CHECKS)] == ["not measured"] * len(RM_CHECKS)
     assert "planned in run <run>" in on_postgres["errored"][0][0]["detail"]
     assert "older materialization" in on_postgres["stale"][0][0]["detail"]

@@ -148,7 +148,7 @@ def test_a_rejected_release_warns_and_production_release_still_records_that_noth
     """The verdict shows at a glance: with no evidence at all (no upstream checks, empty reports) the decision is
     reject, its release_approved check WARNs on the materialization — and, being non-blocking, does not stop
     production_release, which runs in the same job and moves nothing."""
-    from rlhf_assets.references import CalibrationRef, ModelRef, OPERef, PolicyRef
+    from rlhf_assets.references import AdversarialRef, CalibrationRef, ModelRef, OPERef, PolicyRef
     from rlhf_assets.storage import Storage
 
     storage = Storage(storage_root)
@@ -159,7 +159,8 @@ def test_a_rejected_release_warns_and_production_release_still_records_that_noth
                  "ppo_policy": PolicyRef(artifact_id="ppo", kind="ppo_policy", dataset_id="d"),
                  "rm_calibration": CalibrationRef(reward_model_id="rm", dataset_id="d", calibration_artifact_id=None,
                                                   calibrator=None, report={}),
-                 "ope_report": OPERef(report={}, log_uri="none", log_sha256="none")}
+                 "ope_report": OPERef(report={}, log_uri="none", log_sha256="none"),
+                 "adversarial_eval": AdversarialRef(report={})}
     for asset, ref in stand_ins.items():
         write_reference(storage, asset, RELEASE, ref)
     result = defs().resolve_job_def("release_chain").execute_in_process(

@@ -138,7 +138,7 @@ HACK_PPO = {"steps": 12, "rollout_prompts": 16, "minibatch_size": 8, "micro_batc
             "max_prompt_tokens": 24, "eval_every": 4, "n_eval_prompts": 16, "lr": 3e-3, "update_epochs": 2,
             "init_kl_coef": 0.0, "adaptive_kl": False, "kl_budget": 1e9}
 SAMPLING = {"temperature": 1.0, "max_new_tokens": 12, "max_prompt_tokens": 24}
-SETTINGS = AdversarialSettings(adversarial_prompts=16, adversarial_pairs=60)
+SETTINGS = AdversarialSettings(adversarial_prompts=8, adversarial_pairs=60)
 
 
 @pytest.fixture(scope="module")

@@ -118,6 +118,10 @@ def run_demo(storage_root: str | None = None, dagster_home: str | None = None, *
                      f"(thresholds: {os.environ[AUTOMATION_CONFIG_ENV]}) …")
             summary["loop"] = run_loop(definitions, instance, storage, QUIET | {"ops": ops},
                                        lambda day: land_annotations(storage, day), progress)
+        elif loop:
+            # the loop needs a release the service can serve: a rejected or escalated release 1 stops the demo here
+            summary["loop_skipped"] = (f"release 1's verdict is {release.get('verdict') or 'missing'}: the loop "
+                                       "needs a release in canary or production to serve")
     return summary
 
 
@@ -175,6 +179,8 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
             lines.append(f"decision:           {release['verdict']}; production → "
                          f"{aliases.get('production') or '-'}, canary → {aliases.get('canary') or '-'}   "
                          f"(rlhf release list)")
+    if summary.get("loop_skipped"):
+        lines.append(f"the loop:           not run — {summary['loop_skipped']}")
     if summary.get("loop"):
         from rlhf_assets.demo_loop import history_lines
 

@@ -47,7 +47,7 @@ BATCH = 16
 BAND = 0.1
 FULL = {"n_pairs": 1000, "max_length": 128, "bench_texts": 64, "repeats": 5, "teacher": "small"}
 #: The smoke test: the tiny preset stands in for small (tiny+LoRA, a 1-layer student of tiny, their cascade).
-QUICK = {"n_pairs": 80, "max_length": 48, "bench_texts": 16, "repeats": 2, "teacher": "tiny"}
+QUICK = {"n_pairs": 64, "max_length": 48, "bench_texts": 16, "repeats": 1, "teacher": "tiny"}
 COLUMNS = ("config", "accuracy", "ece", "train_cpu_s", "p99_ms", "items_per_s", "acc_gain_per_cpu_h")
 
 
@@ -219,7 +219,7 @@ def format_table(out: dict) -> str:
 def cli(argv: list[str] | None = None) -> dict:
     """Command-line entry point (also used by `rlhf bench cost-fidelity`)."""
     parser = argparse.ArgumentParser(prog="python -m bench.cost_fidelity", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a smoke test (80 pairs, max length 48; meaningless "
+    parser.add_argument("--quick", action="store_true", help="a smoke test (64 pairs, max length 48; meaningless "
                                                             "figures)")
     parser.add_argument("--pairs", type=int, default=None, help=f"HH-RLHF pairs to use (default {FULL['n_pairs']})")
     parser.add_argument("--json", action="store_true", help="also print every figure as one JSON object, last")

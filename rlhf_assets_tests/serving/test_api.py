@@ -6,7 +6,6 @@ import socket
 import time
 
 import httpx
-import numpy as np
 import pytest
 
 from rlhf_assets.reward.calibration import calibrator_from_dict
@@ -151,7 +150,7 @@ def test_metrics_carry_the_version(server, serve_store):
     assert 'code="500"' not in text  # no bad input above became a server error
 
 
-def test_overload_is_refused_at_once_with_retry_after(serve_store):
+def test_overload_is_refused_before_any_batch_with_retry_after(serve_store):
     from concurrent.futures import ThreadPoolExecutor
 
     from rlhf_assets_tests.serving.service_support import start_server
@@ -169,8 +168,17 @@ def test_overload_is_refused_at_once_with_retry_after(serve_store):
         refused = [r for r in results if r[0] == 429]
         assert refused and all(r[2] == "1" for r in refused)
         accepted = [r for r in results if r[0] == 200]
-        # at once: a refusal waits for no batch, so it comes back faster than the requests that were scored
-        assert accepted and np.median([r[1] for r in refused]) < np.median([r[1] for r in accepted])
-        assert {r[0] for r in results} <= {200, 429}
+        assert accepted and {r[0] for r in results} <= {200, 429}
+        # at once: a refused request never reaches a batch — the model scored exactly the accepted items (one each,
+        # cache off) and every refusal is counted (how fast a refusal is, is measured by bench/serving.py's overload
+        # run, not asserted here: a loaded machine is not a slow server)
+        from prometheus_client.parser import text_string_to_metric_families
+
+        metrics: dict[str, float] = {}
+        for family in text_string_to_metric_families(httpx.get(server.url + "/metrics", headers=AUTH).text):
+            for sample in family.samples:  # summed over the label sets (model, alias)
+                metrics[sample.name] = metrics.get(sample.name, 0.0) + sample.value
+        assert metrics["rlhf_rm_items_total"] == len(accepted)
+        assert metrics["rlhf_rm_overload_rejections_total"] == len(refused)
     finally:
         server.terminate()

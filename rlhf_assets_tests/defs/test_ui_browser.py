@@ -176,6 +176,8 @@ def _assets_by_group() -> dict[str, list[str]]:
 def test_asset_graph_shows_every_asset(page, ui_url, screenshots):
     from playwright.sync_api import expect
 
+    # the graph zooms to fit and stops drawing names below a zoom level: a large window keeps every name drawn
+    page.set_viewport_size({"width": 2400, "height": 1600})
     page.goto(f"{ui_url}/asset-groups")  # the global lineage: one node per group
     groups = _assets_by_group()
     for group in groups:
@@ -184,8 +186,8 @@ def test_asset_graph_shows_every_asset(page, ui_url, screenshots):
     page.screenshot(path=screenshots / "asset_graph.png")
     for group, assets in groups.items():  # each group's graph: its assets, named
         page.goto(f"{ui_url}/locations/rlhf_assets/asset-groups/{group}")
-        for asset in assets:
-            expect(page.get_by_text(asset, exact=True).first).to_be_visible()
+        for asset in assets:  # a group's page loads its graph afresh: as patient as the first page
+            expect(page.get_by_text(asset, exact=True).first).to_be_visible(timeout=LOAD_S * 1000)
         if group == "data":  # the daily partitions span the days the loop ran on: filled, none missing
             expect(page.get_by_text("100% filled").first).to_be_visible()
             expect(page.get_by_text("0% filled", exact=True)).to_have_count(0)

@@ -20,14 +20,13 @@ import hashlib
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import torch
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 
 from rlhf_assets.evaluation.response_filters import ResponseFilter, ResponseFilterSettings
 from rlhf_assets.policy_serving.engine import Generated
@@ -35,7 +34,7 @@ from rlhf_assets.policy_serving.log import PolicyServingLog
 from rlhf_assets.policy_serving.metrics import PolicyMetrics
 from rlhf_assets.policy_serving.pool import PolicyPool, PolicyRoute
 from rlhf_assets.policy_serving.settings import PolicyServeSettings
-from rlhf_assets.serving.app import InFlightLimit, Service, read_body
+from rlhf_assets.serving.app import Service, read_body, service_app
 from rlhf_assets.serving.requests import ApiError, parse
 from rlhf_assets.storage import Storage
 
@@ -222,55 +221,10 @@ class PolicyService:
 def create_app(settings: PolicyServeSettings, filters: ResponseFilterSettings, storage: Storage,
                token: str | None) -> FastAPI:
     service = PolicyService(settings, filters, storage, token)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await service.start()
-        try:
-            yield
-        finally:
-            await service.stop()  # after uvicorn drained the in-flight requests: flush the log
-
-    app = FastAPI(title="rlhf_assets policy service", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.service = service
-
-    @app.exception_handler(ApiError)
-    async def api_error(_: Request, err: ApiError) -> JSONResponse:
-        return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
-
-    @app.exception_handler(Exception)
-    async def unexpected(_: Request, err: Exception) -> JSONResponse:
-        return JSONResponse({"error": f"internal error: {type(err).__name__}", "field": None}, status_code=500)
+    app = service_app("rlhf_assets policy service", service, settings, "no policy to serve")
 
     @app.post("/v1/generate")
     async def generate(request: Request) -> JSONResponse:
         return await service.generate(request)
 
-    @app.post("/admin/reload")
-    async def reload(request: Request) -> JSONResponse:
-        service.check_auth(request)
-        try:
-            changed = await service.reload()
-        except Exception as exc:  # noqa: BLE001
-            raise ApiError(503, f"reload failed: {exc}") from None
-        return JSONResponse({"changed": changed, **service.pool.describe()})
-
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "alive"}
-
-    @app.get("/readyz")
-    async def readyz() -> JSONResponse:
-        reason, routes = service.pool.not_ready_reason, service.pool.routes
-        if reason is not None or (routes.production is None and routes.canary is None):
-            return JSONResponse({"ready": False, "reason": reason or "no policy to serve"}, status_code=503)
-        return JSONResponse({"ready": True, **service.pool.describe()})
-
-    @app.get("/metrics")
-    async def metrics(request: Request) -> Response:
-        if settings.metrics_auth:
-            service.check_auth(request)
-        return Response(service.metrics.render(), media_type=service.metrics.content_type)
-
-    app.add_middleware(InFlightLimit, limit=settings.max_in_flight, metrics=service.metrics)
     return app

@@ -279,8 +279,11 @@ class Service:
         return {"items": items, "request_id": request_id} if parsed.batched else {**items[0], "request_id": request_id}
 
 
-def create_app(settings: ServeSettings, storage: Storage, token: str | None) -> FastAPI:
-    service = Service(settings, storage, token)
+def service_app(title: str, service: Any, settings: Any, nothing_to_serve: str,
+                share_in_flight: bool = False) -> FastAPI:
+    """What every service of ours answers besides its own routes: the lifespan (start, then stop after uvicorn
+    drained the in-flight requests: the log is flushed), the error shape, /admin/reload, /healthz, /readyz, /metrics
+    and the in-flight limit. ``share_in_flight``: the pool's batchers read the in-flight count."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -290,7 +293,7 @@ def create_app(settings: ServeSettings, storage: Storage, token: str | None) -> 
         finally:
             await service.stop()  # after uvicorn drained the in-flight requests: flush the log
 
-    app = FastAPI(title="rlhf_assets reward-model service", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(title=title, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = service
 
     @app.exception_handler(ApiError)
@@ -300,6 +303,42 @@ def create_app(settings: ServeSettings, storage: Storage, token: str | None) -> 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, err: Exception) -> JSONResponse:
         return JSONResponse({"error": f"internal error: {type(err).__name__}", "field": None}, status_code=500)
+
+    @app.post("/admin/reload")
+    async def reload(request: Request) -> JSONResponse:
+        service.check_auth(request)
+        try:
+            changed = await service.reload()
+        except Exception as exc:  # noqa: BLE001
+            raise ApiError(503, f"reload failed: {exc}") from None
+        return JSONResponse({"changed": changed, **service.pool.describe()})
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        reason, routes = service.pool.not_ready_reason, service.pool.routes
+        if reason is not None or (routes.production is None and routes.canary is None):
+            return JSONResponse({"ready": False, "reason": reason or nothing_to_serve}, status_code=503)
+        return JSONResponse({"ready": True, **service.pool.describe()})
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        if settings.metrics_auth:
+            service.check_auth(request)
+        return Response(service.metrics.render(), media_type=service.metrics.content_type)
+
+    app.add_middleware(InFlightLimit, limit=settings.max_in_flight, metrics=service.metrics,
+                       service=service if share_in_flight else None)
+    return app
+
+
+def create_app(settings: ServeSettings, storage: Storage, token: str | None) -> FastAPI:
+    service = Service(settings, storage, token)
+    app = service_app("rlhf_assets reward-model service", service, settings, "no model to serve",
+                      share_in_flight=True)
 
     @app.post("/v1/score")
     async def score(request: Request) -> JSONResponse:
@@ -317,32 +356,4 @@ def create_app(settings: ServeSettings, storage: Storage, token: str | None) -> 
     async def compare_version(artifact_id: str, request: Request) -> JSONResponse:
         return await service.handle(request, "compare", version=artifact_id)
 
-    @app.post("/admin/reload")
-    async def reload(request: Request) -> JSONResponse:
-        service.check_auth(request)
-        try:
-            changed = await service.reload()
-        except Exception as exc:  # noqa: BLE001
-            raise ApiError(503, f"reload failed: {exc}") from None
-        return JSONResponse({"changed": changed, **service.pool.describe()})
-
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "alive"}
-
-    @app.get("/readyz")
-    async def readyz() -> JSONResponse:
-        reason = service.pool.not_ready_reason
-        routes = service.pool.routes
-        if reason is not None or (routes.production is None and routes.canary is None):
-            return JSONResponse({"ready": False, "reason": reason or "no model to serve"}, status_code=503)
-        return JSONResponse({"ready": True, **service.pool.describe()})
-
-    @app.get("/metrics")
-    async def metrics(request: Request) -> Response:
-        if settings.metrics_auth:
-            service.check_auth(request)
-        return Response(service.metrics.render(), media_type=service.metrics.content_type)
-
-    app.add_middleware(InFlightLimit, limit=settings.max_in_flight, metrics=service.metrics, service=service)
     return app

@@ -40,6 +40,14 @@ FIELDS: tuple[Field, ...] = (
     Field("temperature", (int, float), pl.Float64(), False, "sampling temperature of the responses"),
     Field("annotation_ms", int, pl.Int64(), False, "time the annotator spent"),
     Field("confidence", int, pl.Int64(), False, "annotator's confidence, 1..5"),
+    # written by the annotation app (rlhf_assets/annotation/); optional for every other source
+    Field("orientation", str, pl.String(), False, "as_queued | swapped: how the app showed the queued pair"),
+    Field("guidelines_version", str, pl.String(), False, "version of the guidelines the annotator saw"),
+    Field("rationale", str, pl.String(), False, "the annotator's short free-text reason"),
+    Field("item_kind", str, pl.String(), False, "pair | gold | attention | audit (quality-control items are not "
+                                                "training data)"),
+    Field("expected_label", str, pl.String(), False, "gold / attention items: the right answer, in the orientation "
+                                                     "shown (response_a / response_b of this record)"),
 )
 
 FIELD_NAMES = tuple(f.name for f in FIELDS)

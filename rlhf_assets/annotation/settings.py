@@ -1,0 +1,66 @@
+"""Every knob of the annotation pillar, declared once per concern (``@settings``, rlhf_assets/config_schema.py):
+the work queue and its quality control (AnnotationSettings), the app, the audit sampling. The Dagster config of
+each asset is generated from these (rlhf_assets/defs/config_classes.py). No Dagster here."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+
+from rlhf_assets.config_schema import FileConfig, settings
+
+Share = Annotated[float, Field(ge=0, le=1)]
+PositiveInt = Annotated[int, Field(ge=1)]
+
+
+@settings
+class AnnotationSettings(FileConfig):
+    """The daily work queue (annotation_queue): how many items, how many annotators each, how much quality
+    control; and when an annotator's quality-control answers flag them."""
+
+    CONFIG_LABEL = "annotation"
+
+    # the queue ---------------------------------------------------------------------------------------------------
+    pairs_per_day: PositiveInt = 40
+    """New pairs queued per day (each asked of overlap_k annotators)."""
+    overlap_k: PositiveInt = 3
+    """Distinct annotators each new pair is asked of (agreement and Dawid–Skene need several per item)."""
+    target_confidence: Annotated[float, Field(gt=0, le=1)] = 0.7
+    """Dynamic overlap: a pair whose aggregated posterior confidence (aggregated_labels) is below this after it has
+    all the answers it was asked for gets one more annotator the next day…"""
+    overlap_cap: PositiveInt = 6
+    """…up to this many annotators in all (never the same annotator twice on one item)."""
+    qc_rate: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    """Share of each annotator's assignments that are quality-control items (gold pairs and attention checks)."""
+    attention_share: Share = 0.5
+    """Share of the quality-control items that are attention checks (the rest are gold pairs)."""
+    qc_pool: str | None = None
+    """A JSONL file of quality-control items ({"kind": "gold"|"attention", "prompt", "response_a", "response_b",
+    "expected_label": "a"|"b"|"tie"}); unset: the pool bundled with the project (annotation/qc_pool.py)."""
+    annotators: tuple[str, ...] = ()
+    """Annotator ids to queue for when there is no roster (annotation/roster.py); with a roster, its active
+    annotators are used and this is ignored."""
+    max_new_tokens: PositiveInt = 48
+    """Release pairs: response tokens sampled from the production policy and its reference per prompt."""
+    temperature: Annotated[float, Field(gt=0)] = 1.0
+    """Release pairs: sampling temperature of both responses."""
+    seed: Annotated[int, Field(ge=0)] = 0
+    """Seed of the choice of prompts, the sampling, the quality-control mix and the load balancing' tie-breaks
+    (the day is mixed in, so days differ and a rematerialization repeats itself)."""
+
+    # quality control: who is flagged ----------------------------------------------------------------------------
+    quality_window_days: PositiveInt = 14
+    """Days of answers (ending on the asset's day) an annotator's gold accuracy and attention failures count over."""
+    gold_accuracy_threshold: Share = 0.8
+    """An annotator whose gold accuracy is below this (with at least min_gold_answers) is flagged."""
+    min_gold_answers: PositiveInt = 5
+    """Gold answers an annotator must have given before their gold accuracy can flag them."""
+    attention_failures_to_flag: PositiveInt = 2
+    """Failed attention checks (in the window) that flag an annotator; one slip does not."""
+
+    def __post_init__(self) -> None:
+        if self.overlap_cap < self.overlap_k:
+            raise ValueError(f"overlap_cap ({self.overlap_cap}) must be at least overlap_k ({self.overlap_k})")
+        if len(set(self.annotators)) != len(self.annotators):
+            raise ValueError("annotators must be distinct")

@@ -189,6 +189,16 @@ def serve_policy(ctx: typer.Context):
     raise typer.Exit(server(list(ctx.args)))
 
 
+@app.command("annotate", context_settings=_PASSTHROUGH, add_help_option=False)
+def annotate(ctx: typer.Context):
+    """The annotation app: [--host 127.0.0.1] [--port 8090] [--day YYYY-MM-DD] … (--help for all); `rlhf annotate
+    roster add NAME [--expires-days N]` puts an annotator on the roster and prints their token once (roster list |
+    deactivate NAME | activate NAME)."""
+    from rlhf_assets.annotation.server import main as server
+
+    raise typer.Exit(server(list(ctx.args)))
+
+
 @policy_app.command("sft", context_settings=_PASSTHROUGH, add_help_option=False)
 def policy_sft(ctx: typer.Context):
     """Fine-tune the base policy on chosen responses: --data FILE --out DIR [--config FILE] [--preset tiny|small|hf]

@@ -64,3 +64,45 @@ class AnnotationSettings(FileConfig):
             raise ValueError(f"overlap_cap ({self.overlap_cap}) must be at least overlap_k ({self.overlap_k})")
         if len(set(self.annotators)) != len(self.annotators):
             raise ValueError("annotators must be distinct")
+
+
+@settings
+class AppSettings(FileConfig):
+    """The annotation app (``rlhf annotate``): where it listens, who may sign in, what an answer may hold and how
+    answers are rotated into landing files (annotation/answers.py)."""
+
+    CONFIG_LABEL = "annotate"
+
+    host: str = "127.0.0.1"
+    """Interface to bind (put a TLS-terminating proxy in front of anything but loopback)."""
+    port: Annotated[int, Field(ge=0, le=65535)] = 8090
+    """TCP port (0: any free port, printed at start)."""
+    day: str | None = None
+    """Queue day (YYYY-MM-DD) whose assignments are served; unset: today (UTC), re-read as the day changes."""
+    token_expiry_days: Annotated[float, Field(gt=0)] = 30.0
+    """`rlhf annotate roster add`: days a new token is valid (--expires-days overrides it per annotator)."""
+    session_hours: Annotated[float, Field(gt=0)] = 12.0
+    """A sign-in lasts this long (never past the token's expiry); sessions live in the app's memory only."""
+    max_rationale_chars: Annotated[int, Field(ge=0)] = 1000
+    """Longest rationale an answer may carry (a longer one is refused with 422; 0: no rationale)."""
+    max_skip_reason_chars: PositiveInt = 300
+    """Longest reason a skip may carry."""
+    max_body_bytes: PositiveInt = 64 * 1024
+    """Largest request body; a larger one is refused while it is being read (413)."""
+    guidelines_dir: str | None = None
+    """Folder of versioned guidelines (`v1.md`, `v2.md`, …); unset: the ones bundled with the package."""
+    guidelines_version: str | None = None
+    """Version shown and recorded with every answer (e.g. `v1`); unset: the highest in guidelines_dir."""
+    rotate_answers: PositiveInt = 50
+    """Stored answers waiting for the landing zone are rotated into one landing file when this many are waiting…"""
+    rotate_seconds: Annotated[float, Field(gt=0)] = 300.0
+    """…or when the oldest has waited this long (and always at shutdown)."""
+
+    def __post_init__(self) -> None:
+        if self.day is not None:
+            from datetime import date
+
+            try:
+                date.fromisoformat(self.day)
+            except ValueError:
+                raise ValueError(f"day must be YYYY-MM-DD, got {self.day!r}") from None

@@ -1,0 +1,112 @@
+"""A storage root with a roster and a day's work queue, and a real `rlhf annotate` process on a free loopback port."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import polars as pl
+
+from rlhf_assets.annotation.queue import write_queue
+from rlhf_assets.annotation.roster import Roster
+from rlhf_assets.storage import Storage
+from rlhf_assets_tests.support import subprocess_env
+
+
+def today() -> str:
+    return datetime.now(UTC).date().isoformat()
+
+
+def assignment(aid: str, annotator: str, item: str, kind: str = "pair", *, good: str = "a", day: str | None = None,
+               prompt: str | None = None) -> dict:
+    """One queued assignment. The better response says GOOD and the other BAD (``good`` says which is queued
+    first); gold and attention items carry it as their expected label, in the queued orientation."""
+    better, worse = f"GOOD answer to {item}: a clear, correct reply.", f"BAD answer to {item}: vague."
+    if kind == "attention":
+        better = f"GOOD: this is an attention check for {item}; choose this response."
+    a, b = (better, worse) if good == "a" else (worse, better)
+    return {"assignment_id": aid, "day": day or today(), "annotator_id": annotator, "item_id": item,
+            "item_kind": kind, "prompt": prompt or f"Question about {item}?", "response_a": a, "response_b": b,
+            "policy_a": "policy-1", "policy_b": "policy-2", "temperature": 0.7, "batch_id": f"batch-{item}",
+            "expected_label": good if kind in ("gold", "attention") else None}
+
+
+def write_assignments(root: Path | str, rows: list[dict], source: str = "pairs", day: str | None = None) -> None:
+    write_queue(Storage(str(root)), day or today(), source, pl.DataFrame(rows))
+
+
+def add_annotators(root: Path | str, *names: str, expires_days: float = 1.0) -> dict[str, str]:
+    """Put the annotators on the roster: name → token."""
+    roster = Roster(Storage(str(root)))
+    return {name: roster.add(name, expires_days)[1] for name in names}
+
+
+def add_expired(root: Path | str, name: str) -> str:
+    roster = Roster(Storage(str(root)))
+    return roster.add(name, 1.0, now=datetime.now(UTC) - timedelta(days=2))[1]
+
+
+@dataclass
+class AppServer:
+    process: subprocess.Popen
+    url: str
+    root: Path
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30)
+
+    @contextlib.contextmanager
+    def signed_in(self, annotator: str, token: str) -> Iterator[httpx.Client]:
+        with self.client() as client:
+            response = client.post("/api/session", json={"annotator": annotator, "token": token})
+            assert response.status_code == 200, response.text
+            yield client
+
+    def terminate(self, timeout: float = 60) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def stderr(self) -> str:
+        return self.process.stderr.read() if self.process.stderr else ""
+
+
+def start_app(root: Path | str, *args: str) -> AppServer:
+    """`python -m rlhf_assets.annotation.server --port 0 --root ROOT …`; returns once it answers /healthz."""
+    process = subprocess.Popen([sys.executable, "-m", "rlhf_assets.annotation.server", "--port", "0",
+                                "--root", str(root), *args], stderr=subprocess.PIPE, text=True,
+                               env=subprocess_env())
+    line = process.stderr.readline()
+    match = re.search(r"http://([\d.]+):(\d+)", line)
+    if not match:
+        rest = process.stderr.read() if process.poll() is not None else ""
+        process.kill()
+        raise AssertionError(f"the app did not start: {line}{rest}")
+    server = AppServer(process, f"http://{match.group(1)}:{match.group(2)}", Path(root))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(server.url + "/healthz", timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    process.kill()
+    raise AssertionError("the app never answered /healthz")
+
+
+def landing_records(root: Path | str, kind: str = "comparisons") -> dict[str, list[dict]]:
+    """Landing file name → its JSON records, for every day."""
+    base = Path(root) / "landing" / kind
+    return {str(p.relative_to(base)): [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+            for p in sorted(base.glob("date=*/*")) if not p.name.startswith(".")}

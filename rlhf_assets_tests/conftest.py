@@ -172,6 +172,7 @@ def tiny_setup(tmp_path_factory):
 # (-m "not slow"). Modules whose every test is slow are listed here, so a new test in one of them is slow by
 # default; modules that mix quick tests with slow ones mark their slow tests with @pytest.mark.slow.
 SLOW_MODULES = {
+    "annotation/test_app_browser.py",
     "defs/test_kl_check.py", "defs/test_release_chain.py", "defs/test_release_lineage.py", "defs/test_ui_browser.py",
     "evaluation/test_release_judge.py", "evaluation/test_sequence_ope.py",
     "policy/test_kl_check.py", "policy/test_ppo_training.py", "policy/test_resume_and_entrypoint.py",

@@ -69,7 +69,7 @@ def conform(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def write_queue(storage: Storage, day: str, source: str, assignments: pl.DataFrame) -> str:
-    """Replace the day's queue of ``source`` (atomic). Returns the path written."""
+    """Replace the day's queue of ``source`` (atomic). Returns the sha256 of the file written."""
     return storage.write_parquet(queue_path(storage, day, source), conform(assignments))
 
 

@@ -41,10 +41,11 @@ class AnnotationSettings(FileConfig):
     annotators: tuple[str, ...] = ()
     """Annotator ids to queue for when there is no roster (annotation/roster.py); with a roster, its active
     annotators are used and this is ignored."""
-    max_new_tokens: PositiveInt = 48
-    """Release pairs: response tokens sampled from the production policy and its reference per prompt."""
-    temperature: Annotated[float, Field(gt=0)] = 1.0
-    """Release pairs: sampling temperature of both responses."""
+    max_new_tokens: PositiveInt | None = None
+    """Release pairs: response tokens sampled from the production policy and its reference per prompt (unset: the
+    policy's training config's)."""
+    temperature: Annotated[float, Field(gt=0)] | None = None
+    """Release pairs: sampling temperature of both responses (unset: the policy's training config's)."""
     seed: Annotated[int, Field(ge=0)] = 0
     """Seed of the choice of prompts, the sampling, the quality-control mix and the load balancing' tie-breaks
     (the day is mixed in, so days differ and a rematerialization repeats itself)."""

@@ -1,7 +1,8 @@
 """Annotator disagreement: a day whose Fleiss' kappa falls below the days before it, and annotators whose estimated
 reliability collapsed against their own history. Flagged annotators are kept in the storage root
-(``monitoring/annotators/flagged.json``) so the next aggregation can exclude them (``aggregated_labels``'
-``flagged_annotators: exclude``), and the annotator table says who was flagged and why."""
+(``monitoring/annotators/flagged.json``) so the next aggregation can exclude or down-weight them
+(``aggregated_labels``' ``flagged_annotators``), and the annotator table says who was flagged and why. The annotation
+queue's quality control (annotation/quality.py) flags through the same list (:func:`add_flags`)."""
 
 from __future__ import annotations
 
@@ -71,12 +72,21 @@ def read_flagged(storage: Storage) -> dict[str, dict[str, Any]]:
     return storage.read_json(path) if path.exists() else {}
 
 
+def add_flags(storage: Storage, entries: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Add annotators to the flagged list: annotator id → {reason, day, …}. An annotator already there keeps their
+    first flag (its day and reason). Both the disagreement sensor (:func:`flag`) and the quality control of the
+    annotation queue (annotation/quality.py: gold accuracy, attention checks) flag through here. Returns the list."""
+    flagged = read_flagged(storage)
+    added = {k: v for k, v in entries.items() if k not in flagged}
+    if added or not storage.path(*FLAGGED).exists():
+        flagged.update(added)
+        storage.write_json(storage.path(*FLAGGED), flagged)
+    return flagged
+
+
 def flag(storage: Storage, review_: AnnotatorReview) -> dict[str, dict[str, Any]]:
     """Add the review's collapsed annotators to the flagged list (an earlier flag keeps its first day)."""
-    flagged = read_flagged(storage)
-    for c in review_.collapsed:
-        flagged.setdefault(c["annotator_id"], {
-            "reason": f"estimated accuracy {c['accuracy']:.3f} on {review_.day}, {c['drop']:.3f} below their history "
-                      f"({c['history']:.3f})", "day": review_.day, "accuracy": c["accuracy"], "history": c["history"]})
-    storage.write_json(storage.path(*FLAGGED), flagged)
-    return flagged
+    return add_flags(storage, {c["annotator_id"]: {
+        "reason": f"estimated accuracy {c['accuracy']:.3f} on {review_.day}, {c['drop']:.3f} below their history "
+                  f"({c['history']:.3f})", "day": review_.day, "accuracy": c["accuracy"], "history": c["history"]}
+        for c in review_.collapsed})

@@ -16,6 +16,11 @@ Shrinkage: an annotator with two labels otherwise gets a confusion matrix of zer
 vote. With ``shrinkage = s > 0`` each row becomes ``(n[w, k, :] + s * pooled[k, :]) / (sum_l n[w, k, l] + s)``, where
 ``pooled`` is the row-normalised confusion matrix summed over all annotators: a pseudo-count of total weight s
 centred on the crowd's behaviour, which barely moves annotators with many labels.
+
+Vote weights (``weights``, one per label row, e.g. a flagged annotator's votes at 0.25): majority vote counts
+weighted votes; Dawid-Skene raises each label's likelihood to its weight (a tempered, "power" likelihood: in the
+E-step ``log q[i, k] = log p[k] + sum of w * log pi[w, k, l]``) and weights the confusion counts alike, so EM still
+increases one objective. A weight of 1 everywhere is the unweighted model exactly; 0 would drop the label.
 """
 
 from __future__ import annotations
@@ -85,11 +90,24 @@ def _validate(items, workers, labels, n_items, n_workers, n_classes):
     return items, workers, labels, n_items, n_workers, n_classes
 
 
-def _vote_counts(items: np.ndarray, labels: np.ndarray, n_items: int, k: int) -> np.ndarray:
-    """(K, n_items) number of votes for each class."""
+def _vote_counts(items: np.ndarray, labels: np.ndarray, n_items: int, k: int,
+                 weights: np.ndarray | None = None) -> np.ndarray:
+    """(K, n_items) number (or total weight) of votes for each class."""
     index = items * k
     index += labels
-    return np.ascontiguousarray(np.bincount(index, minlength=n_items * k).reshape(n_items, k).T, dtype=np.float64)
+    counts = np.bincount(index, weights=weights, minlength=n_items * k)
+    return np.ascontiguousarray(counts.reshape(n_items, k).T, dtype=np.float64)
+
+
+def _check_weights(weights, n_rows: int) -> np.ndarray | None:
+    if weights is None:
+        return None
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.shape != (n_rows,):
+        raise ValueError(f"weights must have one entry per label row ({n_rows}), got shape {weights.shape}")
+    if not np.all(np.isfinite(weights)) or (weights < 0).any():
+        raise ValueError("weights must be finite and non-negative")
+    return weights
 
 
 def _shares(votes: np.ndarray) -> np.ndarray:
@@ -97,18 +115,22 @@ def _shares(votes: np.ndarray) -> np.ndarray:
     return np.divide(votes, total, out=np.full_like(votes, 1.0 / len(votes)), where=total > 0)
 
 
-def _confusion_counts(post, items, cell, n_workers, out=None):
-    """n[w, k, l]: the posterior mass of class k on the rows where worker w answered l (added to ``out``)."""
+def _confusion_counts(post, items, cell, n_workers, out=None, weights=None):
+    """n[w, k, l]: the posterior mass of class k on the rows where worker w answered l (added to ``out``), each row
+    counted with its weight when ``weights`` is given."""
     k = post.shape[0]
     counts = np.zeros((n_workers, k, k)) if out is None else out
     for c in range(k):
-        counts[:, c, :] += np.bincount(cell, weights=np.take(post[c], items), minlength=n_workers * k).reshape(-1, k)
+        mass = np.take(post[c], items)
+        if weights is not None:
+            mass *= weights
+        counts[:, c, :] += np.bincount(cell, weights=mass, minlength=n_workers * k).reshape(-1, k)
     return counts
 
 
-def _m_step(post, items, cell, observed, n_workers, shrinkage):
+def _m_step(post, items, cell, observed, n_workers, shrinkage, weights=None):
     """Confusion counts n[w, k, l] and the normalised (shrunk) confusion matrices."""
-    return _normalise(_confusion_counts(post, items, cell, n_workers), observed, shrinkage)
+    return _normalise(_confusion_counts(post, items, cell, n_workers, weights=weights), observed, shrinkage)
 
 
 def _normalise(counts, observed, shrinkage):
@@ -155,24 +177,25 @@ def _check_options(max_iter, tol, shrinkage) -> None:
         raise ValueError(f"shrinkage must be >= 0 (a pseudo-count), got {shrinkage!r}")
 
 
-def _fit(items, cell, post, n_workers, max_iter, tol, shrinkage) -> AggregationResult:
-    """EM from initial posteriors ``post`` (K, n_items); ``cell`` = worker * K + label for each row."""
+def _fit(items, cell, post, n_workers, max_iter, tol, shrinkage, weights=None) -> AggregationResult:
+    """EM from initial posteriors ``post`` (K, n_items); ``cell`` = worker * K + label for each row; ``weights``:
+    one vote weight per row (None: all 1)."""
     _check_options(max_iter, tol, shrinkage)
     k, n_items = post.shape
     observed = (np.bincount(cell, minlength=n_workers * k) > 0).reshape(n_workers, 1, k)
     n_votes = np.bincount(items, minlength=n_items).astype(np.float64)
     priors = post.mean(axis=1)
-    counts, conf, log_conf = _m_step(post, items, cell, observed, n_workers, shrinkage)
+    counts, conf, log_conf = _m_step(post, items, cell, observed, n_workers, shrinkage, weights)
     loss, converged, it = -np.inf, False, 0
 
     def sum_per_item(values):
-        return np.bincount(items, weights=values, minlength=n_items)
+        return np.bincount(items, weights=values if weights is None else values * weights, minlength=n_items)
 
     for it in range(1, max_iter + 1):  # noqa: B007 -- `it` is the iteration count reported after the loop
         log_prior = np.log(np.maximum(priors, _EPS))
         post, neg_entropy = _e_step(log_conf, log_prior, cell, post, sum_per_item)
         priors = post.mean(axis=1)
-        counts, conf, log_conf = _m_step(post, items, cell, observed, n_workers, shrinkage)
+        counts, conf, log_conf = _m_step(post, items, cell, observed, n_workers, shrinkage, weights)
         # Evidence lower bound per label, as crowd-kit computes it: E_q[log p(z) + log p(labels | z)] + H(q).
         elbo = np.sum(counts * log_conf) + np.log(np.maximum(priors, _EPS)) @ (post @ n_votes) - neg_entropy
         new_loss, previous = float(elbo) / len(items), loss
@@ -198,32 +221,37 @@ def _initial_posteriors(init: Any, votes: Any, n_items: int, k: int) -> np.ndarr
 
 def dawid_skene(items, workers, labels, *, n_items: int | None = None, n_workers: int | None = None,
                 n_classes: int | None = None, max_iter: int = 100, tol: float = 1e-5, shrinkage: float = 0.0,
-                init: str | np.ndarray = "majority") -> AggregationResult:
+                init: str | np.ndarray = "majority", weights=None) -> AggregationResult:
     """Dawid-Skene EM over integer codes (one entry per label row). See the module docstring.
 
-    ``init`` is "majority" (vote shares, like crowd-kit) or an (n_items, n_classes) array of initial posteriors.
+    ``init`` is "majority" (vote shares, like crowd-kit) or an (n_items, n_classes) array of initial posteriors;
+    ``weights`` one vote weight per row (None: unweighted).
     """
     items, workers, labels, n_items, n_workers, k = _validate(items, workers, labels, n_items, n_workers, n_classes)
-    post = _initial_posteriors(init, lambda: _vote_counts(items, labels, n_items, k), n_items, k)
+    weights = _check_weights(weights, len(items))
+    post = _initial_posteriors(init, lambda: _vote_counts(items, labels, n_items, k, weights), n_items, k)
     cell = workers * k
     cell += labels  # the (worker, observed label) cell of each row
-    return _fit(items, cell, post, n_workers, max_iter, tol, shrinkage)
+    return _fit(items, cell, post, n_workers, max_iter, tol, shrinkage, weights)
 
 
 def _majority(votes: np.ndarray, seed: int = 0) -> AggregationResult:
     shares = _shares(votes)
-    jitter = np.random.default_rng(seed).random(votes.shape)  # < 1, so it only reorders tied counts
-    chosen = (votes + 0.5 * jitter).argmax(axis=0)
+    jitter = np.random.default_rng(seed).random(votes.shape)
+    # the jitter picks among the classes tied for the most votes only (weighted votes differ by less than 1)
+    tied = np.isclose(votes, votes.max(axis=0), rtol=0, atol=1e-9)
+    chosen = np.where(tied, jitter, -1.0).argmax(axis=0)
     return AggregationResult(labels=chosen, posteriors=np.ascontiguousarray(shares.T), confusion=None,
                              priors=shares.mean(axis=1), n_iter=0, converged=True, log_likelihood=float("nan"),
                              method="majority")
 
 
 def majority_vote(items, workers, labels, *, n_items: int | None = None, n_classes: int | None = None,
-                  seed: int = 0) -> AggregationResult:
-    """Most frequent label per item; ties broken uniformly at random by a seeded RNG. Posteriors are vote shares."""
+                  seed: int = 0, weights=None) -> AggregationResult:
+    """Most frequent label per item (by total weight with ``weights``, one per row); ties broken uniformly at random
+    by a seeded RNG. Posteriors are (weighted) vote shares."""
     items, _, labels, n_items, _, k = _validate(items, workers, labels, n_items, None, n_classes)
-    return _majority(_vote_counts(items, labels, n_items, k), seed)
+    return _majority(_vote_counts(items, labels, n_items, k, _check_weights(weights, len(items))), seed)
 
 
 def _encode(name: str, values: Any, sort: bool, size_hint: int) -> tuple[np.ndarray, Any]:

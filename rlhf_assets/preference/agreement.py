@@ -4,7 +4,8 @@
   found sparsely: rows are sorted by (item, annotator) and each row is paired with the later rows of its item, so the
   work grows with the number of co-labelled (pair, item) combinations, never with annotators squared.
 * ``fleiss_kappa_items``: Fleiss' kappa (statsmodels) over the items rated the modal number of times.
-* ``annotator_disagreement`` / ``item_disagreement``: how often labels differ from a per-item consensus label.
+* ``annotator_disagreement`` / ``item_disagreement``: how often labels differ from a per-item consensus label;
+  ``kappa_against_consensus``: each annotator's Cohen's kappa against it.
 """
 
 from __future__ import annotations
@@ -143,3 +144,21 @@ def item_disagreement(items, labels, consensus) -> np.ndarray:
     n = np.bincount(items, minlength=len(consensus))
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.bincount(items, weights=differs, minlength=len(consensus)) / n
+
+
+def kappa_against_consensus(items, workers, labels, consensus, n_workers: int, n_classes: int) -> np.ndarray:
+    """Cohen's kappa of each annotator code's labels against the consensus label of the same items: (observed
+    agreement − chance agreement) / (1 − chance), chance from the annotator's own label shares and the consensus's
+    shares over their items. NaN for an annotator without labels or when chance agreement is 1 (both constant)."""
+    items, workers, labels = _codes(items=items, workers=workers, labels=labels)
+    consensus = np.asarray(consensus)
+    agree = ~_differs(items, labels, consensus)
+    n = np.bincount(workers, minlength=n_workers).astype(np.float64)
+    observed = np.bincount(workers, weights=agree, minlength=n_workers)
+    own = np.bincount(workers * n_classes + labels, minlength=n_workers * n_classes).reshape(n_workers, n_classes)
+    theirs = np.bincount(workers * n_classes + consensus[items],
+                         minlength=n_workers * n_classes).reshape(n_workers, n_classes)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p_o = observed / n
+        p_e = (own * theirs).sum(axis=1) / (n * n)
+        return np.where((n > 0) & (p_e < 1), (p_o - p_e) / (1 - p_e), np.nan)

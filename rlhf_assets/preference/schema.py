@@ -15,6 +15,7 @@ import polars as pl
 SCHEMA_VERSION = "1"
 
 LABELS = ("a", "b", "tie")
+ORIENTATIONS = ("as_queued", "swapped")  # how the annotation app showed a queued pair (the record's orientation)
 
 
 @dataclass(frozen=True)

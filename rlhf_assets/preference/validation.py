@@ -21,8 +21,9 @@ from typing import Annotated, Any
 import polars as pl
 from pydantic import Field
 
+from rlhf_assets.annotation.queue import ITEM_KINDS, QC_KINDS
 from rlhf_assets.config_schema import settings
-from rlhf_assets.preference.schema import LABELS, RECORD_SCHEMA, REQUIRED_FIELDS
+from rlhf_assets.preference.schema import LABELS, ORIENTATIONS, RECORD_SCHEMA, REQUIRED_FIELDS
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
@@ -103,6 +104,13 @@ def build_suite(rules: ValidationRules) -> list[Any]:
         e.ExpectColumnValuesToBeBetween(column="confidence", min_value=1, max_value=5),
         e.ExpectColumnValuesToBeBetween(column="annotation_ms", min_value=0, max_value=rules.max_annotation_ms),
         e.ExpectColumnValuesToBeBetween(column="temperature", min_value=0, max_value=10),
+        # the annotation app's fields (optional: null passes)
+        e.ExpectColumnValuesToBeInSet(column="item_kind", value_set=list(ITEM_KINDS)),
+        e.ExpectColumnValuesToBeInSet(column="expected_label", value_set=list(LABELS)),
+        e.ExpectColumnValuesToBeInSet(column="orientation", value_set=list(ORIENTATIONS)),
+        # a gold / attention answer without its expected answer measures nothing
+        e.ExpectColumnValuesToNotBeNull(column="expected_label", row_condition=f"item_kind in {list(QC_KINDS)!r}",
+                                        condition_parser="pandas"),
     ]
     suite += [
         e.ExpectColumnValueLengthsToBeBetween(

@@ -59,6 +59,7 @@ class AnswerStore:
         self.skips: dict[str, dict[str, Any]] = {}
         self.landed: set[str] = set()
         self.waiting_since: dict[str, float] = {}  # not yet landed: id → monotonic time it was stored
+        self.unsettled: dict[Any, dict[str, Any]] = {}  # rotation records written, not yet marked landed
 
     # start -----------------------------------------------------------------------------------------------------
     def open(self) -> AnswerStore:
@@ -71,16 +72,22 @@ class AnswerStore:
                 doc = self.storage.read_json(path)
                 self.skips[doc["assignment_id"]] = doc
             for path in self.storage.list_files(self.storage.path(*ROTATIONS_DIR)):
-                rotation = self.storage.read_json(path)
-                if not rotation["landed"]:
-                    if not self.storage.exists(self.storage.path(*rotation["file"])):
-                        self.storage.retrying("delete", path, lambda p=path: p.fs.rm_file(p.path))
-                        continue  # never written: its answers are still waiting
-                    self.storage.write_json(path, rotation | {"landed": True})
-                self.landed.update(rotation["ids"])
+                self._settle(path, self.storage.read_json(path))
             now = time.monotonic()
             self.waiting_since = {i: now for i in self.answers if i not in self.landed}
         return self
+
+    def _settle(self, path: Any, rotation: dict[str, Any]) -> None:
+        """Count a rotation's answers as landed when its landing file exists (marking the record so), else drop the
+        record: its answers wait for the next rotation."""
+        if not rotation["landed"]:
+            if not self.storage.exists(self.storage.path(*rotation["file"])):
+                self.storage.retrying("delete", path, lambda: path.fs.rm_file(path.path))
+                return
+            self.storage.write_json(path, rotation | {"landed": True})
+        self.landed.update(rotation["ids"])
+        for cid in rotation["ids"]:
+            self.waiting_since.pop(cid, None)
 
     # answers ---------------------------------------------------------------------------------------------------
     def status(self, assignment_id: str) -> str | None:
@@ -150,8 +157,12 @@ class AnswerStore:
                     or time.monotonic() - min(self.waiting_since.values()) >= max_seconds)
 
     def rotate(self) -> list[str]:
-        """Write every waiting answer into new landing files, one per landing kind and day; the paths written."""
+        """Write every waiting answer into new landing files, one per landing kind and day; the paths written.
+        A rotation this process left unfinished (the store failed in between) is settled first, as at start."""
         with self.lock:
+            for marker, rotation in list(self.unsettled.items()):
+                self._settle(marker, rotation)
+                del self.unsettled[marker]
             groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
             for cid in self.waiting_since:
                 doc = self.answers[cid]
@@ -166,12 +177,11 @@ class AnswerStore:
                 rotation = {"file": ["landing", kind, f"date={day}", name], "ids": ids, "landed": False}
                 marker = self.storage.path(*ROTATIONS_DIR, f"{kind}-{day}-{name}.json")
                 self.storage.write_json(marker, rotation)
+                self.unsettled[marker] = rotation  # until it is marked landed: settled again if anything fails
                 body = "".join(json.dumps({k: r[k] for k in FIELD_NAMES if r.get(k) is not None},
                                           ensure_ascii=False) + "\n" for r in records)
                 self.storage.write_bytes(target, body.encode("utf-8"))
-                self.storage.write_json(marker, rotation | {"landed": True})
-                self.landed.update(ids)
-                for cid in ids:
-                    self.waiting_since.pop(cid, None)
+                self._settle(marker, rotation)
+                del self.unsettled[marker]
                 written.append(str(target))
             return written

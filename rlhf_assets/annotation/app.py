@@ -218,9 +218,11 @@ class AnnotationService:
             "expected_label": view["expected_label"],
         }
         try:
-            return self.store.store_answer(record)
+            stored = self.store.store_answer(record)
         except AnswerConflict as exc:
             raise ApiError(409, str(exc), "assignment_id") from None
+        self.served.pop((annotator_id, assignment_id), None)
+        return stored
 
     def skip(self, annotator_id: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         _only(body, SKIP_KEYS)

@@ -102,3 +102,38 @@ def test_answers_land_once_on_s3(s3_storage):
     reopened = AnswerStore(storage).open()
     assert reopened.waiting() == 0 and reopened.status("s2") == "answered" and reopened.status("s4") == "skipped"
     assert reopened.rotate() == [] and landed_ids(storage) == ["s1", "s2"]
+
+
+def test_a_failed_rotation_is_settled_by_the_next_one_in_the_same_process(tmp_path, monkeypatch):
+    """The store fails after taking the landing file (a lost reply) and then before it: the next rotations of the
+    same running app land each answer once."""
+    storage = Storage(tmp_path)
+    store = AnswerStore(storage).open()
+    store.store_answer(record("c1"))
+    real = Storage.write_bytes
+
+    def written_then_failed(self, path, data):
+        digest = real(self, path, data)
+        if "landing" in str(path):
+            raise OSError("the store took the file but the reply was lost")
+        return digest
+
+    monkeypatch.setattr(Storage, "write_bytes", written_then_failed)
+    with pytest.raises(OSError):
+        store.rotate()
+    monkeypatch.setattr(Storage, "write_bytes", real)
+    assert store.rotate() == [] and store.waiting() == 0 and landed_ids(storage) == ["c1"]
+
+    store.store_answer(record("c2"))
+
+    def refused(self, path, data):
+        if "landing" in str(path):
+            raise OSError("the store is down")
+        return real(self, path, data)
+
+    monkeypatch.setattr(Storage, "write_bytes", refused)
+    with pytest.raises(OSError):
+        store.rotate()
+    monkeypatch.setattr(Storage, "write_bytes", real)
+    assert store.waiting() == 1 and len(store.rotate()) == 1
+    assert landed_ids(storage) == ["c1", "c2"] and AnswerStore(storage).open().waiting() == 0

@@ -55,9 +55,12 @@ def roster_main(argv: list[str]) -> int:
     add.add_argument("--expires-days", type=float, default=None,
                      help=f"Days the token is valid (default AppSettings.token_expiry_days, "
                           f"{AppSettings().token_expiry_days:g}).")
-    sub.add_parser("list", help="Annotators, their expiry and whether they are active (no tokens).")
-    for action in ("deactivate", "activate"):
-        sub.add_parser(action, help=f"{action.capitalize()} NAME.").add_argument("name")
+    listing = sub.add_parser("list", help="Annotators, their expiry and whether they are active (no tokens).")
+    toggles = [sub.add_parser(action, help=f"{action.capitalize()} NAME.") for action in ("deactivate", "activate")]
+    for command in (add, listing, *toggles):  # --root before or after the action
+        command.add_argument("--root", default=argparse.SUPPRESS, help=ROOT_HELP)
+    for command in toggles:
+        command.add_argument("name")
     args = p.parse_args(argv)
     roster = Roster(storage_from_env(args.root))
     if args.action == "add":

@@ -27,7 +27,7 @@ def test_roster_commands(tmp_path, capsys):
     expires = datetime.fromisoformat(entry.expires_at)
     assert timedelta(days=2.9) < expires - datetime.now(UTC) <= timedelta(days=3)
 
-    assert main(["roster", "--root", root, "list"]) == 0
+    assert main(["roster", "list", "--root", root]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert [a["annotator_id"] for a in listed] == ["alice"] and "token_sha256" not in listed[0]
 

@@ -165,21 +165,24 @@ def test_two_annotators_label_a_batch_and_the_data_pillar_agrees(browser, storag
     agreement = storage.read_parquet(storage.table_path("annotator_agreement", today()))
     labels = storage.read_parquet(storage.table_path("aggregated_labels", today()))
 
-    qc_left_out = "gold_accuracy" in annotators.columns  # helper B: quality-control answers are not labels
-    kinds = ("pair",) if qc_left_out else ("pair", "gold", "attention")
-    shared = [i for i, k, _ in ITEMS if k in kinds]
+    # quality-control answers are no labels (aggregation leaves gold and attention out): the agreement is the pairs'
+    shared = [i for i, k, _ in ITEMS if k == "pair"]
     assert labels.height == len(shared)
-    expected = cohen_kappa_score([canonical(records[f"alice-{i}"]) for i in shared],
-                                 [canonical(records[f"bob-{i}"]) for i in shared], labels=["a", "b", "tie"])
+    canonical_labels = {who: [canonical(records[f"{who}-{i}"]) for i in shared] for who in ("alice", "bob")}
+    expected = cohen_kappa_score(canonical_labels["alice"], canonical_labels["bob"], labels=["a", "b", "tie"])
     row = agreement.filter((pl.col("annotator_1") == "alice") & (pl.col("annotator_2") == "bob"))
     assert row.height == 1 and row["n_overlap"][0] == len(shared)
     assert row["kappa"][0] == pytest.approx(expected)
-    n_labels = dict(annotators.select("annotator_id", "n_labels").iter_rows())
-    assert n_labels == {"alice": len(shared), "bob": len(shared)}
-    if qc_left_out:
-        quality = {r["annotator_id"]: r for r in annotators.to_dicts()}
-        assert quality["alice"]["gold_accuracy"] == 1.0 and quality["bob"]["gold_accuracy"] == 0.0
-        assert quality["alice"]["attention_failures"] == 0 and quality["bob"]["attention_failures"] == 1
+    quality = {r["annotator_id"]: r for r in annotators.to_dicts()}
+    aggregate = dict(labels.select("prompt", "label").iter_rows())
+    for who in ("alice", "bob"):  # each annotator's kappa against the aggregate label
+        against = [aggregate[f"Question about {i}?"] for i in shared]
+        assert quality[who]["kappa"] == pytest.approx(cohen_kappa_score(canonical_labels[who], against,
+                                                                        labels=["a", "b", "tie"]))
+        assert quality[who]["n_labels"] == len(shared) and quality[who]["gold_n"] == 1
+    # their gold and attention answers are in the annotator table: bob got both wrong
+    assert quality["alice"]["gold_accuracy"] == 1.0 and quality["bob"]["gold_accuracy"] == 0.0
+    assert quality["alice"]["attention_failures"] == 0 and quality["bob"]["attention_failures"] == 1
     # where both chose the GOOD response (p1, p2) or a tie (p4), so does the aggregate; every pair has both votes
     by_prompt = {r["prompt"]: r for r in labels.to_dicts()}
     assert {r["n_votes"] for r in by_prompt.values()} == {2}

@@ -4,7 +4,7 @@ import polars as pl
 from rlhf_assets.automation.annotators import read_flagged
 from rlhf_assets.defs.check_names import AGGREGATION_CONVERGED
 from rlhf_assets.defs.config_classes import config_class, settings_from
-from rlhf_assets.defs.metadata import display, frame_table, mapping_table
+from rlhf_assets.defs.metadata import display, frame_table, mapping_table, table
 from rlhf_assets.defs.owners import OWNERS
 from rlhf_assets.defs.partitions import daily_partitions
 from rlhf_assets.defs.resources import StorageResource
@@ -26,7 +26,8 @@ AggregationConfig = config_class("AggregationConfig", AggregationSettings, exclu
         "annotator_reliability": dg.AssetOut(
             kinds={"polars"},
             owners=OWNERS,
-            description="One row per annotator: estimated accuracy and confusion matrix, position bias, tie rate.",
+            description="One row per annotator: estimated accuracy and confusion matrix, position bias, tie rate, kappa "
+                        "against the aggregate, gold accuracy and attention failures, flag, reason and vote weight.",
         ),
         "annotator_agreement": dg.AssetOut(
             kinds={"polars", "statsmodels"},
@@ -40,8 +41,11 @@ AggregationConfig = config_class("AggregationConfig", AggregationSettings, exclu
 )
 def aggregated_labels(context: dg.AssetExecutionContext, config: AggregationConfig, storage: StorageResource,
                       validated_pairs: pl.DataFrame):
-    """Aggregate every annotator's judgement of a pair into one label (Dawid–Skene by default). Annotators the
-    disagreement sensor flagged are marked in the annotator table, and left out with `flagged_annotators: exclude`."""
+    """Aggregate every annotator's judgement of a pair into one label (Dawid–Skene by default). Gold and attention
+    answers are left out of the labels (they fill the annotator table's gold accuracy and attention failures).
+    Flagged annotators (the disagreement sensor's and the annotation queue's quality-control flags) are marked in
+    the annotator table, left out with `flagged_annotators: exclude`, down-weighted with `downweight`. The most
+    disputed pairs are listed in the metadata."""
     settings = settings_from(config, AggregationSettings)
     result = aggregate_comparisons(validated_pairs, settings, flagged=read_flagged(storage.storage()))
     stats = result.stats
@@ -62,6 +66,12 @@ def aggregated_labels(context: dg.AssetExecutionContext, config: AggregationConf
             "label_counts": mapping_table(stats.get("label_counts", {}), "label", "pairs"),
             "excluded_annotators": ", ".join(stats.get("excluded_annotators", [])) or "-",
             "excluded_labels": stats.get("excluded_labels", 0),
+            "downweighted_annotators": ", ".join(stats.get("downweighted_annotators", [])) or "-",
+            "qc_answers_left_out": stats.get("qc_answers", 0),
+            "mean_item_disagreement": stats.get("mean_item_disagreement"),
+            "disputed_items": table(stats["disputed_items"], ["pair_id", "disagreement", "n_votes", "label",
+                                                             "confidence", "prompt"])
+            if stats.get("disputed_items") else "none",
         }),
     )
     yield dg.Output(

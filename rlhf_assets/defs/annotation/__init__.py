@@ -1,0 +1,1 @@
+"""The annotation pillar: the daily work queues (annotation_queue, audit_queue) the annotation app serves."""

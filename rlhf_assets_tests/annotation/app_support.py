@@ -41,13 +41,15 @@ def assignment(aid: str, annotator: str, item: str, kind: str = "pair", *, good:
             "expected_label": good if kind in ("gold", "attention") else None}
 
 
-def write_assignments(root: Path | str, rows: list[dict], source: str = "pairs", day: str | None = None) -> None:
-    write_queue(Storage(str(root)), day or today(), source, pl.DataFrame(rows))
+def write_assignments(root: Path | str | Storage, rows: list[dict], source: str = "pairs",
+                      day: str | None = None) -> None:
+    storage = root if isinstance(root, Storage) else Storage(str(root))
+    write_queue(storage, day or today(), source, pl.DataFrame(rows))
 
 
-def add_annotators(root: Path | str, *names: str, expires_days: float = 1.0) -> dict[str, str]:
+def add_annotators(root: Path | str | Storage, *names: str, expires_days: float = 1.0) -> dict[str, str]:
     """Put the annotators on the roster: name → token."""
-    roster = Roster(Storage(str(root)))
+    roster = Roster(root if isinstance(root, Storage) else Storage(str(root)))
     return {name: roster.add(name, expires_days)[1] for name in names}
 
 
@@ -60,7 +62,7 @@ def add_expired(root: Path | str, name: str) -> str:
 class AppServer:
     process: subprocess.Popen
     url: str
-    root: Path
+    root: Path | str  # a directory, or an s3:// uri
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30)
@@ -81,18 +83,18 @@ class AppServer:
         return self.process.stderr.read() if self.process.stderr else ""
 
 
-def start_app(root: Path | str, *args: str) -> AppServer:
+def start_app(root: Path | str, *args: str, env: dict[str, str] | None = None) -> AppServer:
     """`python -m rlhf_assets.annotation.server --port 0 --root ROOT …`; returns once it answers /healthz."""
     process = subprocess.Popen([sys.executable, "-m", "rlhf_assets.annotation.server", "--port", "0",
                                 "--root", str(root), *args], stderr=subprocess.PIPE, text=True,
-                               env=subprocess_env())
+                               env=subprocess_env(**(env or {})))
     line = process.stderr.readline()
     match = re.search(r"http://([\d.]+):(\d+)", line)
     if not match:
         rest = process.stderr.read() if process.poll() is not None else ""
         process.kill()
         raise AssertionError(f"the app did not start: {line}{rest}")
-    server = AppServer(process, f"http://{match.group(1)}:{match.group(2)}", Path(root))
+    server = AppServer(process, f"http://{match.group(1)}:{match.group(2)}", root if "://" in str(root) else Path(root))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:

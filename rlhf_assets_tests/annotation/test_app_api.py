@@ -244,3 +244,28 @@ def test_rotation_lands_each_answer_once(tmp_path):
     time.sleep(1.0)
     assert again.terminate() == 0
     assert len(landing_records(root)) == 2
+
+
+def test_app_on_s3(s3_storage, s3_endpoint):
+    """The same app over an s3:// root (moto on loopback): roster, queue, stored answers and landing files in the
+    bucket, each answer landed once at shutdown."""
+    storage, _, _ = s3_storage
+    tokens = add_annotators(storage, "alice")
+    write_assignments(storage, [assignment(f"s-{i}", "alice", f"item-{i}") for i in range(2)])
+    server = start_app(storage.uri, "--rotate-answers", "1000", env={"RLHF_S3_ENDPOINT_URL": s3_endpoint})
+    try:
+        with server.signed_in("alice", tokens["alice"]) as client:
+            for aid in ("s-0", "s-1"):
+                assert client.get("/api/next").json()["item"]["assignment_id"] == aid
+                assert client.post("/api/answers", json={"assignment_id": aid, "label": "tie"}).status_code == 200
+            assert client.post("/api/answers", json={"assignment_id": "s-1", "label": "a"}).status_code == 409
+        assert server.terminate() == 0
+    finally:
+        if server.process.poll() is None:
+            server.process.kill()
+    assert sorted(p.name for p in storage.list_files(storage.path("annotation", "answers"))) == ["s-0.json",
+                                                                                               "s-1.json"]
+    files = storage.list_files(storage.landing_dir(today()))
+    assert len(files) == 1
+    landed = [json.loads(line) for line in storage.read_bytes(files[0]).decode().splitlines()]
+    assert [r["comparison_id"] for r in landed] == ["s-0", "s-1"] and {r["label"] for r in landed} == {"tie"}

@@ -194,6 +194,21 @@ def test_others_answers_are_never_shown(app):
             assert "SECRET-RATIONALE" not in client.get("/").text + client.get("/api/next").text
 
 
+def test_a_double_submission_stores_one_answer(app):
+    """The same answer sent four times at once (a double click, a retry racing the first try): one stored answer,
+    four identical acknowledgements."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    server, tokens = app
+    with server.signed_in("alice", tokens["alice"]) as client:
+        body = {"assignment_id": "alice-5", "label": "b", "confidence": 3}
+        with ThreadPoolExecutor(4) as pool:
+            responses = list(pool.map(lambda _: client.post("/api/answers", json=body), range(4)))
+    assert [r.status_code for r in responses] == [200] * 4
+    assert len({r.text for r in responses}) == 1
+    assert answers_stored(server.root).count("alice-5") == 1
+
+
 def test_rotation_lands_each_answer_once(tmp_path):
     """Answers rotate into a landing file once rotate_answers are waiting, and at shutdown; the landing sensor's
     scan requests each file once; audits land apart; nothing is written twice."""

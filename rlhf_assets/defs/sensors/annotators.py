@@ -49,8 +49,9 @@ def annotators_stable(context: dg.AssetCheckExecutionContext, storage: StorageRe
 @dg.sensor(minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED,
            description="On every new aggregated day: alerts when Fleiss' kappa falls against the earlier days or an "
                        "annotator's estimated reliability collapses against their own history, naming them; flags "
-                       "them (monitoring/annotators/flagged.json) so the next aggregation marks — or, with "
-                       "flagged_annotators: exclude, leaves out — their labels; records its review as an observation "
+                       "them (monitoring/annotators/flagged.json, the list the annotation queue's quality control also "
+                       "flags to) so the next aggregation marks — or, with flagged_annotators: exclude | downweight, "
+                       "leaves out or down-weights — their labels; records its review as an observation "
                        "of that day (the annotators_stable check runs in the data pillar). Every 60 s; starts "
                        "stopped.")
 def annotator_disagreement_sensor(context: dg.SensorEvaluationContext, storage: StorageResource,

@@ -60,7 +60,14 @@ class Session:
 @dataclass(frozen=True)
 class Guidelines:
     version: str
-    text: str
+    text: str  # Markdown
+
+    @property
+    def html(self) -> str:
+        """The text rendered (CommonMark; raw HTML in it is escaped, not passed through)."""
+        from markdown_it import MarkdownIt
+
+        return MarkdownIt("commonmark", {"html": False}).render(self.text)
 
 
 def load_guidelines(folder: str | None, version: str | None) -> Guidelines:

@@ -2,10 +2,11 @@
 
 Three kinds of work, each assignment one (item, annotator):
 
-1. **Dynamic overlap** (round 1, 2, …): a pair queued on an earlier day whose answers are all in (at least
-   ``overlap_k``) but whose aggregated posterior confidence is still under ``target_confidence`` is asked of one
-   more annotator, until ``overlap_cap`` annotators have been asked. An item still waiting for an answer it was asked
-   for is not asked again, so a slow annotator does not trigger extra work. The confidence is Dawid–Skene's (the
+1. **Dynamic overlap** (round 1, 2, …): a pair queued on an earlier day that everyone asked has answered (or
+   skipped, in the app) but whose aggregated posterior confidence is still under ``target_confidence`` — or that
+   has fewer than ``overlap_k`` answers because of skips — is asked of one more annotator, until ``overlap_cap``
+   annotators have been asked. An item still waiting for an answer it was asked for is not asked again, so a slow
+   annotator does not trigger extra work. The confidence is Dawid–Skene's (the
    aggregation's settings) over every answer of the window: aggregated_labels is per answer day, and an item's
    answers may fall on several days.
 2. **New pairs** (round 0): each asked of ``overlap_k`` distinct annotators.
@@ -60,28 +61,38 @@ def with_item_ids(pairs: pl.DataFrame) -> pl.DataFrame:
 
 
 def overlap_candidates(earlier: pl.DataFrame, answers: pl.DataFrame, settings: AnnotationSettings,
-                       aggregation: AggregationSettings | None = None,
-                       flagged: dict[str, dict] | None = None) -> pl.DataFrame:
-    """Pairs queued before that need one more annotator (see the module docstring): one row per item with its
-    queued content, ``asked`` (annotators asked so far), ``answered``, ``confidence``; most uncertain first."""
+                       aggregation: AggregationSettings | None = None, flagged: dict[str, dict] | None = None,
+                       skipped: frozenset[str] | set[str] = frozenset()) -> pl.DataFrame:
+    """Pairs queued before that need one more annotator (see the module docstring): one row per item with
+    ``asked`` (annotators asked so far), ``answered``, ``skipped`` and ``confidence`` (null without answers); most
+    uncertain first. ``skipped``: assignment ids the annotators skipped (the app's annotation/skips/)."""
     pairs = earlier.filter(pl.col("item_kind") == "pair")
-    columns = {"item_id": pl.String, "asked": pl.UInt32, "answered": pl.UInt32, "confidence": pl.Float64}
-    if pairs.height == 0 or answers.height == 0:
+    columns = {"item_id": pl.String, "asked": pl.UInt32, "answered": pl.UInt32, "skipped": pl.UInt32,
+               "confidence": pl.Float64}
+    if pairs.height == 0:
         return pl.DataFrame(schema=columns)
-    asked = pairs.group_by("item_id").agg(pl.col("annotator_id").n_unique().alias("asked"))
-    pair_answers = answers.filter(pl.col("pair_id").is_in(asked["item_id"].implode()))
+    asked = pairs.group_by("item_id").agg(
+        pl.col("annotator_id").n_unique().alias("asked"),
+        pl.col("annotator_id").filter(pl.col("assignment_id").is_in(list(skipped))).n_unique().alias("skipped"))
+    pair_answers = answers.filter(pl.col("pair_id").is_in(asked["item_id"].implode())) if answers.height else answers
     if "item_kind" in pair_answers.columns:
         pair_answers = pair_answers.filter(~pl.col("item_kind").is_in(QC_KINDS).fill_null(False))
-    if pair_answers.height == 0:
-        return pl.DataFrame(schema=columns)
-    answered = pair_answers.group_by("pair_id").agg(pl.col("annotator_id").n_unique().alias("answered"))
-    labels = aggregate_comparisons(pair_answers, aggregation or AggregationSettings(), flagged).labels
-    state = (asked.join(answered, left_on="item_id", right_on="pair_id", how="inner")
-             .join(labels.select(pl.col("pair_id").alias("item_id"), "confidence"), on="item_id", how="inner"))
-    return (state.filter((pl.col("answered") >= pl.col("asked")) & (pl.col("answered") >= settings.overlap_k)
-                         & (pl.col("confidence") < settings.target_confidence)
-                         & (pl.col("asked") < settings.overlap_cap))
-            .sort(["confidence", "item_id"]).select(list(columns)))
+    if pair_answers.height:
+        answered = pair_answers.group_by("pair_id").agg(pl.col("annotator_id").n_unique().alias("answered"))
+        labels = aggregate_comparisons(pair_answers, aggregation or AggregationSettings(), flagged).labels
+        labels = labels.select("pair_id", "confidence")
+    else:
+        answered = pl.DataFrame(schema={"pair_id": pl.String, "answered": pl.UInt32})
+        labels = pl.DataFrame(schema={"pair_id": pl.String, "confidence": pl.Float64})
+    state = (asked.join(answered, left_on="item_id", right_on="pair_id", how="left")
+             .join(labels.rename({"pair_id": "item_id"}), on="item_id", how="left")
+             .with_columns(pl.col("answered").fill_null(0)))
+    # everyone asked has answered or skipped; then too few answers (a skip) or still unsure → one more annotator
+    responded = (pl.col("answered") + pl.col("skipped")) >= pl.col("asked")
+    unsure = (pl.col("answered") < settings.overlap_k) | (pl.col("confidence").fill_null(0.0)
+                                                           < settings.target_confidence)
+    return (state.filter(responded & unsure & (pl.col("asked") < settings.overlap_cap))
+            .sort([pl.col("confidence").fill_null(0.0), "item_id"]).select(list(columns)).cast(columns))
 
 
 class _Balancer:
@@ -101,10 +112,12 @@ class _Balancer:
 
 def build_queue(day: str, *, new_pairs: pl.DataFrame, earlier: pl.DataFrame, answers: pl.DataFrame,
                 annotators: list[str], qc_pool: pl.DataFrame, settings: AnnotationSettings,
-                aggregation: AggregationSettings | None = None, flagged: dict[str, dict] | None = None) -> QueueBuild:
+                aggregation: AggregationSettings | None = None, flagged: dict[str, dict] | None = None,
+                skipped: frozenset[str] | set[str] = frozenset()) -> QueueBuild:
     """The day's assignments. ``new_pairs``: candidate new pairs (PAIR_COLUMNS), at most ``pairs_per_day`` of them
     not queued before are used; ``earlier``: every assignment of the days before (ASSIGNMENT_SCHEMA); ``answers``:
-    the validated comparisons of the quality window; ``qc_pool``: annotation/qc_pool.py's pool."""
+    the validated comparisons of the quality window; ``qc_pool``: annotation/qc_pool.py's pool; ``skipped``: the
+    assignment ids annotators skipped."""
     if not annotators:
         raise ValueError("no annotators to queue for: add them to the roster (`rlhf annotate roster add NAME`) or "
                          "list them in the config's `annotators`")
@@ -126,7 +139,7 @@ def build_queue(day: str, *, new_pairs: pl.DataFrame, earlier: pl.DataFrame, ans
                 "expected_label": item.get("expected_label")})
 
     # 1. dynamic overlap
-    requeue = overlap_candidates(earlier, answers, settings, aggregation, flagged)
+    requeue = overlap_candidates(earlier, answers, settings, aggregation, flagged, skipped)
     content = (earlier.filter(pl.col("item_kind") == "pair").unique("item_id", keep="first")
                .select("item_id", *PAIR_COLUMNS))
     requeued = []
@@ -137,7 +150,9 @@ def build_queue(day: str, *, new_pairs: pl.DataFrame, earlier: pl.DataFrame, ans
             continue
         add(r, "pair", r["asked"] - settings.overlap_k + 1, who)
         requeued.append({"item_id": r["item_id"], "asked_before": int(r["asked"]), "answered": int(r["answered"]),
-                         "confidence": round(float(r["confidence"]), 4), "to": who[0]})
+                         "skipped": int(r["skipped"]),
+                         "confidence": None if r["confidence"] is None else round(float(r["confidence"]), 4),
+                         "to": who[0]})
 
     # 2. new pairs, not queued before
     fresh = with_item_ids(new_pairs) if new_pairs.height else pl.DataFrame()
@@ -214,6 +229,7 @@ def queue_day(storage: Any, day: str, settings: AnnotationSettings, answers: pl.
     """Everything annotation_queue does for ``day``: review the window's quality-control answers and flag (the
     flagged list, automation/annotators.py), pick the new pairs (annotation/pair_sources.py), build the queue and
     write it (queue.write_queue). ``answers``: the validated comparisons of :func:`window_days`."""
+    from rlhf_assets.annotation.answers import SKIPS_DIR
     from rlhf_assets.annotation.pair_sources import new_pairs
     from rlhf_assets.annotation.qc_pool import load_pool
     from rlhf_assets.annotation.quality import flags_from, review_quality
@@ -233,8 +249,9 @@ def queue_day(storage: Any, day: str, settings: AnnotationSettings, answers: pl.
     annotators = roster if roster is not None else list(settings.annotators)
     pool = load_pool(settings.qc_pool)
     pairs = new_pairs(storage, day, settings, exclude=set(earlier["item_id"].to_list()))
+    skipped = {p.name.removesuffix(".json") for p in storage.list_files(storage.path(*SKIPS_DIR))}
     build = build_queue(day, new_pairs=pairs.pairs, earlier=earlier, answers=answers, annotators=annotators,
-                        qc_pool=pool, settings=settings, aggregation=aggregation, flagged=flagged)
+                        qc_pool=pool, settings=settings, aggregation=aggregation, flagged=flagged, skipped=skipped)
     build.summary["annotators_from"] = "roster" if roster is not None else "config"
     digest = write_queue(storage, day, "pairs", build.assignments)
     return QueueDay(build, pairs.source, pairs.note, quality, flags, window, str(queue_path(storage, day, "pairs")),

@@ -114,3 +114,16 @@ def test_qc_items_are_mixed_in_at_the_rate_and_never_repeat_for_an_annotator(tmp
     q2 = build_queue("2025-06-02", new_pairs=pairs(40, "next"), earlier=q, answers=pl.DataFrame(),
                      annotators=ANNOTATORS, qc_pool=pool, settings=s).assignments
     _no_annotator_twice(pl.concat([q, q2]))
+
+
+def test_a_skip_counts_as_a_response_and_its_missing_answer_is_asked_again():
+    s = AnnotationSettings(pairs_per_day=1, overlap_k=3, qc_rate=0.0)
+    day1 = build_queue("2025-06-01", new_pairs=pairs(1), earlier=empty_queue(), answers=pl.DataFrame(),
+                       annotators=ANNOTATORS, qc_pool=qc_pool(), settings=s).assignments
+    two = answers(day1.head(2), lambda r: "a")  # unanimous, but the third annotator skipped it
+    kwargs = dict(new_pairs=pairs(0), earlier=day1, answers=two, annotators=ANNOTATORS, qc_pool=qc_pool(),
+                  settings=s, aggregation=MAJORITY)
+    assert build_queue("2025-06-02", **kwargs).assignments.height == 0  # not skipped: still waiting for it
+    q = build_queue("2025-06-02", skipped={day1["assignment_id"][2]}, **kwargs)
+    assert q.assignments["item_id"].to_list() == [day1["item_id"][0]] and q.summary["requeued"][0]["skipped"] == 1
+    assert q.assignments["annotator_id"][0] not in set(day1["annotator_id"])

@@ -58,7 +58,7 @@ def annotation_queue(context: dg.AssetExecutionContext, config: AnnotationQueueC
         "by_kind": mapping_table(summary["by_kind"], "kind", "assignments"),
         "by_kind_and_round": mapping_table(summary["by_kind_and_round"], "kind and round", "assignments"),
         "requeued_by_dynamic_overlap": len(summary["requeued"]),
-        "requeued": table(summary["requeued"], ["item_id", "asked_before", "answered", "confidence", "to"])
+        "requeued": table(summary["requeued"], ["item_id", "asked_before", "answered", "skipped", "confidence", "to"])
         if summary["requeued"] else "none",
         "annotator_loads": mapping_table(summary["loads"], "annotator", "assignments"),
         "annotators_from": summary["annotators_from"],

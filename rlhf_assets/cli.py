@@ -435,6 +435,13 @@ def bench_drift(ctx: typer.Context):
     _bench_module("drift").cli(list(ctx.args))
 
 
+@bench_app.command("audit-sampling", context_settings=_PASSTHROUGH, add_help_option=False)
+def bench_audit_sampling(ctx: typer.Context):
+    """Audit sampling: stratified (audit_queue's) vs uniform at the same daily label budget, drift confined to one
+    region of prompt space; detection rate and delay in days, the uniform budget that matches. [--quick] [--json]"""
+    _bench_module("audit_sampling").cli(list(ctx.args))
+
+
 @drift_app.command("check")
 def drift_check(
     reference: Annotated[Path, typer.Option(help="Reference serving-log rows (Parquet or JSONL).")],

@@ -68,6 +68,51 @@ class AnnotationSettings(FileConfig):
 
 
 @settings
+class AuditSettings(FileConfig):
+    """The daily audit sample (audit_queue): which served compared pairs humans judge for the human–RM correlation
+    monitor, under a label budget, stratified by prompt cluster × score band with Neyman-style allocation toward
+    strata whose model–human disagreement is uncertain or drifting (annotation/audit.py)."""
+
+    CONFIG_LABEL = "audit"
+
+    daily_label_budget: PositiveInt = 200
+    """Human labels per day (pairs audited × annotators_per_pair)."""
+    annotators_per_pair: PositiveInt = 1
+    """Annotators each audited pair is asked of (the correlation monitor averages their labels)."""
+    clusters: Annotated[int, Field(ge=1, le=64)] = 8
+    """Prompt clusters: k-means (scikit-learn) on the logged 32-d prompt embeddings, fitted once and kept under
+    annotation/audit/clusters.json so a cluster means the same region every day (delete the file to refit)."""
+    score_bands: tuple[float, ...] = (0.6, 0.75)
+    """Edges on the model's confidence max(p_a, 1 − p_a) that cut each cluster into score bands (near-ties first)."""
+    floor: Annotated[int, Field(ge=0)] = 1
+    """Pairs every non-empty stratum gets at least (when the budget allows; otherwise the highest-weight strata):
+    every stratum stays watched and keeps an inclusion probability above 0. 24 strata × 2 would take half of a
+    100-label budget (bench/audit_sampling.py)."""
+    drift_boost: Annotated[float, Field(ge=0)] = 10.0
+    """A stratum's allocation weight N·S is multiplied by 1 + drift_boost × its cluster's drift signal (0…1); 10 beat
+    3 in bench/audit_sampling.py (detection 80% vs 67% at 100 labels a day)."""
+    drift_z: Annotated[float, Field(gt=0)] = 3.0
+    """Excess model–human disagreement (a z-score over the cluster's past audits) that counts as full drift (1)."""
+    history_days: PositiveInt = 7
+    """Days of past audits (before the queue's day) that estimate each cluster's disagreement and drift."""
+    prior_strength: Annotated[float, Field(gt=0)] = 5.0
+    """Expected disagreements the calibration prior (a calibrated model disagrees with humans 1 − max(p, 1 − p) of
+    the time) counts as, against each cluster's observed ones."""
+    auditors: tuple[str, ...] = ()
+    """Annotator ids audits go to when there is no roster (annotation/roster.py); with a roster, its active
+    annotators."""
+    seed: Annotated[int, Field(ge=0)] = 0
+    """Seed of the k-means fit and of the draw inside each stratum (the day is mixed in)."""
+
+    def __post_init__(self) -> None:
+        edges = list(self.score_bands)
+        if edges != sorted(set(edges)) or any(not 0.5 < e < 1 for e in edges):
+            raise ValueError(f"score_bands must be increasing edges in (0.5, 1); got {self.score_bands}")
+        if len(set(self.auditors)) != len(self.auditors):
+            raise ValueError("auditors must be distinct")
+
+
+@settings
 class AppSettings(FileConfig):
     """The annotation app (``rlhf annotate``): where it listens, who may sign in, what an answer may hold and how
     answers are rotated into landing files (annotation/answers.py)."""

@@ -6,6 +6,11 @@ compared pairs, matched by the sha256 of the prompt and of both responses, in ei
 version, over the newest ``audit_window`` audited pairs: Spearman between the humans' preference (the share of
 annotators preferring one side, ties ½) and the model's calibrated P(that side wins), with a bootstrap interval, and
 the pairwise agreement (the model's favourite is the humans' majority), ties left out.
+
+Audited pairs drawn by the stratified audit sampler (annotation/audit.py) carry their inclusion probability π: each
+counts with weight 1/π (Horvitz–Thompson; weighted mid-ranks, weighted Pearson of the ranks), so oversampling a
+stratum does not tilt the estimate toward it; pairs audited without a known π (e.g. simulated audits) get the mean
+weight of those with one (as if drawn uniformly). Without any sampled pair, every weight is 1: plain Spearman.
 """
 
 from __future__ import annotations
@@ -105,42 +110,72 @@ class Correlation:
 
 
 def correlations(audits: pl.DataFrame, served: pl.DataFrame, settings: AutomationSettings,
-                 seed: int = 0) -> list[Correlation]:
-    """Per served model version, over its newest ``audit_window`` audited pairs."""
+                 seed: int = 0, weights: pl.DataFrame | None = None) -> list[Correlation]:
+    """Per served model version, over its newest ``audit_window`` audited pairs; ``weights`` (prompt_sha256, first,
+    second, weight = 1/π: annotation/audit.py's audit_weights) reweights the pairs the audit sampler drew."""
     if audits.height == 0 or served.height == 0:
         return []
     humans = audits.group_by("prompt_sha256", "first", "second").agg(
         pl.col("prefers_first").mean().alias("human"), pl.col("created_at").max().alias("audited_at"),
         pl.len().alias("labels"))
     joined = humans.join(served, on=["prompt_sha256", "first", "second"], how="inner")
+    if weights is not None and weights.height:
+        joined = joined.join(weights, on=["prompt_sha256", "first", "second"], how="left")
+        joined = joined.with_columns(pl.col("weight").fill_null(joined["weight"].mean()).fill_null(1.0))
+    else:
+        joined = joined.with_columns(pl.lit(1.0).alias("weight"))
     out = []
     for key, group in joined.sort("audited_at").group_by("artifact_id", maintain_order=True):
         group = group.tail(settings.audit_window)
         last = group.row(-1, named=True)
         c = Correlation(key[0], last["release"], last["alias"], group.height)
         if group.height >= settings.min_audits:
-            human, model = group["human"].to_numpy(), group["p_first"].to_numpy()
+            human, model, w = group["human"].to_numpy(), group["p_first"].to_numpy(), group["weight"].to_numpy()
             c.spearman, c.ci_low, c.ci_high = spearman_interval(human, model, settings.n_boot, settings.confidence,
-                                                                seed)
+                                                                seed, weights=w)
             decided = human != 0.5
-            c.agreement = float(np.mean((model[decided] > 0.5) == (human[decided] > 0.5))) if decided.any() else None
+            c.agreement = (float(np.average((model[decided] > 0.5) == (human[decided] > 0.5), weights=w[decided]))
+                           if decided.any() else None)
         out.append(c)
     return out
 
 
-def spearman_interval(x: np.ndarray, y: np.ndarray, n_boot: int, confidence: float,
-                      seed: int = 0) -> tuple[float | None, float | None, float | None]:
-    """Spearman's rho and a percentile bootstrap interval over pairs (seeded); None where it is undefined."""
+def weighted_ranks(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Mid-ranks where each value counts ``w`` times: the weight below it plus half the weight of its ties
+    (with equal weights, the average ranks up to an affine map)."""
+    values, inverse = np.unique(x, return_inverse=True)
+    mass = np.bincount(inverse, weights=w, minlength=len(values))
+    below = np.concatenate([[0.0], np.cumsum(mass)[:-1]])
+    return (below + mass / 2.0)[inverse]
+
+
+def weighted_spearman(x: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> float:
+    """Spearman's rho of a weighted sample (weighted Pearson of weighted mid-ranks); nan where undefined."""
+    if w is None or np.allclose(w, w[0]):
+        value = spearmanr(x, y)[0]
+        return float(value) if np.isfinite(value) else float("nan")
+    rx, ry = weighted_ranks(x, w), weighted_ranks(y, w)
+    mx, my = np.average(rx, weights=w), np.average(ry, weights=w)
+    cov = np.average((rx - mx) * (ry - my), weights=w)
+    var = np.average((rx - mx) ** 2, weights=w) * np.average((ry - my) ** 2, weights=w)
+    return float(cov / np.sqrt(var)) if var > 0 else float("nan")
+
+
+def spearman_interval(x: np.ndarray, y: np.ndarray, n_boot: int, confidence: float, seed: int = 0,
+                      weights: np.ndarray | None = None) -> tuple[float | None, float | None, float | None]:
+    """Spearman's rho (weighted by ``weights`` when given) and a percentile bootstrap interval over pairs
+    (seeded); None where it is undefined."""
     from rlhf_assets.evaluation.evidence import bootstrap_ci
 
-    def rho(a: np.ndarray, b: np.ndarray) -> float:
-        value = spearmanr(a, b)[0]
-        return float(value) if np.isfinite(value) else float("nan")
+    w = np.ones(len(x)) if weights is None else np.asarray(weights, np.float64)
 
-    point = rho(x, y)
+    def rho(a: np.ndarray, b: np.ndarray, v: np.ndarray) -> float:
+        return weighted_spearman(a, b, v)
+
+    point = rho(x, y, w)
     if not np.isfinite(point):
         return None, None, None
-    low, high = bootstrap_ci(rho, [x, y], n_boot=n_boot, confidence=confidence, seed=seed)
+    low, high = bootstrap_ci(rho, [x, y, w], n_boot=n_boot, confidence=confidence, seed=seed)
     return point, (low if np.isfinite(low) else None), (high if np.isfinite(high) else None)
 
 
@@ -161,9 +196,10 @@ def baseline(storage: Storage, release: str | None) -> float | None:
 def live_correlations(storage: Storage, settings: AutomationSettings, day: str | None = None) -> list[Correlation]:
     """Correlations per served version now: the audits (of ``day``) against the served-pairs index, each with its
     release's baseline."""
+    from rlhf_assets.annotation.audit import audit_weights
     from rlhf_assets.automation.served_index import read_index
 
-    results = correlations(read_audits(storage, day), read_index(storage), settings)
+    results = correlations(read_audits(storage, day), read_index(storage), settings, weights=audit_weights(storage))
     for c in results:
         c.baseline = baseline(storage, c.release)
     return results

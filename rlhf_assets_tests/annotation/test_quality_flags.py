@@ -1,6 +1,7 @@
 """Annotator quality control: gold accuracy and attention failures, the flagging rule, the flagged list."""
 
 import polars as pl
+import pytest
 
 from rlhf_assets.annotation.qc_pool import bundled_pool, read_pool
 from rlhf_assets.annotation.quality import flag_reason, flags_from, review_quality
@@ -73,7 +74,5 @@ def test_the_bundled_pool_is_clear_cut_and_a_user_pool_is_checked(tmp_path):
     assert read_pool(good)["item_kind"].to_list() == ["gold"]
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"kind": "gold", "prompt": "2+2?", "response_a": "4", "response_b": "5", "expected_label": "x"}\n')
-    import pytest
-
     with pytest.raises(ValueError, match=r"bad.jsonl:1: expected_label 'x'"):
         read_pool(bad)

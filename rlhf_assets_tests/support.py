@@ -1,5 +1,5 @@
 """Plain helpers shared by several test modules: tiny synthetic data, JSONL files, entry-point commands and their
-environment, tiny training settings, and a set of gate inputs that passes every gate.
+environment, servers started as processes on loopback, tiny training settings, and a set of gate inputs that passes every gate.
 
 Fixtures live in conftest.py files (pytest finds them by name); what tests import by name lives here (or in
 records.py, defs/dagster_support.py). Test modules never import from conftest.py files or from other test modules
@@ -11,8 +11,15 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
+import signal
+import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
 
 from rlhf_assets.evaluation.gates import GateInputs, Measured
 
@@ -73,6 +80,49 @@ def entrypoint_cmd(*args: str) -> list[str]:
 def policy_cmd(*args: str) -> list[str]:
     """The policy (SFT, PPO) training entry point."""
     return [sys.executable, "-m", "rlhf_assets.policy.entrypoint", *args]
+
+
+@dataclass
+class LoopbackServer:
+    """A server process started by `start_on_loopback`, and the URL it listens on."""
+    process: subprocess.Popen
+    url: str
+
+    def terminate(self, timeout: float = 60) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+
+def start_on_loopback(module: str, *args: str, env: dict[str, str], ready_path: str | None, what: str,
+                      ready_timeout_s: float = 60) -> tuple[subprocess.Popen, str]:
+    """`python -m MODULE --port 0 ARGS` with stderr piped: reads the URL from the first line it logs, then (unless
+    ready_path is None) polls URL + ready_path until it answers 200. Returns the process and the URL; raises
+    AssertionError naming `what` (and killing the process) if it does not start, exits, or is never ready."""
+    process = subprocess.Popen([sys.executable, "-m", module, "--port", "0", *args], stderr=subprocess.PIPE,
+                               text=True, env=env)
+    line = process.stderr.readline()
+    match = re.search(r"http://([\d.]+):(\d+)", line)
+    if not match:
+        rest = process.stderr.read() if process.poll() is not None else ""
+        process.kill()
+        raise AssertionError(f"{what} did not start: {line}{rest}")
+    url = f"http://{match.group(1)}:{match.group(2)}"
+    if ready_path is None:
+        return process, url
+    deadline = time.monotonic() + ready_timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + ready_path, timeout=2).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None:
+            raise AssertionError(f"{what} exited before answering {ready_path}: {process.stderr.read()}")
+        time.sleep(0.05)
+    process.kill()
+    process.wait(10)
+    raise AssertionError(f"{what} never answered {ready_path}")
 
 
 # Training settings ---------------------------------------------------------------------------------------------

@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,7 +15,7 @@ import polars as pl
 from rlhf_assets.annotation.queue import write_queue
 from rlhf_assets.annotation.roster import Roster
 from rlhf_assets.storage import Storage
-from rlhf_assets_tests.support import subprocess_env
+from rlhf_assets_tests.support import LoopbackServer, start_on_loopback, subprocess_env
 
 
 def today() -> str:
@@ -59,9 +54,7 @@ def add_expired(root: Path | str, name: str) -> str:
 
 
 @dataclass
-class AppServer:
-    process: subprocess.Popen
-    url: str
+class AppServer(LoopbackServer):
     root: Path | str  # a directory, or an s3:// uri
 
     def client(self) -> httpx.Client:
@@ -74,37 +67,15 @@ class AppServer:
             assert response.status_code == 200, response.text
             yield client
 
-    def terminate(self, timeout: float = 60) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout)
-
     def stderr(self) -> str:
         return self.process.stderr.read() if self.process.stderr else ""
 
 
 def start_app(root: Path | str, *args: str, env: dict[str, str] | None = None) -> AppServer:
     """`python -m rlhf_assets.annotation.server --port 0 --root ROOT …`; returns once it answers /healthz."""
-    process = subprocess.Popen([sys.executable, "-m", "rlhf_assets.annotation.server", "--port", "0",
-                                "--root", str(root), *args], stderr=subprocess.PIPE, text=True,
-                               env=subprocess_env(**(env or {})))
-    line = process.stderr.readline()
-    match = re.search(r"http://([\d.]+):(\d+)", line)
-    if not match:
-        rest = process.stderr.read() if process.poll() is not None else ""
-        process.kill()
-        raise AssertionError(f"the app did not start: {line}{rest}")
-    server = AppServer(process, f"http://{match.group(1)}:{match.group(2)}", root if "://" in str(root) else Path(root))
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(server.url + "/healthz", timeout=2).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    process.kill()
-    raise AssertionError("the app never answered /healthz")
+    process, url = start_on_loopback("rlhf_assets.annotation.server", "--root", str(root), *args,
+                                     env=subprocess_env(**(env or {})), ready_path="/healthz", what="the app")
+    return AppServer(process, url, root if "://" in str(root) else Path(root))
 
 
 def landing_records(root: Path | str, kind: str = "comparisons") -> dict[str, list[dict]]:

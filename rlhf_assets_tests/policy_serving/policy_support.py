@@ -4,22 +4,18 @@ reward model and calibration, releases that record them as deployment_decision d
 
 from __future__ import annotations
 
-import re
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import torch
 
 from rlhf_assets.registry.aliases import Registry
 from rlhf_assets.registry.artifacts import ArtifactStore
 from rlhf_assets.storage import Storage
-from rlhf_assets_tests.serving.service_support import TOKEN, Server, make_store
-from rlhf_assets_tests.support import subprocess_env
+from rlhf_assets_tests.serving.service_support import TOKEN, Server, make_store, serve_env
+from rlhf_assets_tests.support import start_on_loopback
 
 #: The sampling settings the policies record (train_config), as PPO's artifacts do.
 SAMPLING = {"temperature": 1.0, "max_new_tokens": 12, "max_prompt_tokens": 24}
@@ -67,33 +63,10 @@ def make_policy_store(root: Path, noise: float = 0.5) -> PolicyStore:
 
 
 def start_policy_server(root: Path, *args: str, token: str | None = TOKEN, env: dict | None = None) -> Server:
-    environment = subprocess_env(RLHF_STORAGE_ROOT=str(root), **(env or {}))
-    environment.pop("RLHF_SERVE_TOKEN", None)
-    if token:
-        environment["RLHF_SERVE_TOKEN"] = token
+    """`python -m rlhf_assets.policy_serving.server --port 0 …` against the store; waits for /readyz."""
     t0 = time.monotonic()
-    process = subprocess.Popen([sys.executable, "-m", "rlhf_assets.policy_serving.server", "--port", "0",
-                                "--reload-interval-s", "0.5", "--log-flush-s", "0.5", *args],
-                               stderr=subprocess.PIPE, text=True, env=environment)
-    line = process.stderr.readline()
-    match = re.search(r"http://([\d.]+):(\d+)", line)
-    if not match:
-        rest = process.stderr.read() if process.poll() is not None else ""
-        process.kill()
-        raise AssertionError(f"the policy server did not start: {line}{rest}")
-    server = Server(process, f"http://{match.group(1)}:{match.group(2)}", 0.0)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(server.url + "/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None:
-            raise AssertionError(f"the policy server exited: {process.stderr.read()}")
-        time.sleep(0.1)
-    else:
-        server.terminate()
-        raise AssertionError("the policy server never became ready")
-    server.started_s = time.monotonic() - t0
-    return server
+    process, url = start_on_loopback("rlhf_assets.policy_serving.server", "--reload-interval-s", "0.5",
+                                     "--log-flush-s", "0.5", *args,
+                                     env=serve_env(token, RLHF_STORAGE_ROOT=str(root), **(env or {})),
+                                     ready_path="/readyz", ready_timeout_s=90, what="the policy server")
+    return Server(process, url, time.monotonic() - t0)

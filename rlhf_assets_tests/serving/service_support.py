@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -18,7 +14,7 @@ import httpx
 from rlhf_assets.registry.aliases import Registry
 from rlhf_assets.registry.artifacts import ArtifactStore
 from rlhf_assets.storage import Storage
-from rlhf_assets_tests.support import subprocess_env
+from rlhf_assets_tests.support import LoopbackServer, start_on_loopback, subprocess_env
 
 TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -63,52 +59,32 @@ def make_store(root: Path | str, max_length: int = 64, storage_options: dict | N
 
 
 @dataclass
-class Server:
-    process: subprocess.Popen
-    url: str
+class Server(LoopbackServer):
     started_s: float
     stderr: list[str] = field(default_factory=list)
 
     def client(self, **kw) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers=AUTH, timeout=30, **kw)
 
-    def terminate(self, timeout: float = 60) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout)
+
+def serve_env(token: str | None, **extra: str) -> dict[str, str]:
+    """The serving processes' environment: RLHF_SERVE_TOKEN is the token (or unset when None)."""
+    environment = subprocess_env(**extra)
+    environment.pop("RLHF_SERVE_TOKEN", None)
+    if token:
+        environment["RLHF_SERVE_TOKEN"] = token
+    return environment
 
 
 def start_server(store: ServeStore, *args: str, token: str | None = TOKEN, wait_ready: bool = True,
                  env: dict | None = None) -> Server:
     """`python -m rlhf_assets.serving.server --port 0 …` against the store; waits for /readyz."""
-    environment = subprocess_env(**{"RLHF_STORAGE_ROOT": str(store.root),
-                                    "RLHF_ONNX_CACHE": str(Path(store.root) / "onnx"), **(env or {})})
-    environment.pop("RLHF_SERVE_TOKEN", None)
-    if token:
-        environment["RLHF_SERVE_TOKEN"] = token
+    environment = serve_env(token, **{"RLHF_STORAGE_ROOT": str(store.root),
+                                      "RLHF_ONNX_CACHE": str(Path(store.root) / "onnx"), **(env or {})})
     t0 = time.monotonic()
-    process = subprocess.Popen([sys.executable, "-m", "rlhf_assets.serving.server", "--port", "0",
-                                "--reload-interval-s", "0.5", "--log-flush-s", "0.5", *args],
-                               stderr=subprocess.PIPE, text=True, env=environment)
-    line = process.stderr.readline()
-    match = re.search(r"http://([\d.]+):(\d+)", line)
-    if not match:
-        rest = process.stderr.read() if process.poll() is not None else ""
-        process.kill()
-        raise AssertionError(f"the server did not start: {line}{rest}")
-    server = Server(process, f"http://{match.group(1)}:{match.group(2)}", 0.0)
-    if wait_ready:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(server.url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        else:
-            server.terminate()
-            raise AssertionError("the server never became ready")
-    server.started_s = time.monotonic() - t0
+    process, url = start_on_loopback("rlhf_assets.serving.server", "--reload-interval-s", "0.5",
+                                     "--log-flush-s", "0.5", *args, env=environment,
+                                     ready_path="/readyz" if wait_ready else None, what="the server")
+    server = Server(process, url, time.monotonic() - t0)
     os.set_blocking(process.stderr.fileno(), False)
     return server

@@ -1,4 +1,4 @@
-"""Dynamic micro-batching: requests that arrive within ``max_wait_ms`` share one forward pass.
+"""Dynamic micro-batching: requests that arrive within ``max_wait_ms`` share one forward pass (or one generate call).
 
 One worker thread per loaded model takes items from a queue: after the first, it waits at most ``max_wait_ms`` (an
 item that already waited while the model was busy does not wait again) for more, up to ``max_batch_size`` items and
@@ -12,6 +12,11 @@ tiny one, or any model on a GPU) gets one large pass; a model whose cost is its 
 similar lengths, so no time goes into computing padding. It does not wait when no other request is on its way (``more_expected``: the service
 counts requests in flight), so a lone request is not delayed by the batching window. The event loop never runs the
 model; the model never waits for the event loop.
+
+What an item is, is the caller's: the reward-model service queues EncodedSequences and its model returns columns
+(scores, embeddings); the policy service (policy_serving/) queues prompt token ids, costed by prompt plus response
+cap (``length``), and its model returns one column of generated responses. Item k of a pass gets
+``tuple(column[k] for column in run(items))``.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ _STOP = object()
 
 @dataclass
 class _Item:
-    seq: EncodedSequence
+    seq: Any  # an EncodedSequence (reward model), prompt token ids (policy): whatever ``run`` takes
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
     request: int  # which score() call it came from
@@ -74,14 +79,20 @@ class PassCost:
         return max(a, 0.0), max(b, 1e-12)
 
 
-class MicroBatcher:
-    """``await batcher.score(seqs)`` → [(score, embedding, queue seconds)], one forward pass shared with others."""
+def _tokens(seq: EncodedSequence) -> int:
+    return len(seq.input_ids)
 
-    def __init__(self, run: Callable[[list[EncodedSequence]], tuple[Any, Any]], *, max_wait_ms: float,
+
+class MicroBatcher:
+    """``await batcher.submit(items)`` → [(item's result columns, queue seconds)], one pass shared with others;
+    ``await batcher.score(seqs)`` → [(score, embedding, queue seconds)] (the reward model's columns)."""
+
+    def __init__(self, run: Callable[[list[Any]], tuple[Any, ...]], *, max_wait_ms: float,
                  max_batch_size: int, max_batch_tokens: int, name: str = "model",
                  on_batch: Callable[[int, list[float]], None] | None = None,
-                 more_expected: Callable[[int], bool] | None = None):
-        self._run = run
+                 more_expected: Callable[[int], bool] | None = None,
+                 length: Callable[[Any], int] = _tokens):
+        self._run, self.length = run, length
         self.cost = PassCost()
         self.more_expected = more_expected or (lambda requests_in_batch: True)
         self._requests = 0
@@ -93,13 +104,16 @@ class MicroBatcher:
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
         self._thread.start()
 
-    async def score(self, seqs: list[EncodedSequence]) -> list[tuple[float, Any, float]]:
+    async def submit(self, seqs: list[Any]) -> list[tuple[tuple[Any, ...], float]]:
         loop = asyncio.get_running_loop()
         self._requests += 1
         items = [_Item(s, loop.create_future(), loop, self._requests) for s in seqs]
         for item in items:
             self._queue.put(item)
         return list(await asyncio.gather(*(i.future for i in items)))
+
+    async def score(self, seqs: list[EncodedSequence]) -> list[tuple[float, Any, float]]:
+        return [(float(score), embedding, waited) for (score, embedding), waited in await self.submit(seqs)]
 
     def stop(self, timeout: float = 30.0) -> None:
         """Finish what is queued, then end the worker."""
@@ -116,7 +130,7 @@ class MicroBatcher:
         return self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
 
     def _collect(self, first: _Item) -> tuple[list[_Item], bool]:
-        batch, longest, stop = [first], len(first.seq.input_ids), False
+        batch, longest, stop = [first], self.length(first.seq), False
         requests = {first.request}
         deadline = first.enqueued + self.max_wait
         while len(batch) < self.max_batch_size:
@@ -129,7 +143,7 @@ class MicroBatcher:
             if item is _STOP:
                 stop = True
                 break
-            length = max(longest, len(item.seq.input_ids))
+            length = max(longest, self.length(item.seq))
             if length * (len(batch) + 1) > self.max_batch_tokens:
                 self._carry = item  # starts the next batch
                 break
@@ -144,7 +158,7 @@ class MicroBatcher:
         if cost is None or len(batch) == 1:
             return [batch]  # not enough timings yet: one pass (and one more timing)
         per_pass, per_token = cost
-        lengths = [len(i.seq.input_ids) for i in batch]
+        lengths = [self.length(i.seq) for i in batch]
         n = len(lengths)
         best, cut = [0.0] + [float("inf")] * n, [0] * (n + 1)
         for j in range(1, n + 1):  # best[j]: cheapest way to run the j shortest items; a pass i..j-1 pads to L[j-1]
@@ -164,7 +178,7 @@ class MicroBatcher:
             if first is _STOP:
                 return
             batch, stop = self._collect(first)
-            batch.sort(key=lambda i: len(i.seq.input_ids))
+            batch.sort(key=lambda i: self.length(i.seq))
             # the group holding the oldest item runs first: the tail latency stays close to FIFO's
             groups = sorted(self._groups(batch), key=lambda g: min(i.enqueued for i in g))
             started = time.perf_counter()
@@ -172,11 +186,11 @@ class MicroBatcher:
                 waited = [started - i.enqueued for i in group]
                 try:
                     t0 = time.perf_counter()
-                    scores, embeddings = self._run([i.seq for i in group])
-                    self.cost.observe(len(group) * max(len(i.seq.input_ids) for i in group),
+                    columns = self._run([i.seq for i in group])
+                    self.cost.observe(len(group) * max(self.length(i.seq) for i in group),
                                       time.perf_counter() - t0)
                     results: list[tuple[Any, BaseException | None]] = [
-                        ((float(scores[k]), embeddings[k], waited[k]), None) for k in range(len(group))]
+                        ((tuple(c[k] for c in columns), waited[k]), None) for k in range(len(group))]
                 except Exception as exc:  # noqa: BLE001 - every waiting request gets the error, the worker lives on
                     results = [(None, exc)] * len(group)
                 for item, (value, error) in zip(group, results):

@@ -62,6 +62,9 @@ class Slot:
     leases: int = 0
     retired: bool = False
 
+    def stop(self) -> None:
+        self.batcher.stop(timeout=0)  # finishes its queue in the background, then ends
+
 
 @dataclass
 class Route:
@@ -82,6 +85,29 @@ class Route:
 def key_share(key: str) -> float:
     """A request key's fixed place in [0, 1): the same key always lands on the same side of the canary split."""
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2 ** 64
+
+
+def routed_alias(has_production: bool, has_canary: bool, canary_share: float, key: str | None) -> str | None:
+    """Which alias serves a request: the canary for its share of keys (sticky by key; random without one), or all
+    of it while nothing is in production; None when neither alias is loaded. Both services route with this."""
+    if not has_production:
+        return "canary" if has_canary else None
+    if has_canary and canary_share > 0 and (key_share(key) if key else random.random()) < canary_share:
+        return "canary"
+    return "production"
+
+
+@contextlib.contextmanager
+def lease(slot: Any) -> Iterator[Any]:
+    """A request holds the slot (a loaded version, with ``leases``, ``retired`` and ``stop()``) it was routed to:
+    a retired slot's batchers stop when its last lease ends, never under a request. Both services' pools use it."""
+    slot.leases += 1
+    try:
+        yield slot
+    finally:
+        slot.leases -= 1
+        if slot.retired and slot.leases == 0:
+            slot.stop()
 
 
 def targets_from_registry(aliases: dict[str, Any]) -> tuple[Target | None, Target | None, float, int | None]:
@@ -118,14 +144,11 @@ class ModelPool:
     # routing ---------------------------------------------------------------------------------------------------
     def route(self, key: str | None) -> Route:
         r = self.routes
-        if r.production is None:
-            if r.canary is not None:  # a first release in canary, nothing in production yet: it is all there is
-                return Route(self.slots[r.canary.artifact_id], "canary")
+        alias = routed_alias(r.production is not None, r.canary is not None, r.canary_share, key)
+        if alias is None:
             raise LookupError(self.not_ready_reason or "no model to serve")
-        if r.canary is not None and r.canary_share > 0:
-            draw = key_share(key) if key else random.random()
-            if draw < r.canary_share:
-                return Route(self.slots[r.canary.artifact_id], "canary")
+        if alias == "canary":
+            return Route(self.slots[r.canary.artifact_id], "canary")
         return Route(self.slots[r.production.artifact_id], r.production_alias)
 
     async def pinned_route(self, spec: str) -> Route:
@@ -159,16 +182,8 @@ class ModelPool:
                         if artifact_id in (self.store.manifest(r.id).get("parent_ids") or [])]
         return Target(artifact_id, calibrations[0].id if calibrations else None, None)
 
-    @contextlib.contextmanager
-    def lease(self, route: Route) -> Iterator[Slot]:
-        slot = route.slot
-        slot.leases += 1
-        try:
-            yield slot
-        finally:
-            slot.leases -= 1
-            if slot.retired and slot.leases == 0:
-                self._stop(slot)
+    def lease(self, route: Route) -> contextlib.AbstractContextManager[Slot]:
+        return lease(route.slot)
 
     # following the registry ------------------------------------------------------------------------------------
     async def refresh(self) -> bool:
@@ -219,7 +234,7 @@ class ModelPool:
             if previous is not None and previous is not slot:
                 previous.retired = True
                 if previous.leases == 0:
-                    self._stop(previous)
+                    previous.stop()
 
     async def _ensure_student(self) -> None:
         """Load the cascade's student the first time (its calibrator is the one stored with it)."""
@@ -278,12 +293,8 @@ class ModelPool:
         del self.slots[artifact_id]
         slot.retired = True
         if slot.leases == 0:
-            self._stop(slot)
+            slot.stop()
         self._publish()
-
-    @staticmethod
-    def _stop(slot: Slot) -> None:
-        slot.batcher.stop(timeout=0)  # finishes its queue in the background, then ends
 
     def _publish(self) -> None:
         r = self.routes

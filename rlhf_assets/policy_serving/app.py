@@ -6,8 +6,9 @@ and error shape (serving/app.py, serving/requests.py).
     GET  /healthz  /readyz  /metrics
 
 Per prompt: the routed policy samples a response; its log-likelihood ratio to the frozen reference (kl) is computed
-on the generated tokens; it is **guarded** when kl > ``kl_limit`` or it trips a response filter (blocklist, regexes,
-the reward-model classifier). A guarded response is replaced by the reference's answer (refused if that trips a
+on the generated tokens; it is **guarded** when kl > the release's KL limit (its own, from its measured KL, or the
+``kl_limit`` override: kl_limit.py) or it trips a response filter (blocklist, regexes, the reward-model classifier).
+Prompts of concurrent requests share generate calls (the version's micro-batchers, pool.py). A guarded response is replaced by the reference's answer (refused if that trips a
 filter too) or refused, per ``on_guard``. Every response is counted (rlhf_policy_responses / rlhf_policy_guarded)
 and logged with its evidence and behaviour log-probs (policy_serving/log.py).
 """
@@ -17,14 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import secrets
 import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -82,6 +81,8 @@ class PolicyService:
         self._follow: asyncio.Task | None = None
 
     async def start(self) -> None:
+        import torch
+
         s = self.settings
         if s.threads:
             torch.set_num_threads(s.threads)
@@ -95,6 +96,7 @@ class PolicyService:
             self._follow.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._follow
+        await asyncio.to_thread(self.pool.close)
         if self.classifier is not None:
             await self.classifier.close()
         if self.log is not None:
@@ -145,7 +147,8 @@ class PolicyService:
             except LookupError as exc:
                 raise ApiError(503, str(exc), headers={"Retry-After": "5"}) from None
             model_label, alias_label = route.target.policy_id, route.alias
-            items = await self._serve(route, [i["prompt"] for i in parsed.items], parsed.key, started)
+            with self.pool.lease(route):
+                items = await self._serve(route, [i["prompt"] for i in parsed.items], parsed.key, started)
             code = 200
             request_id = items[0]["request_id"]
             out = {"items": items, "request_id": request_id} if parsed.batched else items[0]
@@ -161,23 +164,22 @@ class PolicyService:
 
     async def _serve(self, route: PolicyRoute, prompts: list[str], key: str | None,
                      started: float) -> list[dict[str, Any]]:
-        s, model, target = self.settings, route.slot.model, route.target
-        prompt_ids = [model.encode(p) for p in prompts]
+        s, slot, target = self.settings, route.slot, route.target
+        prompt_ids = [slot.model.encode(p) for p in prompts]
         for i, ids in enumerate(prompt_ids):
             if not ids:
                 raise ApiError(422, f"prompt {i} encodes to no tokens", "prompt")
-        generator = torch.Generator().manual_seed(secrets.randbits(62))
-        generated: list[Generated] = await asyncio.to_thread(model.generate, prompt_ids, generator)
-        texts = [g.text for g in generated]
+        generated: list[Generated] = [g for (g,), _ in await slot.generate.submit(list(zip(prompts, prompt_ids)))]
+        texts, limit = [g.text for g in generated], slot.kl_limit
         reasons = await self._filter_reasons(prompts, texts)
         for g, why in zip(generated, reasons):
             self.metrics.kl.labels(model=target.policy_id).observe(max(g.kl, 0.0))
-            if g.kl > s.kl_limit:
-                why.insert(0, f"kl: {g.kl:.3f} nats > limit {s.kl_limit}")
+            if g.kl > limit.nats:
+                why.insert(0, f"kl: {g.kl:.3f} nats > {limit.describe()}")
         guarded = [i for i, why in enumerate(reasons) if why]
         served, kinds = list(texts), ["policy"] * len(texts)
         if guarded and s.on_guard == "reference":
-            answers = await asyncio.to_thread(model.reference_answers, [prompt_ids[i] for i in guarded], generator)
+            answers = [a for (a,), _ in await slot.reference.submit([prompt_ids[i] for i in guarded])]
             checks = await self._filter_reasons([prompts[i] for i in guarded], answers)
             for i, answer, bad in zip(guarded, answers, checks):
                 served[i], kinds[i] = (answer, "reference") if not bad else (s.refusal_text, "refused")
@@ -186,7 +188,7 @@ class PolicyService:
         elif guarded:
             for i in guarded:
                 served[i], kinds[i] = s.refusal_text, "refused"
-        rewards = await asyncio.to_thread(model.rewards, prompts, texts)
+        rewards = [g.reward for g in generated]
         for why, kind in zip(reasons, kinds):
             self.metrics.responses.labels(model=target.policy_id, alias=route.alias, served=kind).inc()
             for rule in dict.fromkeys(r.split(":", 1)[0] for r in why if not r.startswith("reference answer")):
@@ -195,6 +197,7 @@ class PolicyService:
         latency_ms = (time.perf_counter() - started) * 1000
         self._log(route, request_id, key, latency_ms, prompts, generated, rewards, reasons, served, kinds)
         return [{"response": text, "served": kind, "guarded": bool(why), "reasons": why, "kl": g.kl,
+                 "kl_limit": limit.nats,
                  "response_tokens": len(g.response_ids), "policy_id": target.policy_id,
                  "reference_id": target.reference_id, "release": target.release, "alias": route.alias,
                  "request_id": request_id}
@@ -221,7 +224,7 @@ class PolicyService:
 def create_app(settings: PolicyServeSettings, filters: ResponseFilterSettings, storage: Storage,
                token: str | None) -> FastAPI:
     service = PolicyService(settings, filters, storage, token)
-    app = service_app("rlhf_assets policy service", service, settings, "no policy to serve")
+    app = service_app("rlhf_assets policy service", service, settings, "no policy to serve", share_in_flight=True)
 
     @app.post("/v1/generate")
     async def generate(request: Request) -> JSONResponse:

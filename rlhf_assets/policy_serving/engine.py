@@ -6,12 +6,15 @@ batched fp32 teacher-forced pass of the policy and one of the reference over the
 token log-probs are the behaviour log-probs the log records; ``kl`` = Σ_t log π(y_t|x,y<t) − log π_ref(y_t|x,y<t)
 is the response's log-likelihood ratio to its reference (the single-sample KL estimate, the same quantity PPO's
 penalty and the ``kl_within_budget`` check average). Both are computed before anything is returned, so no response
-leaves the service unguarded. No HTTP, no asyncio (the app runs these in a worker thread).
+leaves the service unguarded. ``run`` (one micro-batch: sample, the reference's pass, the reward) and
+``run_reference`` are what the pool's micro-batchers call (serving/batcher.py), so concurrent requests share them.
+No HTTP, no asyncio (the batchers run these in their worker threads).
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,6 +51,7 @@ class Generated:
     logprobs: np.ndarray      # log π(y_t | …) at the sampling temperature, teacher-forced fp32
     ref_logprobs: np.ndarray  # log π_ref of the same tokens, same temperature
     kl: float                 # Σ (logprobs − ref_logprobs)
+    reward: float | None = None  # the release's calibrated reward of (prompt, text), set by run()
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,22 @@ class ServedPolicy:
                 .get("calibrator")
         self.reward = ProxyReward(load_reward_model(store.get(target.reward_model_id)), calibrator)
         self.lock = threading.Lock()
+
+    def item_tokens(self, prompt_ids: Sequence[int]) -> int:
+        """What one prompt costs a batch, in tokens: its own and the response cap (the micro-batcher's length)."""
+        return len(prompt_ids) + self.sampling.max_new_tokens
+
+    def run(self, items: Sequence[tuple[str, list[int]]]) -> tuple[list[Generated]]:
+        """One micro-batch of (prompt, prompt ids): sampled, guarded by the reference's pass and rewarded together
+        (one column: the Generated per item)."""
+        out = self.generate([ids for _, ids in items], torch.Generator().manual_seed(secrets.randbits(62)))
+        for g, r in zip(out, self.rewards([p for p, _ in items], [g.text for g in out])):
+            g.reward = r
+        return (out,)
+
+    def run_reference(self, items: Sequence[list[int]]) -> tuple[list[str]]:
+        """One micro-batch of guarded prompts' ids: the reference's answers (one column)."""
+        return (self.reference_answers(items, torch.Generator().manual_seed(secrets.randbits(62))),)
 
     def encode(self, prompt: str) -> list[int]:
         return encode_prompt(self.tokenizer, prompt, self.sampling.max_prompt_tokens)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from rlhf_assets.serving.metrics import LATENCY_BUCKETS
+from rlhf_assets.serving.metrics import BATCH_BUCKETS, LATENCY_BUCKETS
 
 KL_BUCKETS = (0.5, 1, 2, 4, 8, 16, 32, 64, 128)
 
@@ -33,6 +33,14 @@ class PolicyMetrics:
                                 "alias.", ["model", "reference", "release", "alias"], registry=r)
         self.reloads = Counter("rlhf_policy_reloads", "Registry alias changes applied (or failed).", ["result"],
                                registry=r)
+        self.batch_size = Histogram("rlhf_policy_batch_size", "Prompts per generate call (concurrent requests "
+                                    "share one: micro-batching), by model.", ["model"], buckets=BATCH_BUCKETS,
+                                    registry=r)
+        self.queue_time = Histogram("rlhf_policy_queue_seconds", "Time a prompt waited for its generate call, by "
+                                    "model.", ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.kl_limit = Gauge("rlhf_policy_kl_limit", "The per-response KL limit (nats) each loaded policy is guarded "
+                              "with, and where it comes from (release, override, no evidence).",
+                              ["model", "source"], registry=r)
         self.classifier_errors = Counter("rlhf_policy_classifier_errors", "Classifier calls that failed or timed "
                                          "out (counted as tripped: fail closed).", registry=r)
         self.log_rows = Counter("rlhf_policy_serving_log_rows", "Policy-serving-log rows by outcome.", ["outcome"],

@@ -2,7 +2,7 @@
 reward-model service's set-up rules, binding and graceful shutdown (serving/server.py: SIGTERM drains in-flight
 requests, flushes the log, exits 0).
 
-    RLHF_SERVE_TOKEN=… rlhf serve-policy [--port 8090] [--kl-limit 8] [--on-guard reference|refuse]
+    RLHF_SERVE_TOKEN=… rlhf serve-policy [--port 8090] [--kl-limit-factor 3 | --kl-limit 8] [--on-guard reference|refuse]
                                           [--filter-blocklist W …] [--filter-regexes RX …] [--classifier-url URL] …
 
 Every PolicyServeSettings and ResponseFilterSettings field is a flag (``--help``); ``--config FILE`` takes the
@@ -37,7 +37,8 @@ def serve(settings: PolicyServeSettings, filters: ResponseFilterSettings, root: 
     storage = storage_from_env(root)
     sock = bind(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
-    print(f"rlhf serve-policy: http://{host}:{port} (storage {storage.root}, kl limit {settings.kl_limit} nats, "
+    print(f"rlhf serve-policy: http://{host}:{port} (storage {storage.root}, kl limit "
+          f"{settings.kl_limit or 'each release its own'}, "
           f"on guard: {settings.on_guard}, auth {'bearer token' if token else 'OFF (loopback only)'}); /readyz says "
           "when a policy is loaded", file=sys.stderr, flush=True)
     app = create_app(settings, filters, storage, token)

@@ -40,9 +40,26 @@ class PolicyServeSettings(FileConfig):
     max_prompt_tokens: PositiveInt | None = None
     """Prompt tokens kept, the end of the prompt (None: the policy's train_config)."""
 
-    kl_limit: Annotated[float, Field(gt=0)] = 8.0
+    max_wait_ms: Annotated[float, Field(ge=0)] = 20.0
+    """How long the first prompt of a batch waits for concurrent requests' prompts to share its generate call (the
+    reward-model service's micro-batcher, serving/batcher.py; no wait when no other request is in flight)."""
+    max_batch_size: PositiveInt = 32
+    """Prompts per generate call (sampling, the reference's pass for the KL guard and the reward, batched)."""
+    max_batch_tokens: PositiveInt = 8192
+    """Tokens per generate call, each prompt counted as its tokens plus max_new_tokens (items × longest)."""
+
+    kl_limit: Annotated[float, Field(gt=0)] | None = None
     """Per-response limit on log π(y|x) − log π_ref(y|x) (nats, on the generated tokens): over it, the response is
-    guarded."""
+    guarded. None: each release's own limit, kl_limit_factor × its measured KL (policy_serving/kl_limit.py); a
+    number overrides that for every release."""
+    kl_limit_factor: Annotated[float, Field(gt=0)] = 3.0
+    """A release's own limit: this many times the upper end of the mean KL its kl_within_budget check measured."""
+    kl_limit_floor: Annotated[float, Field(gt=0)] = 1.0
+    """The least a release's own limit may be (nats): a policy that stayed very close to its reference is not
+    guarded on the noise of single-response ratios."""
+    kl_limit_max: Annotated[float, Field(gt=0)] = 32.0
+    """The most a release's own limit may be (nats), and the limit of a release without KL evidence (no ppo_policy
+    reference recording a measured KL for its policy, e.g. one promoted by hand)."""
     on_guard: Literal["reference", "refuse"] = "reference"
     """A guarded response is replaced by the reference policy's answer (itself filtered; refused if it trips a
     filter), or refused with refusal_text."""

@@ -1,13 +1,16 @@
-"""Reading the serving log incrementally: only the files a sensor has not read yet.
+"""Reading a serving log incrementally: only the files a sensor has not read yet.
 
-Files live under ``serving-logs/reward-model/date=YYYY-MM-DD/`` and are never rewritten. The cursor remembers which
+Files live under ``serving-logs/reward-model/date=YYYY-MM-DD/`` (``rlhf serve``; the default) or
+``serving-logs/policy/date=…/`` (``rlhf serve-policy``: pass its ``log_dir`` and ``schema``) and are never rewritten. The cursor remembers which
 files of the two newest days were read (a service replica may still add a file to yesterday's folder just after
 midnight) and treats older days as done, so it stays small however long the service runs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import polars as pl
 
@@ -29,11 +32,12 @@ class LogCursor:
         return cls(doc.get("done_before", ""), {k: list(v) for k, v in doc.get("read", {}).items()})
 
 
-def new_log_rows(storage: Storage, cursor: LogCursor, max_files: int = 500) -> tuple[pl.DataFrame, LogCursor]:
+def new_log_rows(storage: Storage, cursor: LogCursor, max_files: int = 500, *, log_dir: Sequence[str] = LOG_DIR,
+                 schema: dict[str, Any] = LOG_SCHEMA) -> tuple[pl.DataFrame, LogCursor]:
     """The rows of the log files not read yet (oldest first, at most ``max_files`` files), and the new cursor."""
-    base = storage.path(*LOG_DIR)
+    base = storage.path(*log_dir)
     if not base.exists():
-        return pl.DataFrame(schema=LOG_SCHEMA), cursor
+        return pl.DataFrame(schema=schema), cursor
     days = sorted(p.name[len("date="):] for p in base.iterdir() if p.name.startswith("date="))
     days = [d for d in days if d >= cursor.done_before]
     read = {k: list(v) for k, v in cursor.read.items()}
@@ -51,5 +55,5 @@ def new_log_rows(storage: Storage, cursor: LogCursor, max_files: int = 500) -> t
     keep = days[-2:] if days else []
     new = LogCursor(done_before=keep[0] if keep else cursor.done_before,
                     read={d: v for d, v in read.items() if d in keep})
-    rows = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame(schema=LOG_SCHEMA)
+    rows = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame(schema=schema)
     return rows, new

@@ -1,7 +1,9 @@
 """Human-in-the-loop escalation from the served policy's runtime guard (pure functions; the sensor acts on them).
 
 ``rlhf serve-policy`` logs every response with its log-likelihood ratio to the reference (``kl``) and whether it was
-guarded (policy_serving/log.py). Per release holding ``production`` or ``canary``, over its newest
+guarded (policy_serving/log.py). The sensor reads that log incrementally (automation/log_cursor.py) and carries,
+in its cursor, only each alias holder's newest rows (:func:`live_rows`). Per release holding ``production`` or
+``canary``, over its newest
 ``policy_guard_window`` responses served since it took that alias: the share guarded and the mean kl. When either
 exceeds the allowed divergence (``max_guarded_share``, ``max_live_mean_kl``) on at least
 ``policy_guard_min_responses`` responses, the release is **escalated**: an ``escalate`` entry in the registry history
@@ -48,22 +50,52 @@ def _since(holder: dict[str, Any]) -> datetime:
     return datetime.fromisoformat(str(holder["since"]).replace("Z", "+00:00"))
 
 
-def live_guard_stats(log: pl.DataFrame, aliases: dict[str, Any], window: int) -> list[GuardStats]:
-    """Per alias holder with a policy: its newest ``window`` responses logged under that alias since it took it."""
-    out = []
+#: What the guard figures need of a logged response (the sensor's cursor carries these rows between ticks).
+LIVE_SCHEMA = {"alias": pl.String, "release": pl.String, "policy_id": pl.String, "time": pl.Datetime("us", "UTC"),
+               "guarded": pl.Boolean, "kl": pl.Float64}
+
+
+def guard_rows(log: pl.DataFrame) -> pl.DataFrame:
+    """Policy-serving-log rows reduced to LIVE_SCHEMA."""
+    if log.height == 0:
+        return pl.DataFrame(schema=LIVE_SCHEMA)
+    return log.select("alias", "release", "policy_id", pl.col("time").cast(LIVE_SCHEMA["time"]),
+                      guarded=pl.col("guard_reasons").list.len() > 0, kl=pl.col("kl").cast(pl.Float64))
+
+
+def live_rows(kept: pl.DataFrame, new_log: pl.DataFrame, aliases: dict[str, Any], window: int) -> pl.DataFrame:
+    """Per alias holder with a policy, its newest ``window`` responses under that alias since it took it, from the
+    rows kept at the last tick and the log rows read since (LIVE_SCHEMA)."""
+    rows = pl.concat([kept.cast(LIVE_SCHEMA), guard_rows(new_log)]) if kept.height else guard_rows(new_log)
+    parts = []
     for alias in ("production", "canary"):
         holder = aliases.get(alias)
         policy = ((holder or {}).get("artifacts") or {}).get("policy")
-        if not policy or log.height == 0:
+        if not policy or rows.height == 0:
             continue
-        rows = (log.filter((pl.col("alias") == alias) & (pl.col("release") == holder["release"])
-                           & (pl.col("policy_id") == policy) & (pl.col("time") >= _since(holder)))
-                .sort("time").tail(window))
-        if rows.height == 0:
-            continue
-        guarded = rows["guard_reasons"].list.len() > 0
-        out.append(GuardStats(alias, holder["release"], policy, rows.height, float(guarded.mean()),
-                              float(rows["kl"].mean())))
+        parts.append(rows.filter((pl.col("alias") == alias) & (pl.col("release") == holder["release"])
+                                 & (pl.col("policy_id") == policy) & (pl.col("time") >= _since(holder)))
+                     .sort("time").tail(window))
+    return pl.concat(parts) if parts else pl.DataFrame(schema=LIVE_SCHEMA)
+
+
+def rows_to_cursor(rows: pl.DataFrame) -> dict[str, list]:
+    return rows.with_columns(pl.col("time").dt.to_string("%Y-%m-%dT%H:%M:%S%.6f%z")).to_dict(as_series=False)
+
+
+def rows_from_cursor(doc: dict[str, list] | None) -> pl.DataFrame:
+    if not doc:
+        return pl.DataFrame(schema=LIVE_SCHEMA)
+    frame = pl.DataFrame(doc).with_columns(pl.col("time").str.to_datetime("%Y-%m-%dT%H:%M:%S%.6f%z"))
+    return frame.cast(LIVE_SCHEMA)
+
+
+def live_guard_stats(live: pl.DataFrame) -> list[GuardStats]:
+    """Per alias holder, over its newest responses (:func:`live_rows`): the share guarded and the mean kl."""
+    out = []
+    for (alias,), part in live.group_by(["alias"], maintain_order=True):
+        out.append(GuardStats(alias, part["release"][0], part["policy_id"][0], part.height,
+                              float(part["guarded"].mean()), float(part["kl"].mean())))
     return out
 
 

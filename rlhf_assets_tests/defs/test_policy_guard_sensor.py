@@ -100,3 +100,39 @@ def test_canary_over_its_kl_is_escalated_and_ended_and_a_first_release_stays(reg
     assert tick.runs[0].success
     aliases = registry.aliases()
     assert aliases["canary"] is None and aliases["production"]["release"] == R1
+
+
+def test_a_tick_reads_only_the_log_files_written_since_the_last_one(registry_and_instance, monkeypatch):
+    """The cursor: the second tick reads just the new file, a tick with nothing new reads none, and the figures
+    still cover the release's earlier responses (the cursor carries its newest rows)."""
+    storage, registry, instance = registry_and_instance
+    read: list[str] = []
+    original = Storage.read_parquet
+
+    def counting(self, path, *args, **kwargs):
+        if "serving-logs/policy" in str(path):
+            read.append(str(path).rsplit("/", 1)[-1])
+        return original(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(Storage, "read_parquet", counting)
+    files = lambda: sorted(p.name for p in storage.path("serving-logs", "policy").rglob("*.parquet"))  # noqa: E731
+    _serve(storage, R1, "production", 40, guarded_share=0.0, kl=1.0)
+    first = evaluate(SENSOR, instance, None, defs())
+    assert sorted(read) == files() and len(read) == 1
+    assert "on 40" in first.result.skip_reason.skip_message
+    before = set(files())
+    _serve(storage, R1, "production", 25, guarded_share=0.0, kl=1.0, seed=3)
+    read.clear()
+    second = evaluate(SENSOR, instance, first.cursor, defs())
+    assert read == sorted(set(files()) - before) and len(read) == 1  # only the new file
+    assert "on 65" in second.result.skip_reason.skip_message         # 40 carried + 25 new
+    read.clear()
+    third = evaluate(SENSOR, instance, second.cursor, defs())
+    assert read == [] and "on 65" in third.result.skip_reason.skip_message
+    _serve(storage, R1, "production", 200, guarded_share=0.9, kl=1.0, seed=4)
+    read.clear()
+    fourth = evaluate(SENSOR, instance, third.cursor, defs())
+    assert len(read) == 1
+    escalated = registry.history()[-1]  # the window (200) now holds only guarded-heavy rows: escalated
+    assert escalated["action"] == "escalate" and escalated["evidence"]["n"] == 200
+    assert not fourth.run_requests  # R1 is the first release: nothing to roll back to

@@ -1,38 +1,44 @@
 """Audit sampling: does stratified sampling (rlhf_assets.annotation.audit) catch a local human–RM correlation drop
 sooner than uniform sampling, at the same daily label budget?
 
-    python -m bench.audit_sampling [--runs 40] [--days 10] [--change-at 3] [--budget 100] [--pairs-per-day 1000]
-                                   [--preset small|tiny] [--quick] [--json]
+    python -m bench.audit_sampling [--runs 40] [--days 10] [--change-at 3] [--window 3] [--budget 100]
+                                   [--pairs-per-day 1000] [--scenario shift|labels] [--region cluster|topic]
+                                   [--share-before 0.05] [--share-after 0.2] [--preset small|tiny] [--quick] [--json]
     rlhf bench audit-sampling …
 
 Traffic. Every HH-RLHF pair (2312) is scored once by the service's forward pass as bench/drift.py does it (``small``:
-the pretrained all-MiniLM-L6-v2 with a seeded head, whose 32-d prompt embeddings carry topics; ``tiny`` for
-``--quick``: a random-init BERT whose embeddings hardly do). That head is untrained, so its margins carry no human
+the pretrained all-MiniLM-L6-v2 with a seeded head; ``tiny`` for ``--quick``: a random-init BERT), which gives each
+pair the 32-d prompt embedding the serving log holds. That head is untrained, so its margins carry no human
 preference; the simulated reward model is calibrated by construction instead: P(a ≻ b) = σ(1.5·z) with z the
 standardised margin (expected pairwise accuracy ≈ 0.72), and each simulated human prefers a with that probability.
-Each day serves ``--pairs-per-day`` distinct pairs (a random side order each), drawn from all of them.
+Each day serves ``--pairs-per-day`` distinct pairs (a random side order each).
 
-Drift confined to one region of prompt space: from day ``--change-at`` on, on the prompts about crime or violence
-(bench/drift.py's keyword topic, ≈16% of the traffic; a semantic region the k-means clusters do not know), the
-humans no longer follow the model: they prefer a with probability ½, so the human–RM correlation there drops to 0
-while elsewhere it stays. Scenario ``none`` (no change) measures false alarms on the same seeds.
+Drift confined to one region of prompt space (``--region cluster``: one cluster, ≈13% of the pairs, of a k-means fit
+of the logged embeddings with k = 6 and its own seed — not the sampler's partition, which is fitted with k = 8 on
+the first day's traffic, so the region spreads over several of the sampler's clusters; ``topic``: the crime/violence
+keyword topic of bench/drift.py, which the 32-d embeddings hardly separate). Before day ``--change-at`` the region
+is ``--share-before`` of each day's pairs; from then on its humans no longer follow the model (they prefer a with
+probability ½: the human–RM correlation there drops to 0, elsewhere it stays), and in scenario ``shift`` (default)
+its share of the traffic grows to ``--share-after`` — a kind of prompt the model rarely saw becomes popular and it
+is wrong there; in scenario ``labels`` only the humans change, so nothing but the audits themselves can point the
+sampler at the region. Each seed also runs without the change (false alarms).
 
 Samplers, each with ``--budget`` labels a day (one annotator per audited pair):
 - ``stratified``: annotation/audit.py as the audit_queue asset runs it (AuditSettings defaults: 8 k-means clusters
-  fitted on day 0's embeddings, 3 score bands, floor 2, drift boost 3), fed back each day with the audits of the past
-  7 days (their disagreement with the model moves the allocation);
-- ``uniform``: a simple random sample of the day's pairs — at the same budget and at multiples of it.
+  fitted on day 0's traffic and kept, 3 score bands, floor 1, drift boost 10), fed back each day with the audits of
+  the past 7 days (their excess disagreement with the model) and the clusters' traffic shares;
+- ``uniform×m``: a simple random sample of the day's pairs with m times the budget (m = 1: the same budget).
 
-The monitor (the same for both): each day, over the audits of the last ``--window`` days, per prompt cluster, how
-much less often the humans agree with the model's favourite than the calibrated model predicts (Σ max(p, 1 − p)):
-the excess disagreement, weighted by 1/π (Horvitz–Thompson), over its standard error; an alarm when some cluster's is
-above the one-sided 1% Bonferroni bound over the clusters (a cluster needs ≥ 10 effective pairs). (A per-cluster
-Spearman is no good here: its level depends on how spread the cluster's P values are, so clusters differ without
-any drift and a cluster-versus-rest test alarms on clean traffic.) Delay: days from
-the change to the first alarm (1 = on the audits of the change day); a miss when none within the run.
-Also measured: the global HT-weighted Spearman of the stratified audits (and its unweighted value) against the day's
-population Spearman (every served pair labelled), before the change: the reweighting must remove the bias that
-oversampling introduces.
+The monitor (the same for both): each day, over the audits of the last ``--window`` days, per prompt cluster (the
+sampler's), how much less often the humans agree with the model's favourite than the calibrated model predicts
+(Σ max(p, 1 − p)): the excess disagreement, weighted by 1/π (Horvitz–Thompson), over its standard error; an alarm
+when some cluster's is above the one-sided 1% Bonferroni bound over the clusters (a cluster needs ≥ 10 effective
+pairs). (A per-cluster Spearman is no good here: its level depends on how spread the cluster's P values are, so
+clusters differ without any drift and a cluster-versus-rest test alarms on clean traffic.) Delay: days from the
+change to the first alarm (1 = on the audits of the change day); detected = an alarm before the run ends.
+"Uniform labels to match": the smallest uniform budget that detects at least as often with a mean delay no longer.
+Also measured: the global Spearman of the stratified audits, HT-weighted and unweighted, against the day's population
+Spearman (every served pair labelled), before the change — the reweighting must remove the oversampling's bias.
 """
 
 from __future__ import annotations
@@ -274,7 +280,8 @@ def table(s: dict[str, Any]) -> str:
              f"{st['change_at']} the humans stop following the model on one region ({REGIONS[st['region']]}; at "
              f"most {st['region_in_one_sampler_cluster']:.0%} of it in one sampler cluster), whose traffic share goes "
              f"{st['share_before']:.0%} → {st['share_after']:.0%}; {st['days']} days, "
-             f"monitor window {st['window_days']} days, preset {st['preset']}",
+             f"monitor window {st['window_days']} days, preset {st['preset']} (scoring {st['scoring_s']:.0f} s, "
+             f"simulation {st['simulation_s']:.0f} s, {st['cpus']} CPUs)",
              f"{'sampler':<15}{'labels/day':>11}{'detected':>10}{'mean delay':>12}{'median':>8}{'false alarms/100':>18}"]
     for name, r in s["samplers"].items():
         def f(x, fmt):

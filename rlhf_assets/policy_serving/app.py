@@ -15,8 +15,6 @@ and logged with its evidence and behaviour log-probs (policy_serving/log.py).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import time
 import uuid
@@ -33,7 +31,7 @@ from rlhf_assets.policy_serving.log import PolicyServingLog
 from rlhf_assets.policy_serving.metrics import PolicyMetrics
 from rlhf_assets.policy_serving.pool import PolicyPool, PolicyRoute
 from rlhf_assets.policy_serving.settings import PolicyServeSettings
-from rlhf_assets.serving.app import Service, read_body, service_app
+from rlhf_assets.serving.app import ServiceBase, read_body, service_app
 from rlhf_assets.serving.requests import ApiError, parse
 from rlhf_assets.storage import Storage
 
@@ -64,8 +62,11 @@ class Classifier:
         await self.client.aclose()
 
 
-class PolicyService:
-    check_auth = Service.check_auth  # the same bearer-token check (self.token)
+class PolicyService(ServiceBase):
+    """State of one running policy service: the pool of policies, the filters, the log, the metrics (the
+    reward-model service's auth, registry following and lifecycle: serving/app.py's ServiceBase)."""
+
+    log_class = PolicyServingLog
 
     def __init__(self, settings: PolicyServeSettings, filters: ResponseFilterSettings, storage: Storage,
                  token: str | None):
@@ -77,48 +78,19 @@ class PolicyService:
         self.classifier = (Classifier(settings.classifier_url, token, settings.classifier_min_score,
                                       settings.classifier_timeout_s, self.metrics)
                            if settings.classifier_url else None)
-        self.log: PolicyServingLog | None = None
-        self._follow: asyncio.Task | None = None
+        super().__init__()
 
     async def start(self) -> None:
         import torch
 
-        s = self.settings
-        if s.threads:
-            torch.set_num_threads(s.threads)
-        self.log = PolicyServingLog(self.storage, flush_rows=s.log_flush_rows, flush_s=s.log_flush_s,
-                                    buffer_rows=s.log_buffer_rows,
-                                    on_outcome=lambda outcome, n: self.metrics.log_rows.labels(outcome=outcome).inc(n))
-        self._follow = asyncio.create_task(self._follow_registry())
+        if self.settings.threads:
+            torch.set_num_threads(self.settings.threads)
+        await super().start()
 
     async def stop(self) -> None:
-        if self._follow is not None:
-            self._follow.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._follow
-        await asyncio.to_thread(self.pool.close)
+        await super().stop()
         if self.classifier is not None:
             await self.classifier.close()
-        if self.log is not None:
-            await asyncio.to_thread(self.log.close)
-
-    async def reload(self) -> bool:
-        try:
-            changed = await self.pool.refresh()
-        except Exception as exc:  # noqa: BLE001 - a bad registry state must not take the service down
-            self.metrics.reloads.labels(result="failed").inc()
-            if self.pool.routes.production is None and self.pool.routes.canary is None:
-                self.pool.not_ready_reason = f"loading failed: {exc}"
-            raise
-        if changed:
-            self.metrics.reloads.labels(result="applied").inc()
-        return changed
-
-    async def _follow_registry(self) -> None:
-        while True:
-            with contextlib.suppress(Exception):
-                await self.reload()
-            await asyncio.sleep(self.settings.reload_interval_s)
 
     # guarding --------------------------------------------------------------------------------------------------
     async def _filter_reasons(self, prompts: list[str], texts: list[str]) -> list[list[str]]:

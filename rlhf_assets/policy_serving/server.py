@@ -13,39 +13,24 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 from collections.abc import Sequence
 
 from rlhf_assets.config_schema import add_flags, describe_error, load
 from rlhf_assets.evaluation.response_filters import ResponseFilterSettings
 from rlhf_assets.policy_serving.settings import PolicyServeSettings
-from rlhf_assets.serving.server import _server_class, bind, check_setup
-from rlhf_assets.serving.settings import TOKEN_ENV
-from rlhf_assets.storage import storage_from_env
+from rlhf_assets.serving.server import run_service
 
 FILTER_LISTS = ("filter_blocklist", "filter_regexes")
 
 
 def serve(settings: PolicyServeSettings, filters: ResponseFilterSettings, root: str | None = None) -> int:
-    import uvicorn
-
     from rlhf_assets.policy_serving.app import create_app
 
-    token = os.environ.get(TOKEN_ENV) or None
-    check_setup(settings, token)
-    storage = storage_from_env(root)
-    sock = bind(settings.host, settings.port)
-    host, port = sock.getsockname()[:2]
-    print(f"rlhf serve-policy: http://{host}:{port} (storage {storage.root}, kl limit "
-          f"{settings.kl_limit or 'each release its own'}, "
-          f"on guard: {settings.on_guard}, auth {'bearer token' if token else 'OFF (loopback only)'}); /readyz says "
-          "when a policy is loaded", file=sys.stderr, flush=True)
-    app = create_app(settings, filters, storage, token)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=60,
-                            lifespan="on")
-    _server_class()(config).run(sockets=[sock])
-    return 0
+    limit = f"{settings.kl_limit} nats" if settings.kl_limit else f"each release's own ({settings.kl_limit_factor}x)"
+    return run_service("rlhf serve-policy", settings, root,
+                       lambda storage, token: create_app(settings, filters, storage, token),
+                       f"kl limit {limit}, on guard: {settings.on_guard}", drain_s=60)
 
 
 def parser() -> argparse.ArgumentParser:

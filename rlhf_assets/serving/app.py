@@ -81,24 +81,24 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-class Service:
-    """State of one running service: the pool of models, the cache, the log, the metrics."""
+class ServiceBase:
+    """What both services (``rlhf serve``, ``rlhf serve-policy``) do the same way: the bearer-token check, following
+    the registry (a reload every ``reload_interval_s``; a failed load while nothing is served is the /readyz reason),
+    and the start/stop of the log and the pool. A service sets ``settings``, ``storage``, ``token``, ``metrics``,
+    ``pool`` and ``log_class`` in its __init__ (then calls ``super().__init__()``)."""
 
-    def __init__(self, settings: ServeSettings, storage: Storage, token: str | None):
-        self.settings, self.storage = settings, storage
-        self.token = token.encode() if token else None
-        self.metrics = ServiceMetrics()
-        self.pool = ModelPool(storage, settings, self.metrics)
-        self.cache = ScoreCache(settings.cache_entries, settings.cache_bytes)
+    log_class: type[ServingLog] = ServingLog
+
+    def __init__(self) -> None:
         self.log: ServingLog | None = None
         self._follow: asyncio.Task | None = None
 
     # lifecycle -------------------------------------------------------------------------------------------------
     async def start(self) -> None:
         s = self.settings
-        self.log = ServingLog(self.storage, flush_rows=s.log_flush_rows, flush_s=s.log_flush_s,
-                              buffer_rows=s.log_buffer_rows,
-                              on_outcome=lambda outcome, n: self.metrics.log_rows.labels(outcome=outcome).inc(n))
+        self.log = self.log_class(self.storage, flush_rows=s.log_flush_rows, flush_s=s.log_flush_s,
+                                  buffer_rows=s.log_buffer_rows,
+                                  on_outcome=lambda outcome, n: self.metrics.log_rows.labels(outcome=outcome).inc(n))
         self._follow = asyncio.create_task(self._follow_registry())
 
     async def stop(self) -> None:
@@ -115,7 +115,7 @@ class Service:
             changed = await self.pool.refresh()
         except Exception as exc:  # noqa: BLE001 - a bad registry state must not take the service down
             self.metrics.reloads.labels(result="failed").inc()
-            if self.pool.routes.production is None:
+            if self.pool.routes.production is None and self.pool.routes.canary is None:
                 self.pool.not_ready_reason = f"loading failed: {exc}"
             raise
         if changed:
@@ -137,6 +137,18 @@ class Service:
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token):
             raise ApiError(401, "missing or wrong bearer token (Authorization: Bearer <RLHF_SERVE_TOKEN>)",
                            headers={"WWW-Authenticate": "Bearer"})
+
+
+class Service(ServiceBase):
+    """State of one running reward-model service: the pool of models, the cache, the log, the metrics."""
+
+    def __init__(self, settings: ServeSettings, storage: Storage, token: str | None):
+        self.settings, self.storage = settings, storage
+        self.token = token.encode() if token else None
+        self.metrics = ServiceMetrics()
+        self.pool = ModelPool(storage, settings, self.metrics)
+        self.cache = ScoreCache(settings.cache_entries, settings.cache_bytes)
+        super().__init__()
 
     # scoring ---------------------------------------------------------------------------------------------------
     async def score_texts(self, route: Route, pairs: list[tuple[str, str]]) -> list[tuple[Scored, bool]]:

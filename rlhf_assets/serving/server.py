@@ -17,11 +17,12 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from rlhf_assets.config_schema import add_flags, load
 from rlhf_assets.serving.settings import TOKEN_ENV, ServeSettings
-from rlhf_assets.storage import storage_from_env
+from rlhf_assets.storage import Storage, storage_from_env
 
 
 def is_loopback(host: str) -> bool:
@@ -77,24 +78,32 @@ def _server_class():
     return DrainingServer
 
 
-def serve(settings: ServeSettings, root: str | None = None) -> int:
+def run_service(name: str, settings: Any, root: str | None, make_app: Callable[[Storage, str | None], Any],
+                details: str, drain_s: int) -> int:
+    """Both services' start: the token from the environment and the set-up rules, the storage, the socket, one line
+    on stderr (``name: http://host:port (storage …, details, auth …)``, which tests and scripts read the port from),
+    then uvicorn until SIGTERM/SIGINT, draining in-flight requests for up to ``drain_s`` seconds."""
     import uvicorn
-
-    from rlhf_assets.serving.app import create_app
 
     token = os.environ.get(TOKEN_ENV) or None
     check_setup(settings, token)
     storage = storage_from_env(root)
     sock = bind(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
-    print(f"rlhf serve: http://{host}:{port} (storage {storage.root}, backend {settings.backend}, "
-          f"auth {'bearer token' if token else 'OFF (loopback only)'}); /readyz says when a model is loaded",
+    print(f"{name}: http://{host}:{port} (storage {storage.root}, {details}, "
+          f"auth {'bearer token' if token else 'OFF (loopback only)'}); /readyz says when it is loaded",
           file=sys.stderr, flush=True)
-    app = create_app(settings, storage, token)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=30,
-                            lifespan="on")
+    config = uvicorn.Config(make_app(storage, token), log_level="warning", access_log=False,
+                            timeout_graceful_shutdown=drain_s, lifespan="on")
     _server_class()(config).run(sockets=[sock])
     return 0
+
+
+def serve(settings: ServeSettings, root: str | None = None) -> int:
+    from rlhf_assets.serving.app import create_app
+
+    return run_service("rlhf serve", settings, root, lambda storage, token: create_app(settings, storage, token),
+                       f"backend {settings.backend}", drain_s=30)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -1,5 +1,5 @@
 """Plain helpers shared by several test modules: tiny synthetic data, JSONL files, entry-point commands and their
-environment, servers started as processes on loopback, tiny training settings, and a set of gate inputs that passes every gate.
+environment, trainings killed mid-run, servers started as processes on loopback, tiny training settings, and a set of gate inputs that passes every gate.
 
 Fixtures live in conftest.py files (pytest finds them by name); what tests import by name lives here (or in
 records.py, defs/dagster_support.py). Test modules never import from conftest.py files or from other test modules
@@ -15,7 +15,9 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,6 +82,42 @@ def entrypoint_cmd(*args: str) -> list[str]:
 def policy_cmd(*args: str) -> list[str]:
     """The policy (SFT, PPO) training entry point."""
     return [sys.executable, "-m", "rlhf_assets.policy.entrypoint", *args]
+
+
+def kill_once_written(cmd: list[str], path: Path, env: dict[str, str], timeout_s: float = 240) -> None:
+    """Start ``cmd`` and SIGKILL it as soon as ``path`` exists (a checkpoint, a pushed pointer); fails if the run
+    ended on its own first."""
+    victim = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + timeout_s
+    while victim.poll() is None and not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.002)
+    os.kill(victim.pid, signal.SIGKILL)
+    _, err = victim.communicate(timeout=60)
+    assert victim.returncode == -signal.SIGKILL, f"the run ended before it could be killed: {err[-2000:]}"
+
+
+def kill_children_once(ready: Callable[[], bool], module: str, poll_s: float, timeout_s: float = 240) -> tuple[
+        threading.Thread, list[int]]:
+    """A started watcher thread that, once ``ready()`` holds, SIGKILLs this process's descendants running ``module``
+    (a training launched inside a Dagster run, as a lost pod would). The list fills with the pids it killed."""
+    import psutil
+
+    killed: list[int] = []
+
+    def watch() -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if ready():
+                for child in psutil.Process().children(recursive=True):
+                    if module in " ".join(child.cmdline()):
+                        child.send_signal(signal.SIGKILL)
+                        killed.append(child.pid)
+                return
+            time.sleep(poll_s)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    return watcher, killed
 
 
 @dataclass

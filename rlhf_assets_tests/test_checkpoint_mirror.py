@@ -9,11 +9,8 @@ their work directory is deleted, and the same command resumes from the storage r
 
 
 import json
-import os
 import shutil
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import dagster as dg
@@ -32,6 +29,8 @@ from rlhf_assets.reward.config import RMConfig
 from rlhf_assets.storage import Storage, StorageUnavailable
 from rlhf_assets_tests.support import (
     entrypoint_cmd,
+    kill_children_once,
+    kill_once_written,
     learnable_pairs,
     make_pairs,
     policy_cmd,
@@ -140,16 +139,6 @@ def test_push_and_restore_on_s3(s3_storage, tmp_path):
 # Real trainings killed and resumed on a fresh work directory ------------------------------------------------------
 
 
-def _kill_after_first_push(cmd: list[str], pointer: Path, env: dict) -> None:
-    victim = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.monotonic() + 240
-    while victim.poll() is None and not pointer.exists() and time.monotonic() < deadline:
-        time.sleep(0.002)
-    os.kill(victim.pid, signal.SIGKILL)
-    _, err = victim.communicate(timeout=60)
-    assert victim.returncode == -signal.SIGKILL, f"the run ended before it could be killed: {err[-2000:]}"
-
-
 def _mirrored_step(store: Path, key: str, name: str, step_key: str) -> int:
     import torch
 
@@ -169,7 +158,7 @@ def test_sft_killed_then_rerun_on_an_empty_work_directory_resumes_from_the_stora
     cmd = policy_cmd("sft", "--config", str(config), "--data", str(data), "--store", str(store), "--out", str(out),
                      "--checkpoint-key", key)
     env = subprocess_env()
-    _kill_after_first_push(cmd, store / "checkpoints" / key / POINTER, env)
+    kill_once_written(cmd, store / "checkpoints" / key / POINTER, env)
     step = _mirrored_step(store, key, "checkpoints/last.pt", "step")
     assert 0 < step < 12
     shutil.rmtree(out)  # the retried pod's disk is empty
@@ -192,7 +181,7 @@ def test_reward_model_killed_then_rerun_on_an_empty_work_directory_resumes_from_
                          "--batch-size", "4", "--max-length", "64", "--checkpoint-every-n-steps", "3",
                          "--no-progress", "--store", str(store), "--out", str(out), "--checkpoint-key", key)
     env = subprocess_env()
-    _kill_after_first_push(cmd, store / "checkpoints" / key / POINTER, env)
+    kill_once_written(cmd, store / "checkpoints" / key / POINTER, env)
     step = _mirrored_step(store, key, "checkpoints/last.ckpt", "global_step")
     assert 0 < step < 20
     shutil.rmtree(out)
@@ -211,9 +200,7 @@ def test_a_retried_step_on_an_empty_disk_resumes_from_the_checkpoint_mirrored_on
     """What a lost pod amounts to with an S3 root: the training process is killed (SIGKILL) after its first mirrored
     checkpoint, the retried step starts on an EMPTY work directory (a new pod on another node), and the entry point
     resumes from the checkpoint in the storage root (real Dagster run, real reward-model training, moto's S3)."""
-    import threading
 
-    import psutil
 
     storage, client, bucket = s3_storage
     endpoint = storage.storage_options["endpoint_url"]
@@ -223,19 +210,11 @@ def test_a_retried_step_on_an_empty_disk_resumes_from_the_checkpoint_mirrored_on
     pairs = "".join(json.dumps(r) + "\n" for r in make_pairs(40, seed=1)).encode()
     val = "".join(json.dumps(r) + "\n" for r in make_pairs(16, seed=2)).encode()
     config = RMConfig(preset="tiny", epochs=2, batch_size=4, max_length=64, checkpoint_every_n_steps=3)
-    killed, reports, attempts = [], [], []
+    reports, attempts = [], []
 
-    def kill_after_first_mirrored_checkpoint():
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and not killed:
-            listed = client.list_objects_v2(Bucket=bucket, Prefix="prefix/checkpoints/").get("Contents", [])
-            if any(o["Key"].endswith("/" + POINTER) for o in listed):
-                for child in psutil.Process().children(recursive=True):
-                    if REWARD_TRAIN.module in " ".join(child.cmdline()):
-                        child.send_signal(signal.SIGKILL)
-                        killed.append(child.pid)
-                return
-            time.sleep(0.05)
+    def first_checkpoint_mirrored() -> bool:
+        listed = client.list_objects_v2(Bucket=bucket, Prefix="prefix/checkpoints/").get("Contents", [])
+        return any(o["Key"].endswith("/" + POINTER) for o in listed)
 
     @dg.asset(partitions_def=dg.StaticPartitionsDefinition(["r1"]),
               retry_policy=TRAINING_RETRY_POLICY._replace(delay=0))
@@ -250,8 +229,7 @@ def test_a_retried_step_on_an_empty_disk_resumes_from_the_checkpoint_mirrored_on
         reports.append(run.reported)
         return dg.MaterializeResult()
 
-    watcher = threading.Thread(target=kill_after_first_mirrored_checkpoint, daemon=True)
-    watcher.start()
+    watcher, killed = kill_children_once(first_checkpoint_mirrored, REWARD_TRAIN.module, poll_s=0.05)
     result = dg.materialize([trains], partition_key="r1", raise_on_error=False,
                             resources={"training_launcher": TrainingLauncherResource(),
                                        "storage": StorageResource(root=storage.uri, s3_endpoint_url=endpoint)})

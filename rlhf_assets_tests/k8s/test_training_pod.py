@@ -190,13 +190,7 @@ def test_a_killed_training_is_retried_by_its_retry_policy_and_resumes_from_its_c
     """What a lost pod amounts to, on this machine: the training process is killed (SIGKILL) right after its first
     checkpoint; the step's RetryPolicy (the training assets', without the wait) runs it again, in the same work
     directory, and the entry point resumes from the checkpoint instead of starting over."""
-    import signal
-    import threading
-    import time
-
-    import psutil
-
-    from rlhf_assets_tests.support import make_pairs
+    from rlhf_assets_tests.support import kill_children_once, make_pairs
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("MKL_NUM_THREADS", "1")
@@ -205,18 +199,7 @@ def test_a_killed_training_is_retried_by_its_retry_policy_and_resumes_from_its_c
     val = "".join(json.dumps(r) + "\n" for r in make_pairs(16, seed=2)).encode()
     # 40 pairs / batch 4 = 10 steps per epoch, 3 epochs; last.ckpt every 3 steps
     config = RMConfig(preset="tiny", epochs=3, batch_size=4, max_length=64, checkpoint_every_n_steps=3)
-    killed, reports = [], []
-
-    def kill_after_first_checkpoint():
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and not killed:
-            if list(store.glob("work/**/checkpoints/last.ckpt")):
-                for child in psutil.Process().children(recursive=True):
-                    if REWARD_TRAIN.module in " ".join(child.cmdline()):
-                        child.send_signal(signal.SIGKILL)
-                        killed.append(child.pid)
-                return
-            time.sleep(0.005)
+    reports = []
 
     @dg.asset(partitions_def=dg.StaticPartitionsDefinition(["r1"]),
               retry_policy=TRAINING_RETRY_POLICY._replace(delay=0))
@@ -228,8 +211,8 @@ def test_a_killed_training_is_retried_by_its_retry_policy_and_resumes_from_its_c
         reports.append(run.reported)
         return dg.MaterializeResult()
 
-    watcher = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
-    watcher.start()
+    watcher, killed = kill_children_once(lambda: any(store.glob("work/**/checkpoints/last.ckpt")),
+                                         REWARD_TRAIN.module, poll_s=0.005)
     result = dg.materialize([trains], partition_key="r1", raise_on_error=False,
                             resources={"training_launcher": TrainingLauncherResource(),
                                        "storage": StorageResource(root=str(store))})

@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import signal
 import subprocess
-import time
 from pathlib import Path
 
-from rlhf_assets_tests.support import TINY_PPO, policy_cmd, subprocess_env, write_jsonl
+from rlhf_assets_tests.support import TINY_PPO, kill_once_written, policy_cmd, subprocess_env, write_jsonl
 
 TIMEOUT = 300
 TIMING_KEYS = ("rollout_tokens_per_s", "train_tokens_per_s", "tokens_per_s")
@@ -35,23 +32,13 @@ def _metrics(out_dir: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
 
 
-def _kill_after_first_checkpoint(cmd: list[str], checkpoint: Path, env: dict) -> None:
-    victim = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.monotonic() + TIMEOUT
-    while victim.poll() is None and not checkpoint.exists() and time.monotonic() < deadline:
-        time.sleep(0.002)
-    os.kill(victim.pid, signal.SIGKILL)
-    _, err = victim.communicate(timeout=60)
-    assert victim.returncode == -signal.SIGKILL, f"the run ended before it could be killed: {err[-2000:]}"
-
-
 def _crash_and_resume(args: list[str], tmp_path: Path) -> tuple[dict, dict, int]:
     env = subprocess_env()
     ref = subprocess.Popen(policy_cmd(*args, "--out", str(tmp_path / "ref")), stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True, env=env)
     crash_cmd = policy_cmd(*args, "--out", str(tmp_path / "crash"))
     checkpoint = tmp_path / "crash" / "checkpoints" / "last.pt"
-    _kill_after_first_checkpoint(crash_cmd, checkpoint, env)
+    kill_once_written(crash_cmd, checkpoint, env, TIMEOUT)
     import torch
 
     step = int(torch.load(checkpoint, map_location="cpu", weights_only=True)["step"])

@@ -20,13 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import signal
 import subprocess
-import time
 from pathlib import Path
 
-from rlhf_assets_tests.support import entrypoint_cmd, make_pairs, subprocess_env, write_jsonl
+from rlhf_assets_tests.support import entrypoint_cmd, kill_once_written, make_pairs, subprocess_env, write_jsonl
 
 TIMEOUT = 240
 
@@ -53,14 +50,8 @@ def test_kill_9_then_rerun_resumes_to_identical_weights(tmp_path):
     ref = subprocess.Popen(entrypoint_cmd(*args, "--out", str(tmp_path / "ref"), "--store", str(tmp_path / "s1")),
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     crash_cmd = entrypoint_cmd(*args, "--out", str(tmp_path / "crash"), "--store", str(tmp_path / "s2"))
-    victim = subprocess.Popen(crash_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     last = tmp_path / "crash" / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + TIMEOUT
-    while victim.poll() is None and not last.exists() and time.monotonic() < deadline:
-        time.sleep(0.002)
-    os.kill(victim.pid, signal.SIGKILL)
-    _, err = victim.communicate(timeout=60)
-    assert victim.returncode == -signal.SIGKILL, f"the run ended before it could be killed: {err[-2000:]}"
+    kill_once_written(crash_cmd, last, env, TIMEOUT)
     assert not (tmp_path / "s2").exists()  # killed before it stored anything
 
     import torch

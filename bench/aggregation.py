@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 
 from bench.children import child_pool
 from bench.crowd import accuracy, item_index, write_crowd
+from bench.report_table import fmt, print_header
 
 METHODS = ("crowd-kit", "ours", "ours out of core")
 _MODULES = {"crowd-kit": "crowdkit.aggregation", "ours": "rlhf_assets.preference.aggregation",
@@ -153,10 +154,6 @@ def _agreement(first: Path, second: Path) -> float:
     return float((joined["label"] == joined["label_2"]).mean())
 
 
-def _fmt(value, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
 def main(rows: int = 5_000_000, peer_rows: int = 1_000_000, n_iter: int = 20, batch_rows: int = 1_000_000,
          skip_peer: bool = False, json_out: bool = False, repeats: int = 3, work_dir: str | None = None) -> dict:
     """Generate the crowd, run the large out-of-core run and the head-to-head; print and return the figures."""
@@ -189,10 +186,9 @@ def main(rows: int = 5_000_000, peer_rows: int = 1_000_000, n_iter: int = 20, ba
     result["runs"] = runs
     header = (f"{'method':<17} {'rows':>12} {'iters':>5} {'wall s':>8} {'peak MiB':>9} {'maxrss MiB':>10} "
               f"{'accuracy':>8}")
-    print(header)
-    print("-" * len(header))
+    print_header(header)
     for r in runs:
-        print(f"{r['method']:<17} {r['rows']:>12,} {r['n_iter']:>5} {r['wall_s']:>8.2f} {_fmt(r['peak_mib'], '9.1f')} "
+        print(f"{r['method']:<17} {r['rows']:>12,} {r['n_iter']:>5} {r['wall_s']:>8.2f} {fmt(r['peak_mib'], '9.1f')} "
               f"{r['maxrss_mib']:>10.1f} {r['accuracy']:>8.4f}")
     big = runs[0]
     print(f"out of core, {big['rows']:,} rows: {big['wall_s'] / 60:.1f} min, peak RSS {big['maxrss_mib'] / 1024:.2f} "

@@ -74,6 +74,7 @@ from typing import Any
 import numpy as np
 
 from bench import policy_setup as ps
+from bench.report_table import fmt, print_header
 
 SEED = 0
 PROXY_FRACTION = 0.10
@@ -200,12 +201,11 @@ def print_mitigation(rows: list[dict]) -> None:
         return
     print("length-debiased reward vs plain (budget run), held-out answers:")
     header = f"{'run':<9} {'point':<8} {'step':>4} {'gold':>8} {'± se':>6} {'len':>5} {'degen':>6} {'no EOS':>6} {'KL':>6}"
-    print(header)
-    print("-" * len(header))
+    print_header(header)
     for r in rows:
-        print(f"{r['run']:<9} {r['point']:<8} {r['step']:>4} {r['gold']:>+8.3f} {ps.fmt(r['gold_se'], '6.3f')} "
-              f"{r['response_length']:>5.1f} {ps.fmt(r['degenerate_share'], '6.2f')} "
-              f"{ps.fmt(r['no_eos_share'], '6.2f')} {r['kl']:>6.2f}")
+        print(f"{r['run']:<9} {r['point']:<8} {r['step']:>4} {r['gold']:>+8.3f} {fmt(r['gold_se'], '6.3f')} "
+              f"{r['response_length']:>5.1f} {fmt(r['degenerate_share'], '6.2f')} "
+              f"{fmt(r['no_eos_share'], '6.2f')} {r['kl']:>6.2f}")
     print()
 
 
@@ -213,8 +213,7 @@ def print_mitigation(rows: list[dict]) -> None:
 def print_table(runs: dict[str, dict], figures: dict) -> None:
     peak, sel = figures["gold_peak"], figures["selected"]
     header = f"{'run':<7} {'step':>4} {'√KL':>6} {'KL':>7} {'proxy':>8} {'gold':>8} {'± se':>6} {'len':>5}  note"
-    print(header)
-    print("-" * len(header))
+    print_header(header)
     for name, r in runs.items():
         budget = r["config"]["kl_budget"]
         for e in r["evals"]:
@@ -226,7 +225,7 @@ def print_table(runs: dict[str, dict], figures: dict) -> None:
             if e["kl"] > budget:
                 notes.append("over budget")
             print(f"{name:<7} {e['step']:>4} {e['sqrt_kl']:>6.2f} {e['kl']:>7.2f} {e['proxy_reward']:>+8.3f} "
-                  f"{e['gold_reward']:>+8.3f} {ps.fmt(e.get('gold_se'), '6.3f')} {e['response_length']:>5.1f}  "
+                  f"{e['gold_reward']:>+8.3f} {fmt(e.get('gold_se'), '6.3f')} {e['response_length']:>5.1f}  "
                   + ", ".join(notes))
         print()
 
@@ -354,10 +353,10 @@ def main(quick: bool = False, json_out: bool = False, plot: str | None = DEFAULT
     print_mitigation(figures["mitigation"])
     pk, sel, lo = figures["gold_peak"], figures["selected"], figures["loose"]
     print(f"gold at step 0 (SFT policy): {figures['start']['gold']:+.3f}; proxy {figures['start']['proxy']:+.3f}")
-    print(f"gold peak : {pk['gold']:+.3f} ± {ps.fmt(pk['gold_se'], '.3f')} ({pk['run']} run, step {pk['step']}, "
+    print(f"gold peak : {pk['gold']:+.3f} ± {fmt(pk['gold_se'], '.3f')} ({pk['run']} run, step {pk['step']}, "
           f"√KL {pk['sqrt_kl']:.2f})")
     print(f"selected  : step {sel['step']} of the budget run (best held-out proxy − β·KL within KL {sel['kl_budget']:g}), "
-          f"√KL {sel['sqrt_kl']:.2f}, gold {sel['gold']:+.3f} ± {ps.fmt(sel['gold_se'], '.3f')}")
+          f"√KL {sel['sqrt_kl']:.2f}, gold {sel['gold']:+.3f} ± {fmt(sel['gold_se'], '.3f')}")
     print(f"gap       : gold peak - selected gold = {figures['gap']:+.3f}; margin {figures['margin']:.3f} "
           f"({figures['margin_rule']}) -> {'PASS' if figures['pass'] else 'FAIL'}")
     alt = figures["selected_by_proxy_alone"]

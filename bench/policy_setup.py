@@ -217,9 +217,3 @@ def ppo_child(tag: str, ppo_kwargs: dict, sft_dir: str, rm_dir: str, prompts: li
             "selected_step": r.selected_step, "selected": selected,
             "rollout_tokens_per_s": float(r.rollout_tokens_per_s), "train_tokens_per_s": float(r.train_tokens_per_s),
             "wall_s": wall, "config": PPOConfig(**ppo_kwargs).resolved().to_dict()}
-
-
-def fmt(value: Any, spec: str) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-"
-    return format(value, spec)

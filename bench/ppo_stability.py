@@ -68,6 +68,7 @@ from typing import Any
 import numpy as np
 
 from bench import policy_setup as ps
+from bench.report_table import fmt, print_header
 
 SEEDS = 10
 STEPS = 30
@@ -243,15 +244,14 @@ def main(seeds: int = SEEDS, steps: int | None = None, json_out: bool = False, q
     print()
     header = (f"{'seed':>4} {'status':<10} {'reasons':<28} {'R0':>7} {'R_end':>7} {'gain':>7} {'max KL':>7} "
               f"{'min H':>6} {'H_end':>6} {'len':>5} {'rej':>3} {'roll tok/s':>10} {'train tok/s':>11} {'s':>4}")
-    print(header)
-    print("-" * len(header))
+    print_header(header)
     for p in per_seed:
         print(f"{p['seed']:>4} {'COLLAPSED' if p['collapsed'] else 'ok':<10} {','.join(p['reasons']) or '-':<28} "
-              f"{ps.fmt(p['initial_reward'], '+7.3f')} {ps.fmt(p['final_reward'], '+7.3f')} "
-              f"{ps.fmt(p['gain'], '+7.3f')} {ps.fmt(p['max_kl'], '7.2f')} {ps.fmt(p['min_entropy'], '6.2f')} "
-              f"{ps.fmt(p['final_entropy'], '6.2f')} {ps.fmt(p['final_response_length'], '5.1f')} "
-              f"{p['rejections']:>3} {ps.fmt(p['rollout_tokens_per_s'], '10,.0f')} "
-              f"{ps.fmt(p['train_tokens_per_s'], '11,.0f')} {ps.fmt(p['wall_s'], '4.0f')}")
+              f"{fmt(p['initial_reward'], '+7.3f')} {fmt(p['final_reward'], '+7.3f')} "
+              f"{fmt(p['gain'], '+7.3f')} {fmt(p['max_kl'], '7.2f')} {fmt(p['min_entropy'], '6.2f')} "
+              f"{fmt(p['final_entropy'], '6.2f')} {fmt(p['final_response_length'], '5.1f')} "
+              f"{p['rejections']:>3} {fmt(p['rollout_tokens_per_s'], '10,.0f')} "
+              f"{fmt(p['train_tokens_per_s'], '11,.0f')} {fmt(p['wall_s'], '4.0f')}")
         if p["error"]:
             print(f"      error: {p['error']}")
         if p["stop_reason"]:

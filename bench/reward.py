@@ -61,6 +61,7 @@ from typing import Any
 import numpy as np
 
 from bench.children import child_pool
+from bench.report_table import fmt, print_header
 
 BATCH_SIZE = 16
 MAX_LENGTH = 256
@@ -437,34 +438,26 @@ def _summarise(name: str, raw: dict, peak_flops: float) -> dict:
     return out
 
 
-def _fmt(value: Any, spec: str) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-"
-    return format(value, spec)
-
-
 def _print_table(runs: list[dict]) -> None:
     header = (f"{'trainer':<21} {'trained':>7} {'dropped':>7} {'real tok/s':>10} {'pairs/s':>7} {'acc':>6} "
               f"{'ident.':>6} {'peak MiB':>8} {'FLOP/s frac':>11}")
-    print(header)
-    print("-" * len(header))
+    print_header(header)
     for r in runs:
         print(f"{r['trainer']:<21} {r['pairs_trained']:>7,} {r['pairs_dropped']:>7,} "
-              f"{_fmt(r['real_tokens_per_s'], '10,.0f')} {_fmt(r['pairs_per_s'], '7.2f')} "
-              f"{_fmt(r['heldout_accuracy'], '6.3f')} {r['heldout_identical']:>6} {_fmt(r['peak_rss_mib'], '8.0f')} "
-              f"{_fmt(r['peak_fraction_real'], '11.3f')}")
+              f"{fmt(r['real_tokens_per_s'], '10,.0f')} {fmt(r['pairs_per_s'], '7.2f')} "
+              f"{fmt(r['heldout_accuracy'], '6.3f')} {r['heldout_identical']:>6} {fmt(r['peak_rss_mib'], '8.0f')} "
+              f"{fmt(r['peak_fraction_real'], '11.3f')}")
     print()
     header = (f"{'trainer':<21} {'ckpt':>4} {'steps':>5} {'step s':>7} {'train s':>7} {'wall tok/s':>10} "
               f"{'real tok':>9} {'processed':>9} {'padding':>7} {'frac(proc)':>10} {'cores':>5} {'load':>9}")
-    print(header)
-    print("-" * len(header))
+    print_header(header)
     for r in runs:
         print(f"{r['trainer']:<21} {'on' if r['gradient_checkpointing'] else 'off':>4} {r['steps']:>5} "
-              f"{_fmt(r['step_time_s'], '7.1f')} {_fmt(r['train_wall_s'], '7.1f')} "
-              f"{_fmt(r['wall_real_tokens_per_s'], '10,.0f')} {r['real_tokens']:>9,} {r['processed_tokens']:>9,} "
-              f"{_fmt(r['padding_share'], '7.1%')} {_fmt(r['peak_fraction_processed'], '10.3f')} "
-              f"{_fmt(r.get('cores_used'), '5.2f')} "
-              f"{_fmt(r['load']['mean'], '4.1f')}/{_fmt(r['load']['max'], '4.1f')}")
+              f"{fmt(r['step_time_s'], '7.1f')} {fmt(r['train_wall_s'], '7.1f')} "
+              f"{fmt(r['wall_real_tokens_per_s'], '10,.0f')} {r['real_tokens']:>9,} {r['processed_tokens']:>9,} "
+              f"{fmt(r['padding_share'], '7.1%')} {fmt(r['peak_fraction_processed'], '10.3f')} "
+              f"{fmt(r.get('cores_used'), '5.2f')} "
+              f"{fmt(r['load']['mean'], '4.1f')}/{fmt(r['load']['max'], '4.1f')}")
 
 
 def main(quick: bool = False, skip_trl: bool = False, n_pairs: int | None = None, json_out: bool = False,

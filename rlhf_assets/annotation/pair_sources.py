@@ -43,9 +43,7 @@ def production_release(storage: Storage) -> dict | None:
 
 def release_pairs(storage: Storage, day: str, n: int, settings: AnnotationSettings, holder: dict) -> NewPairs:
     """``n`` pairs (policy vs reference) on prompts of the production release's dataset."""
-    from rlhf_assets.evaluation.adversarial import answer
-    from rlhf_assets.policy.artifacts import load_policy
-    from rlhf_assets.policy.runtime import device_for
+    from rlhf_assets.policy.samples import sample_answers
     from rlhf_assets.preference.snapshot import load_or_build_snapshot, split_prompts
     from rlhf_assets.registry.artifacts import ArtifactStore
 
@@ -54,21 +52,18 @@ def release_pairs(storage: Storage, day: str, n: int, settings: AnnotationSettin
     prompts = split_prompts(table, "train") or split_prompts(table, "test")
     rng = random.Random(f"{settings.seed}/{day}/prompts")
     prompts = rng.sample(prompts, min(n, len(prompts)))
-    store, device = ArtifactStore(storage), device_for()
+    store = ArtifactStore(storage)
     policy_id, reference_id = holder["artifacts"]["policy"], holder["artifacts"]["sft_policy"]
     responses = {}
     temperature = settings.temperature
     for name, artifact in (("policy", policy_id), ("reference", reference_id)):
-        model, tok, doc = load_policy(store.get(artifact), device)
-        train = doc.get("train_config") or {}
-        temperature = settings.temperature or float(train.get("temperature") or 1.0)
-        responses[name] = answer(model.eval(), tok, prompts, max_prompt_tokens=int(train.get("max_prompt_tokens") or 256),
-                                 max_new_tokens=settings.max_new_tokens or int(train.get("max_new_tokens") or 48),
-                                 temperature=temperature, seed=rng.getrandbits(31))
-    rows = [{"prompt": p, "response_a": a["response"], "response_b": b["response"], "policy_a": policy_id,
-             "policy_b": reference_id, "temperature": temperature}
+        responses[name], temperature = sample_answers(store, artifact, prompts, seed=rng.getrandbits(31),
+                                                      temperature=settings.temperature,
+                                                      max_new_tokens=settings.max_new_tokens)
+    rows = [{"prompt": p, "response_a": a, "response_b": b, "policy_a": policy_id, "policy_b": reference_id,
+             "temperature": temperature}
             for p, a, b in zip(prompts, responses["policy"], responses["reference"])
-            if a["response"].strip() and b["response"].strip() and a["response"] != b["response"]]
+            if a.strip() and b.strip() and a != b]
     dropped = len(prompts) - len(rows)
     return NewPairs(pl.DataFrame(rows, schema=_SCHEMA), f"release {release}",
                     f"production release {release}: its policy ({policy_id[:12]}) vs its reference "

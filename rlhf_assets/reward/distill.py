@@ -66,6 +66,10 @@ class DistillSettings(FileConfig):
     """Use at most this many training pairs (None: all)."""
     cascade_band: Annotated[float, Field(ge=0, le=0.5)] = 0.1
     """Half-width of the uncertainty band around 0.5: the cascade sends items with |P − 0.5| ≤ band to the teacher."""
+    policy_samples: Annotated[int, Field(ge=0)] = 128
+    """Train prompts of the release answered by the production policy (the one whose answers the served reward
+    model and its cascade score), added as unlabelled texts the student learns the teacher's scores on (0: none;
+    none either while nothing with a policy is in production)."""
     bench_items: Annotated[int, Field(ge=1)] = 64
     """Texts the serving-speed measurement scores per repeat (student and teacher alike)."""
     seed: Annotated[int, Field(ge=0)] = 0

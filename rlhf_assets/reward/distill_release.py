@@ -64,6 +64,30 @@ def oriented_probabilities(scorer: RewardScorer, pairs: Sequence[PreferencePair]
     return p, np.where(flip, 0.0, 1.0)
 
 
+def production_policy_texts(storage: Storage, table: pl.DataFrame, n: int, seed: int
+                            ) -> tuple[list[tuple[str, str]], str]:
+    """Up to ``n`` of the release's train prompts, each answered once by the registry's production policy
+    (policy/samples.py: as it was trained to sample), as (prompt, response) texts for the student; and a line for
+    the metadata. None while nothing with a policy is in production."""
+    import random
+
+    from rlhf_assets.policy.samples import sample_answers
+    from rlhf_assets.registry.aliases import Registry
+
+    holder = Registry(storage).current("production")
+    policy = ((holder or {}).get("artifacts") or {}).get("policy")
+    if n <= 0 or not policy:
+        return [], "no policy samples: " + ("policy_samples is 0" if n <= 0 else "no policy in production yet")
+    prompts = sorted(set(table.filter(pl.col("split") == "train")["prompt"].to_list()))
+    rng = random.Random(seed)
+    prompts = rng.sample(prompts, min(n, len(prompts)))
+    answers, _ = sample_answers(ArtifactStore(storage), policy, prompts, seed=rng.getrandbits(31))
+    texts = [(p, a) for p, a in zip(prompts, answers) if a.strip()]
+    return texts, (f"{len(texts)} answers of the production policy {policy[:12]} (release {holder['release']}) "
+                   f"on {len(prompts)} train prompts" + (f"; {len(prompts) - len(texts)} empty ones dropped"
+                                                         if len(texts) < len(prompts) else ""))
+
+
 @dataclass
 class DistillReport:
     artifact_id: str

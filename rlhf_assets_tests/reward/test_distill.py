@@ -129,4 +129,31 @@ def test_rm_distilled_materializes_in_a_dagster_run(hh, teacher_store, tmp_path)
     assert ArtifactStore(Storage(str(root))).manifest(ref.artifact_id)["kind"] == "rm_distilled"
     meta = result.asset_materializations_for_node("rm_distilled")[0].metadata
     assert {"fidelity", "serving_speed", "cascade", "training_cpu_s"} <= set(meta)
+    assert "no policy in production" in meta["policy_samples"].value
     assert [r.data["model"] for r in meta["fidelity"].value.records] == ["teacher", "student", "untrained_student"]
+
+
+def test_policy_samples_are_the_production_policys_answers_on_the_release_train_prompts(hh, teacher_store, tmp_path):
+    """rm_distilled's unlabelled texts: the production policy answers the release's train prompts (policy/samples.py,
+    the annotation queue's sampling); none before a policy is in production; the student trains on them."""
+    from rlhf_assets.reward.distill_release import production_policy_texts
+    from rlhf_assets_tests.policy_serving.policy_support import make_policy_store
+
+    store = make_policy_store(tmp_path / "root")
+    storage = Storage(str(store.root))
+    table = _table(hh)
+    texts, note = production_policy_texts(storage, table, 6, seed=0)
+    assert texts == [] and "no policy in production" in note
+    store.promote("r20250601-2359", store.drifted)
+    texts, note = production_policy_texts(storage, table, 6, seed=0)
+    train_prompts = set(table.filter(pl.col("split") == "train")["prompt"])
+    assert 0 < len(texts) <= 6 and {p for p, _ in texts} <= train_prompts and all(r.strip() for _, r in texts)
+    assert store.drifted[:12] in note and "r20250601-2359" in note
+    assert production_policy_texts(storage, table, 6, seed=0)[0] == texts  # seeded
+    assert production_policy_texts(storage, table, 0, seed=0)[0] == []     # policy_samples=0: none
+    root, teacher_id = teacher_store
+    teacher = ArtifactStore(storage).put_dir(ArtifactStore(Storage(str(root))).get(teacher_id), kind="reward_model",
+                                             manifest={}).id
+    out = distill_release(storage, teacher, None, table, DistillSettings(epochs=1, bench_items=4, max_train_pairs=32),
+                          dataset_id="d1", extra_texts=texts)
+    assert out.report["training"]["n_extra_texts"] == len(texts)

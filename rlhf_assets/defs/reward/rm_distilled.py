@@ -7,7 +7,7 @@ from rlhf_assets.defs.partitions import release_partitions
 from rlhf_assets.defs.resources import StorageResource
 from rlhf_assets.references import CalibrationRef, DatasetTable, ModelRef
 from rlhf_assets.reward.distill import DistillSettings
-from rlhf_assets.reward.distill_release import ARTIFACT_KIND, distill_release
+from rlhf_assets.reward.distill_release import ARTIFACT_KIND, distill_release, production_policy_texts
 
 RmDistilledConfig = config_class("RmDistilledConfig", DistillSettings)
 
@@ -25,7 +25,8 @@ def rm_distilled(
     preference_dataset: DatasetTable,
 ) -> dg.Output[ModelRef]:
     """A smaller student of the release's reward model (fewer layers, narrower; DistillSettings), trained on the
-    release's train pairs against the teacher's scores (regression) and the human preferences (Bradley–Terry),
+    release's train pairs against the teacher's scores (regression) and the human preferences (Bradley–Terry), and
+    on the production policy's answers to the release's train prompts (the teacher's scores only; policy_samples),
     Platt-calibrated on the validation split. Test-split accuracy, ECE and correlation with the teacher for teacher,
     student and an untrained student of the same size; scoring latency and throughput of both measured on this
     machine; the student → teacher cascade's escalated share, accuracy and cost at the configured band. Trained in
@@ -33,9 +34,12 @@ def rm_distilled(
     ``cost``, outside the release_chain job: a release does not wait for it; materialize it for a release when a
     cheaper reward model is wanted."""
     s = settings_from(config, DistillSettings)
-    out = distill_release(storage.storage(), reward_model.artifact_id, rm_calibration.calibrator,
+    store = storage.storage()
+    texts, sampled = production_policy_texts(store, preference_dataset.table, s.policy_samples, s.seed)
+    context.log.info(sampled)
+    out = distill_release(store, reward_model.artifact_id, rm_calibration.calibrator,
                           preference_dataset.table, s, dataset_id=preference_dataset.dataset_id,
-                          release=context.partition_key)
+                          extra_texts=texts, release=context.partition_key)
     r = out.report
     student = r["fidelity"]["student"]
     metadata = {
@@ -49,6 +53,7 @@ def rm_distilled(
         "n_parameters": r["n_parameters"],
         "training_cpu_s": r["training"]["cpu_s"],
         "n_train_pairs": r["training"]["n_train_pairs"],
+        "policy_samples": sampled,
         "n_test_pairs": r["n_test_pairs"],
     }
     return dg.Output(ModelRef(artifact_id=out.artifact_id, kind=ARTIFACT_KIND,

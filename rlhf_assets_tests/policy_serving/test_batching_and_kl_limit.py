@@ -16,8 +16,9 @@ from rlhf_assets.policy_serving.kl_limit import release_kl_limit
 from rlhf_assets.policy_serving.settings import PolicyServeSettings
 from rlhf_assets.references import PolicyRef, write_reference
 from rlhf_assets.storage import Storage
-from rlhf_assets_tests.policy_serving.policy_support import DRIFTED, make_policy_store
-from rlhf_assets_tests.policy_serving.test_service import PROMPTS, _metric
+from rlhf_assets_tests.policy_serving.policy_support import DRIFTED, make_policy_store, metric
+
+PROMPTS = ["How do I bake bread?", "Tell me about the moon.", "What is a good name for a cat?"]
 
 MEASURED = {"value": 0.3, "ci_low": 0.2, "ci_high": 0.4}  # the release's kl_within_budget measurement (nats)
 
@@ -80,9 +81,9 @@ def test_concurrent_requests_share_one_generate_call_guarded_at_the_release_limi
     assert [r.status_code for r in responses] == [200] * 5, [r.text for r in responses]
     d = store.drifted
     # one call for the first prompt, ONE for the four that arrived while it ran
-    assert _metric(metrics, "rlhf_policy_batch_size_count", model=d) == 2
-    assert _metric(metrics, "rlhf_policy_batch_size_sum", model=d) == 5
-    assert _metric(metrics, "rlhf_policy_batch_size_bucket", model=d, le="1.0") == 1
+    assert metric(metrics, "rlhf_policy_batch_size_count", model=d) == 2
+    assert metric(metrics, "rlhf_policy_batch_size_sum", model=d) == 5
+    assert metric(metrics, "rlhf_policy_batch_size_bucket", model=d, le="1.0") == 1
     assert len({r.json()["request_id"] for r in responses}) == 5  # each request got its own answer
     limit = 3.0 * MEASURED["ci_high"]  # kl_limit_factor × the upper end of the release's measured KL
     for r in responses:
@@ -92,7 +93,7 @@ def test_concurrent_requests_share_one_generate_call_guarded_at_the_release_limi
         assert "the release's" in item["reasons"][0]
     assert ready["production"]["kl_limit"] == pytest.approx(limit)
     assert ready["production"]["kl_limit_source"] == "release"
-    assert _metric(metrics, "rlhf_policy_kl_limit", model=d, source="release") == pytest.approx(limit)
+    assert metric(metrics, "rlhf_policy_kl_limit", model=d, source="release") == pytest.approx(limit)
 
 
 def test_release_kl_limit_is_the_releases_own_clamped_and_the_global_setting_overrides(tmp_path):

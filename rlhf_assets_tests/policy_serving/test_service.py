@@ -21,7 +21,13 @@ from rlhf_assets.registry.aliases import Registry
 from rlhf_assets.registry.artifacts import ArtifactStore
 from rlhf_assets.serving.pool import key_share
 from rlhf_assets.storage import Storage
-from rlhf_assets_tests.policy_serving.policy_support import CLEAN, DRIFTED, make_policy_store, start_policy_server
+from rlhf_assets_tests.policy_serving.policy_support import (
+    CLEAN,
+    DRIFTED,
+    make_policy_store,
+    metric,
+    start_policy_server,
+)
 from rlhf_assets_tests.serving.service_support import ServeStore, start_server
 
 PROMPTS = ["How do I bake bread?", "Tell me about the moon.", "What is a good name for a cat?"]
@@ -30,14 +36,6 @@ KL_LIMIT = 2.0
 
 def _key(canary: bool, share: float = 0.5) -> str:
     return next(k for k in (f"user-{i}" for i in range(1000)) if (key_share(k) < share) == canary)
-
-
-def _metric(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 @pytest.fixture(scope="module")
@@ -75,11 +73,11 @@ def test_kl_guard_replaces_the_drifted_policy_and_passes_its_reference(server, p
         assert one["kl"] == 0.0 and not one["guarded"] and one["served"] == "policy" and one["reasons"] == []
         metrics = c.get("/metrics").text
     d = policy_store.drifted
-    assert _metric(metrics, "rlhf_policy_guarded_total", model=d, alias="production", rule="kl") == 3
-    assert _metric(metrics, "rlhf_policy_responses_total", model=d, served="reference") == 3
-    assert _metric(metrics, "rlhf_policy_responses_total", model=policy_store.reference, served="policy") == 1
-    assert _metric(metrics, "rlhf_policy_requests_total", endpoint="generate", code="200") == 2
-    assert _metric(metrics, "rlhf_policy_response_kl_count", model=d) == 3
+    assert metric(metrics, "rlhf_policy_guarded_total", model=d, alias="production", rule="kl") == 3
+    assert metric(metrics, "rlhf_policy_responses_total", model=d, served="reference") == 3
+    assert metric(metrics, "rlhf_policy_responses_total", model=policy_store.reference, served="policy") == 1
+    assert metric(metrics, "rlhf_policy_requests_total", endpoint="generate", code="200") == 2
+    assert metric(metrics, "rlhf_policy_response_kl_count", model=d) == 3
 
 
 def test_bad_input_is_a_4xx_and_counted(server):
@@ -97,8 +95,8 @@ def test_bad_input_is_a_4xx_and_counted(server):
         big = c.post("/v1/generate", json={"prompt": "x" * 5000})
         assert big.status_code == 413
         metrics = c.get("/metrics").text
-    assert _metric(metrics, "rlhf_policy_requests_total", code="422") == 5
-    assert _metric(metrics, "rlhf_policy_requests_total", code="413") == 1
+    assert metric(metrics, "rlhf_policy_requests_total", code="422") == 5
+    assert metric(metrics, "rlhf_policy_requests_total", code="413") == 1
     import httpx
 
     assert httpx.get(server.url + "/metrics").status_code == 401          # /metrics needs the token
@@ -125,8 +123,8 @@ def test_filters_and_classifier_refuse_in_refuse_mode(policy_store):
             assert "regex" in rules and "classifier" in rules and "kl" not in rules
             assert any(re.match(r"classifier: score -?\d+\.\d+ < 1000000", x) for x in item["reasons"])
             ref = policy_store.reference
-            assert _metric(metrics, "rlhf_policy_guarded_total", model=ref, rule="classifier") == 1
-            assert _metric(metrics, "rlhf_policy_responses_total", model=ref, served="refused") == 1
+            assert metric(metrics, "rlhf_policy_guarded_total", model=ref, rule="classifier") == 1
+            assert metric(metrics, "rlhf_policy_responses_total", model=ref, served="refused") == 1
             assert s.terminate() == 0
         finally:
             s.terminate()
@@ -231,4 +229,4 @@ def test_over_max_in_flight_is_429_and_counted_in_the_policy_metrics():
     assert first == 200 and second.status_code == 429 and second.headers["retry-after"] == "1"
     text = metrics.render().decode()
     assert "rlhf_policy_overload_rejections_total 1.0" in text
-    assert _metric(text, "rlhf_policy_requests_total", endpoint="overload", code="429") == 1
+    assert metric(text, "rlhf_policy_requests_total", endpoint="overload", code="429") == 1

@@ -339,7 +339,7 @@ def ope(
     (--reward-model, the one PPO optimised) and, given --judge-model, with the held-out judge, side by side. The
     same evaluation ope_report runs (rlhf_assets/evaluation/release_ope.py)."""
     from rlhf_assets.evaluation.release_ope import OPESettings, evaluate_release
-    from rlhf_assets.policy.data import read_jsonl
+    from rlhf_assets.jsonl_rows import read_jsonl
     from rlhf_assets.registry.artifacts import ArtifactNotFound
     from rlhf_assets.storage import storage_from_env
 

@@ -20,13 +20,13 @@ Every item's id is the pair id of its prompt and responses (preference/schema.py
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
 import polars as pl
 
 from rlhf_assets.annotation.queue import QC_KINDS
+from rlhf_assets.jsonl_rows import numbered_jsonl
 from rlhf_assets.preference.schema import LABELS, pair_id
 
 QC_POOL_SCHEMA: dict[str, pl.DataType] = {
@@ -99,19 +99,7 @@ def read_pool(path: str | Path) -> pl.DataFrame:
     if not path.is_file():
         raise FileNotFoundError(f"quality-control pool {path} does not exist")
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{number}: not JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{number}: expected an object")
-        missing = [k for k in ("kind", "prompt", "response_a", "response_b", "expected_label")
-                   if not isinstance(row.get(k), str)]
-        if missing:
-            raise ValueError(f"{path}:{number}: missing or non-string {missing}")
+    for number, row in numbered_jsonl(path, ("kind", "prompt", "response_a", "response_b", "expected_label")):
         if row["kind"] not in QC_KINDS:
             raise ValueError(f"{path}:{number}: kind {row['kind']!r} is not one of {QC_KINDS}")
         if row["expected_label"] not in LABELS:

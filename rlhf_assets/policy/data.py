@@ -11,38 +11,11 @@ at column P - 1 + j. ``positions`` restart at 0 on each row's first real token, 
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
-
-
-def read_jsonl(path: str | os.PathLike, required: Sequence[str]) -> list[dict]:
-    """Rows of a JSONL file, each checked for the required string fields (line numbers in errors)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path} does not exist")
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{n}: not JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{n}: expected an object")
-        for key in required:
-            if not isinstance(row.get(key), str):
-                raise ValueError(f"{path}:{n}: field {key!r} must be a string")
-        rows.append(row)
-    if not rows:
-        raise ValueError(f"{path} holds no rows")
-    return rows
 
 
 def encode_prompt(tokenizer: Any, prompt: str, max_tokens: int) -> list[int]:

@@ -53,7 +53,7 @@ def _ppo_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _sft(args: argparse.Namespace, config: SFTConfig, process: Process) -> dict[str, Any]:
-    from rlhf_assets.policy.data import read_jsonl
+    from rlhf_assets.jsonl_rows import read_jsonl
     from rlhf_assets.policy.sft import train_sft
 
     rows = read_jsonl(args.data, ("prompt", "response"))
@@ -83,7 +83,7 @@ def _calibrator(path: str | None) -> dict | None:
 
 
 def _ppo(args: argparse.Namespace, config: PPOConfig, process: Process) -> dict[str, Any]:
-    from rlhf_assets.policy.data import read_jsonl
+    from rlhf_assets.jsonl_rows import read_jsonl
     from rlhf_assets.policy.plots import kl_and_beta_png, length_png, reward_vs_sqrt_kl_png
     from rlhf_assets.policy.ppo import train_ppo
     from rlhf_assets.registry.artifacts import ArtifactStore

@@ -84,6 +84,17 @@ def policy_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "rlhf_assets.policy.entrypoint", *args]
 
 
+def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0, poll_s: float = 0.05,
+               what: str = "the condition") -> None:
+    """Poll ``condition()`` until it holds; AssertionError naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
 def kill_once_written(cmd: list[str], path: Path, env: dict[str, str], timeout_s: float = 240) -> None:
     """Start ``cmd`` and SIGKILL it as soon as ``path`` exists (a checkpoint, a pushed pointer); fails if the run
     ended on its own first."""

@@ -21,6 +21,7 @@ from rlhf_assets.serving.log import read_serving_log
 from rlhf_assets.storage import Storage, StorageSettings
 from rlhf_assets_tests.defs.dagster_support import DAY, RELEASE
 from rlhf_assets_tests.serving.service_support import make_store, start_server
+from rlhf_assets_tests.support import wait_until
 
 pytestmark = pytest.mark.slow  # runs Dagster jobs and a service process
 
@@ -124,15 +125,15 @@ def test_the_service_follows_the_registry_on_s3_and_serves_through_an_outage(s3_
             # a promotion in the registry on S3 reaches the running service: hot reload
             registry.set_alias("production", "r20250602-2359", {"reward_model": store.rm[1]}, action="promote",
                                reason="test", actor="test")
-            _wait(lambda: score(len(ids))["artifact_id"] == store.rm[1], timeout=30)
+            wait_until(lambda: score(len(ids))["artifact_id"] == store.rm[1], 30, poll_s=0.1)
             time.sleep(0.8)  # the log written so far is flushed
             moto_server.stop()  # the store goes down: the service keeps serving and buffers its log
             for _ in range(20):
                 assert score(len(ids))["artifact_id"] == store.rm[1]
-            _wait(lambda: _log_rows(c, "failed") > 0, timeout=15)
+            wait_until(lambda: _log_rows(c, "failed") > 0, 15, poll_s=0.1)
             assert httpx.get(server.url + "/readyz", timeout=5).status_code == 200
             moto_server.start()
-            _wait(lambda: _log_rows(c, "written") == len(ids), timeout=20)
+            wait_until(lambda: _log_rows(c, "written") == len(ids), 20, poll_s=0.1)
             assert _log_rows(c, "dropped") == 0
         code = server.terminate()
     finally:
@@ -153,12 +154,3 @@ def _log_rows(client, outcome):
         if line.startswith("rlhf_rm_serving_log_rows_total") and f'outcome="{outcome}"' in line:
             total += float(line.rsplit(" ", 1)[1])
     return int(total)
-
-
-def _wait(condition, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError("timed out")

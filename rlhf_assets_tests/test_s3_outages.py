@@ -13,6 +13,7 @@ from rlhf_assets.registry.aliases import Registry
 from rlhf_assets.registry.artifacts import MANIFEST, ArtifactNotFound, ArtifactStore
 from rlhf_assets.serving.log import LOG_DIR, ServingLog, read_serving_log
 from rlhf_assets.storage import Storage, StorageSettings, StorageUnavailable, with_retries
+from rlhf_assets_tests.support import wait_until
 
 FAST = StorageSettings(attempts=4, backoff_s=0.05, backoff_max_s=0.2, connect_timeout_s=1.0, read_timeout_s=5.0)
 
@@ -167,14 +168,14 @@ def test_the_serving_log_buffers_through_an_outage_and_loses_nothing(s3):
                      on_outcome=lambda outcome, n: outcomes.append((outcome, n)))
     try:
         log.append(_rows(0, 30))
-        _wait(lambda: ("written", 30) in outcomes)
+        wait_until(lambda: ("written", 30) in outcomes, poll_s=0.02)
         server.stop()
         log.append(_rows(30, 70))  # one full file and part of the next, while the store is down
-        _wait(lambda: any(o == "failed" for o, _ in outcomes))
+        wait_until(lambda: any(o == "failed" for o, _ in outcomes), poll_s=0.02)
         log.append(_rows(100, 20))
         assert log.buffered == 90  # kept, not dropped
         server.start()
-        _wait(lambda: log.buffered == 0, timeout=15)
+        wait_until(lambda: log.buffered == 0, 15, poll_s=0.02)
     finally:
         log.close()
     assert sum(n for o, n in outcomes if o == "written") == 120
@@ -216,7 +217,7 @@ def test_a_failed_log_file_is_retried_under_the_same_name(s3):
         log = ServingLog(storage, flush_rows=100, flush_s=0.05, buffer_rows=1000,
                          on_outcome=lambda outcome, n: outcomes.append((outcome, n)))
         log.append(_rows(0, 10))
-        _wait(lambda: ("written", 10) in outcomes)
+        wait_until(lambda: ("written", 10) in outcomes, poll_s=0.02)
         log.close()
     assert len(calls) == 2 and calls[0] == calls[1]
     assert read_serving_log(storage).height == 10
@@ -243,12 +244,3 @@ def test_landing_scan_sees_files_added_after_the_first_look(s3):
         mp.setattr(Storage, "read_bytes", lambda self, path: pytest.fail(f"scan downloaded {path}"))
         fourth, _ = scan(storage, state)
     assert [(r.day, r.files) for r in fourth] == [("2025-06-02", ["c.jsonl"])]
-
-
-def _wait(condition, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.02)
-    raise AssertionError("timed out")

@@ -11,6 +11,7 @@ import pytest
 
 from rlhf_assets.serving.log import LOG_SCHEMA, read_serving_log
 from rlhf_assets_tests.serving.service_support import AUTH, start_server
+from rlhf_assets_tests.support import wait_until
 
 pytestmark = pytest.mark.slow  # real servers under load for several seconds each
 
@@ -66,12 +67,8 @@ def test_promotion_and_rollback_reach_the_service_under_load_with_no_failed_requ
         t.start()
     try:
         def wait_for(model, timeout=20):
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                if seen and seen[-1][1] == model and len({m for _, m in seen[-20:]}) == 1:
-                    return
-                time.sleep(0.05)
-            raise AssertionError(f"the service never switched to {model}")
+            wait_until(lambda: bool(seen) and seen[-1][1] == model and len({m for _, m in seen[-20:]}) == 1,
+                       timeout, what=f"the service to switch to {model}")
 
         time.sleep(1.0)
         fresh_store.promote("r20250602-2359", fresh_store.rm[1])            # a promotion

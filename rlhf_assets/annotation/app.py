@@ -24,7 +24,6 @@ import hashlib
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,7 +38,7 @@ from rlhf_assets.annotation.queue import read_queue
 from rlhf_assets.annotation.roster import Roster, SignInError
 from rlhf_assets.annotation.settings import AppSettings
 from rlhf_assets.preference.schema import LABELS
-from rlhf_assets.serving.app import read_body
+from rlhf_assets.serving.app import api_app, read_body
 from rlhf_assets.serving.requests import ApiError
 from rlhf_assets.storage import Storage
 
@@ -287,26 +286,10 @@ def create_app(settings: AppSettings, storage: Storage) -> FastAPI:
     service = AnnotationService(settings, storage)
     templates = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(default=True))
 
-    @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await service.start()
-        try:
-            yield
-        finally:
-            await service.stop()  # after uvicorn drained the requests: every stored answer lands
-
-    app = FastAPI(title="rlhf_assets annotation", lifespan=lifespan, docs_url=None, redoc_url=None,
+    # stopped after uvicorn drained the requests: every stored answer lands
+    app = api_app("rlhf_assets annotation", service,
+                  lambda err: f"internal error: {type(err).__name__}: {err}; nothing was acknowledged",
                   openapi_url=None)
-    app.state.service = service
-
-    @app.exception_handler(ApiError)
-    async def api_error(_: Request, err: ApiError) -> JSONResponse:
-        return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
-
-    @app.exception_handler(Exception)
-    async def unexpected(_: Request, err: Exception) -> JSONResponse:
-        return JSONResponse({"error": f"internal error: {type(err).__name__}: {err}; nothing was acknowledged",
-                             "field": None}, status_code=500)
 
     def page(name: str, **context: Any) -> HTMLResponse:
         return HTMLResponse(templates.get_template(name).render(**context),

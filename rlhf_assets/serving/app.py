@@ -19,7 +19,7 @@ import hashlib
 import hmac
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -291,11 +291,10 @@ class Service(ServiceBase):
         return {"items": items, "request_id": request_id} if parsed.batched else {**items[0], "request_id": request_id}
 
 
-def service_app(title: str, service: Any, settings: Any, nothing_to_serve: str,
-                share_in_flight: bool = False) -> FastAPI:
-    """What every service of ours answers besides its own routes: the lifespan (start, then stop after uvicorn
-    drained the in-flight requests: the log is flushed), the error shape, /admin/reload, /healthz, /readyz, /metrics
-    and the in-flight limit. ``share_in_flight``: the pool's batchers read the in-flight count."""
+def api_app(title: str, service: Any, internal_error: Callable[[Exception], str], **fastapi: Any) -> FastAPI:
+    """A FastAPI app around ``service`` (the annotation app's and every model service's): its lifespan (start, then
+    stop after uvicorn drained the in-flight requests, so what the service holds is flushed) and the error shape,
+    ``{"error", "field"}``: an ApiError's own status, anything else a 500 saying ``internal_error(err)``."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -303,9 +302,9 @@ def service_app(title: str, service: Any, settings: Any, nothing_to_serve: str,
         try:
             yield
         finally:
-            await service.stop()  # after uvicorn drained the in-flight requests: flush the log
+            await service.stop()
 
-    app = FastAPI(title=title, lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(title=title, lifespan=lifespan, docs_url=None, redoc_url=None, **fastapi)
     app.state.service = service
 
     @app.exception_handler(ApiError)
@@ -314,7 +313,17 @@ def service_app(title: str, service: Any, settings: Any, nothing_to_serve: str,
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, err: Exception) -> JSONResponse:
-        return JSONResponse({"error": f"internal error: {type(err).__name__}", "field": None}, status_code=500)
+        return JSONResponse({"error": internal_error(err), "field": None}, status_code=500)
+
+    return app
+
+
+def service_app(title: str, service: Any, settings: Any, nothing_to_serve: str,
+                share_in_flight: bool = False) -> FastAPI:
+    """What every model service of ours answers besides its own routes: api_app's lifespan (the log is flushed at
+    stop) and error shape, /admin/reload, /healthz, /readyz, /metrics and the in-flight limit.
+    ``share_in_flight``: the pool's batchers read the in-flight count."""
+    app = api_app(title, service, lambda err: f"internal error: {type(err).__name__}")
 
     @app.post("/admin/reload")
     async def reload(request: Request) -> JSONResponse:

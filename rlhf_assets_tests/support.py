@@ -190,3 +190,12 @@ GOOD = GateInputs(
     rm_test_accuracy=Measured(0.72, 0.66, 0.78), calibrated_ece=Measured(0.02, 0.01, 0.04),
     human_rm_correlation=Measured(0.45, 0.35, 0.55), kl=Measured(4.0, 3.5, 4.5), kl_budget=12.0,
     ope_reliable=True, uplift=Measured(0.05, 0.02, 0.08), proxy_uplift=Measured(0.3, 0.2, 0.4))
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of a Prometheus series' samples whose labels include ``labels``, from /metrics text."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total

@@ -75,6 +75,7 @@ class PolicyPool:
     slots: dict[PolicyTarget, PolicySlot] = field(default_factory=dict)
     not_ready_reason: str | None = "starting: loading the registry's policies"
     in_flight: Any = lambda: 1 << 30  # the service's count of requests in flight (the batchers read it)
+    _refreshing: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def route(self, key: str | None) -> PolicyRoute:
         r = self.routes
@@ -87,7 +88,12 @@ class PolicyPool:
         return lease(route.slot)
 
     async def refresh(self) -> bool:
-        """Read the aliases; load and warm what changed, then switch. True when the routes changed."""
+        """Read the aliases; load and warm what changed, then switch. True when the routes changed. One refresh at a
+        time (the follow loop and /admin/reload): a version is loaded once, never twice with a leaked copy."""
+        async with self._refreshing:
+            return await self._refresh()
+
+    async def _refresh(self) -> bool:
         aliases = await asyncio.to_thread(Registry(self.storage).aliases)
         production, canary = policy_target(aliases.get("production")), policy_target(aliases.get("canary"))
         share = float((aliases.get("canary") or {}).get("share") or 0.0) if canary else 0.0

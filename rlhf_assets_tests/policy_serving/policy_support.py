@@ -40,15 +40,6 @@ class PolicyStore:
             reason="test", actor="test", share=share)
 
 
-def metric(text: str, name: str, **labels: str) -> float:
-    """The sum of a Prometheus series' samples whose labels include ``labels``, from /metrics text."""
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def make_policy_store(root: Path, noise: float = 0.5) -> PolicyStore:
     from rlhf_assets.policy.artifacts import save_policy
     from rlhf_assets.policy.model import PolicyModel, tiny_lm, tiny_tokenizer

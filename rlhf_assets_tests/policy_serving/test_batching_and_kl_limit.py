@@ -6,6 +6,7 @@ KL its ppo_policy check measured (kl_limit.py), unless the global kl_limit overr
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import httpx
 import pytest
@@ -16,7 +17,8 @@ from rlhf_assets.policy_serving.kl_limit import release_kl_limit
 from rlhf_assets.policy_serving.settings import PolicyServeSettings
 from rlhf_assets.references import PolicyRef, write_reference
 from rlhf_assets.storage import Storage
-from rlhf_assets_tests.policy_serving.policy_support import DRIFTED, make_policy_store, metric
+from rlhf_assets_tests.policy_serving.policy_support import DRIFTED, make_policy_store
+from rlhf_assets_tests.support import metric
 
 PROMPTS = ["How do I bake bread?", "Tell me about the moon.", "What is a good name for a cat?"]
 
@@ -55,7 +57,13 @@ def test_concurrent_requests_share_one_generate_call_guarded_at_the_release_limi
         try:
             await service.reload()
             slot = next(iter(service.pool.slots.values()))
-            batcher = slot.generate
+            batcher, started, run = slot.generate, threading.Event(), slot.generate._run
+
+            def run_and_say(items):  # the worker has cut its batch and calls the model
+                started.set()
+                return run(items)
+
+            batcher._run = run_and_say
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://policy",
                                          timeout=120) as client:
                 def post(prompt: str):
@@ -64,8 +72,7 @@ def test_concurrent_requests_share_one_generate_call_guarded_at_the_release_limi
                 slot.model.lock.acquire()  # the model is busy: what arrives now waits in the batcher's queue
                 try:
                     first = post(PROMPTS[0])
-                    await _until(lambda: batcher._requests == 1 and batcher._queue.qsize() == 0,
-                                 "the first prompt taken by the worker")
+                    await _until(started.is_set, "the first prompt's call started (blocked on the busy model)")
                     rest = [post(p) for p in (*PROMPTS, "A fourth question?")]
                     await _until(lambda: batcher._queue.qsize() == 4, "four prompts queued behind it")
                 finally:

@@ -21,14 +21,9 @@ from rlhf_assets.registry.aliases import Registry
 from rlhf_assets.registry.artifacts import ArtifactStore
 from rlhf_assets.serving.pool import key_share
 from rlhf_assets.storage import Storage
-from rlhf_assets_tests.policy_serving.policy_support import (
-    CLEAN,
-    DRIFTED,
-    make_policy_store,
-    metric,
-    start_policy_server,
-)
+from rlhf_assets_tests.policy_serving.policy_support import CLEAN, DRIFTED, make_policy_store, start_policy_server
 from rlhf_assets_tests.serving.service_support import ServeStore, start_server
+from rlhf_assets_tests.support import metric
 
 PROMPTS = ["How do I bake bread?", "Tell me about the moon.", "What is a good name for a cat?"]
 KL_LIMIT = 2.0

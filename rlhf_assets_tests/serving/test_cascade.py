@@ -20,6 +20,7 @@ from rlhf_assets.reward.distill import DistillSettings, build_student
 from rlhf_assets.reward.distill_release import ARTIFACT_KIND, CALIBRATION_FILE
 from rlhf_assets.reward.network import build_reward_net
 from rlhf_assets_tests.serving.service_support import make_store, start_server
+from rlhf_assets_tests.support import metric
 
 STUDENT_PLATT = {"method": "platt", "slope": 40.0, "intercept": 0.0}  # spreads a random student's tiny margins
 ITEMS = [{"prompt": f"question {i}?", "response_a": f"answer number {i} " * (1 + i % 3),
@@ -47,14 +48,6 @@ def cascade_store(tmp_path_factory):
     return store, student_id, np.asarray(p_student)
 
 
-def _metric(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def test_items_inside_the_band_go_to_the_teacher_and_only_they(cascade_store):
     store, student_id, p_student = cascade_store
     distance = np.sort(np.abs(p_student - 0.5))
@@ -79,11 +72,11 @@ def test_items_inside_the_band_go_to_the_teacher_and_only_they(cascade_store):
         else:
             assert o["artifact_id"] == student_id and o["alias"] == "cascade-student"
             assert o["p_a"] == pytest.approx(p_s, abs=1e-6) and o["calibrated"] is True
-    assert _metric(metrics_text, "rlhf_rm_cascade_items_total", decided_by="teacher") == inside.sum()
-    assert _metric(metrics_text, "rlhf_rm_cascade_items_total", decided_by="student") == (~inside).sum()
+    assert metric(metrics_text, "rlhf_rm_cascade_items_total", decided_by="teacher") == inside.sum()
+    assert metric(metrics_text, "rlhf_rm_cascade_items_total", decided_by="student") == (~inside).sum()
     # the teacher's forward passes held exactly the escalated items' two texts each: the others never reached it
-    assert _metric(metrics_text, "rlhf_rm_batch_size_sum", model=store.rm[0]) == 2 * inside.sum()
-    assert _metric(metrics_text, "rlhf_rm_batch_size_sum", model=student_id) == 2 * len(ITEMS)
+    assert metric(metrics_text, "rlhf_rm_batch_size_sum", model=store.rm[0]) == 2 * inside.sum()
+    assert metric(metrics_text, "rlhf_rm_batch_size_sum", model=student_id) == 2 * len(ITEMS)
 
 
 def test_a_cascade_student_that_is_not_a_reward_model_keeps_the_service_unready(cascade_store):

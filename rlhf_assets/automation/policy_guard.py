@@ -5,7 +5,8 @@ guarded (policy_serving/log.py). The sensor reads that log incrementally (automa
 in its cursor, only each alias holder's newest rows (:func:`live_rows`). Per release holding ``production`` or
 ``canary``, over its newest
 ``policy_guard_window`` responses served since it took that alias: the share guarded and the mean kl. When either
-exceeds the allowed divergence (``max_guarded_share``, ``max_live_mean_kl``) on at least
+exceeds the allowed divergence (``max_guarded_share``; for the mean KL the limit the release gate held it to, its
+recorded ``measured_kl.limit``, else ``max_live_mean_kl``) on at least
 ``policy_guard_min_responses`` responses, the release is **escalated**: an ``escalate`` entry in the registry history
 for a person, with the evidence, and it is moved out — a canary is ended, production is rolled back to the release
 that held it before (none before: the escalation and the alert only, production stays). One escalation per tenure:
@@ -100,7 +101,9 @@ def live_guard_stats(live: pl.DataFrame) -> list[GuardStats]:
 
 
 def escalations(stats: list[GuardStats], aliases: dict[str, Any], history: list[dict[str, Any]],
-                settings: AutomationSettings) -> list[Escalation]:
+                settings: AutomationSettings, release_kl_limits: dict[str, float] | None = None) -> list[Escalation]:
+    """``release_kl_limits``: release → the mean-KL limit its gate held it to (policy_serving/kl_limit.py's
+    gated_kl_limit); a release without one is held to ``max_live_mean_kl``."""
     out = []
     for s in stats:
         if s.n < settings.policy_guard_min_responses:
@@ -108,8 +111,11 @@ def escalations(stats: list[GuardStats], aliases: dict[str, Any], history: list[
         over = []
         if s.guarded_share > settings.max_guarded_share:
             over.append(f"{s.guarded_share:.0%} of responses guarded > {settings.max_guarded_share:.0%}")
-        if s.mean_kl > settings.max_live_mean_kl:
-            over.append(f"mean KL to the reference {s.mean_kl:.2f} nats > {settings.max_live_mean_kl}")
+        own = (release_kl_limits or {}).get(s.release)
+        kl_limit = own if own is not None else settings.max_live_mean_kl
+        if s.mean_kl > kl_limit:
+            over.append(f"mean KL to the reference {s.mean_kl:.2f} nats > {kl_limit:g}"
+                        + (" (the release's gate limit)" if own is not None else ""))
         if not over:
             continue
         holder = aliases[s.alias]
@@ -118,7 +124,7 @@ def escalations(stats: list[GuardStats], aliases: dict[str, Any], history: list[
             continue  # already escalated in this tenure; its move is under way or was refused
         trigger = f"{s.alias} {s.release}: {' and '.join(over)} on its last {s.n} served responses"
         evidence = {**s.to_dict(), "max_guarded_share": settings.max_guarded_share,
-                    "max_live_mean_kl": settings.max_live_mean_kl}
+                    "max_live_mean_kl": kl_limit, "kl_limit_source": "release" if own is not None else "settings"}
         if s.alias == "canary":
             move = Action("end_canary", trigger, evidence, s.release)
         else:

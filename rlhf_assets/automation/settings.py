@@ -54,7 +54,9 @@ class AutomationSettings(FileConfig):
     max_guarded_share: Share = 0.2
     """Allowed divergence: escalate (and move out of canary/production) when more of its responses were guarded."""
     max_live_mean_kl: Annotated[float, Field(gt=0)] = 10.0
-    """Allowed divergence: escalate when its live mean log-likelihood ratio to its reference exceeds this (nats)."""
+    """Allowed divergence of a release whose ppo_policy records no KL limit: escalate when its live mean
+    log-likelihood ratio to its reference exceeds this (nats). A release with one is held to the limit its release
+    gate held it to (measured_kl.limit: its PPO budget, or the tighter release threshold)."""
 
     # annotator disagreement ---------------------------------------------------------------------------------------
     max_kappa_drop: Share = 0.1

@@ -36,19 +36,33 @@ class KLLimit:
         return f"limit {round(self.nats, 3)} ({self.source})"
 
 
-def measured_kl(storage: Storage, release: str | None, policy_id: str) -> float | None:
-    """The upper end of the release's measured mean KL, when its ppo_policy reference is for this policy."""
+def _kl_evidence(storage: Storage, release: str | None, policy_id: str) -> dict:
+    """The release's kl_within_budget record ({value, ci_low, ci_high, limit, …}) when its ppo_policy reference is
+    for this policy; else {}."""
     if not release:
-        return None
+        return {}
     try:
         ref = read_reference(storage, "ppo_policy", release)
     except (FileNotFoundError, ValueError, OSError):
-        return None
-    if not isinstance(ref, PolicyRef) or ref.artifact_id != policy_id or not ref.measured_kl:
-        return None
-    bound = ref.measured_kl.get("ci_high")
-    bound = ref.measured_kl.get("value") if bound is None else bound
+        return {}
+    if not isinstance(ref, PolicyRef) or ref.artifact_id != policy_id:
+        return {}
+    return ref.measured_kl or {}
+
+
+def measured_kl(storage: Storage, release: str | None, policy_id: str) -> float | None:
+    """The upper end of the release's measured mean KL, when its ppo_policy reference is for this policy."""
+    evidence = _kl_evidence(storage, release, policy_id)
+    bound = evidence.get("ci_high")
+    bound = evidence.get("value") if bound is None else bound
     return float(bound) if bound is not None else None
+
+
+def gated_kl_limit(storage: Storage, release: str | None, policy_id: str) -> float | None:
+    """The mean-KL limit the release gate held this release's policy to (its PPO budget, or the tighter release
+    threshold): the live mean KL the escalation sensor allows it (automation/policy_guard.py)."""
+    limit = _kl_evidence(storage, release, policy_id).get("limit")
+    return float(limit) if limit is not None else None
 
 
 def release_kl_limit(storage: Storage, release: str | None, policy_id: str,

@@ -136,3 +136,27 @@ def test_a_tick_reads_only_the_log_files_written_since_the_last_one(registry_and
     escalated = registry.history()[-1]  # the window (200) now holds only guarded-heavy rows: escalated
     assert escalated["action"] == "escalate" and escalated["evidence"]["n"] == 200
     assert not fourth.run_requests  # R1 is the first release: nothing to roll back to
+
+
+def test_the_live_mean_kl_allowed_is_the_limit_the_release_gate_held_it_to(registry_and_instance):
+    """A release whose ppo_policy recorded its gate's KL limit is escalated over THAT limit, not the global
+    max_live_mean_kl (10 nats): 14 nats live is fine under a 30-nat gate limit, and over a 12-nat one."""
+    from rlhf_assets.references import PolicyRef
+
+    storage, registry, instance = registry_and_instance
+
+    def gate_limit(release, limit):
+        write_reference(storage, "ppo_policy", release, PolicyRef(
+            artifact_id=_arts(release)["policy"], kind="ppo_policy", dataset_id="d" * 64, kl_budget=limit,
+            measured_kl={"value": 3.0, "ci_low": 2.5, "ci_high": 3.5, "limit": limit}))
+
+    gate_limit(R1, 30.0)
+    _serve(storage, R1, "production", 40, guarded_share=0.0, kl=14.0)
+    calm = evaluate(SENSOR, instance, None, defs())
+    assert not calm.run_requests and all(e["action"] != "escalate" for e in registry.history())
+    gate_limit(R1, 12.0)
+    evaluate(SENSOR, instance, None, defs())
+    escalated = registry.history()[-1]
+    assert escalated["action"] == "escalate" and escalated["release"] == R1
+    assert "> 12 (the release's gate limit)" in escalated["reason"]
+    assert escalated["evidence"]["max_live_mean_kl"] == 12.0 and escalated["evidence"]["kl_limit_source"] == "release"

@@ -13,6 +13,7 @@ from rlhf_assets.automation.policy_guard import (
 from rlhf_assets.defs.jobs import apply_release_decision_job
 from rlhf_assets.defs.resources import AutomationResource, NotifierResource, StorageResource
 from rlhf_assets.defs.sensors.requests import move
+from rlhf_assets.policy_serving.kl_limit import gated_kl_limit
 from rlhf_assets.policy_serving.log import POLICY_LOG_DIR, POLICY_LOG_SCHEMA
 from rlhf_assets.registry.aliases import Registry
 
@@ -24,8 +25,9 @@ NAME = "policy_guard_sensor"
            description="Reads `rlhf serve-policy`'s log (serving-logs/policy/) and measures, per release holding "
                        "production or canary, the share of its newest served responses the runtime guard caught and "
                        "their mean KL to the reference. Over the allowed divergence (automation resource: "
-                       "max_guarded_share, max_live_mean_kl): records an `escalate` entry in the registry history for "
-                       "a person, alerts, and moves the release out — a canary is ended, production is rolled back to "
+                       "max_guarded_share; the mean KL the release gate held it to, else max_live_mean_kl): records "
+                       "an `escalate` entry in the registry history for a person, alerts, and moves the release out "
+                       "— a canary is ended, production is rolled back to "
                        "the release before it. Reads only the log files written since its last tick (its cursor "
                        "keeps each release's newest responses). Every 60 s; starts stopped.")
 def policy_guard_sensor(context: dg.SensorEvaluationContext, storage: StorageResource,
@@ -40,7 +42,9 @@ def policy_guard_sensor(context: dg.SensorEvaluationContext, storage: StorageRes
     rows = live_rows(rows_from_cursor(cursor.get("rows")), new, aliases, settings.policy_guard_window)
     stats = live_guard_stats(rows)
     runs = []
-    for e in escalations(stats, aliases, history, settings):
+    own_limits = {s.release: limit for s in stats
+                  if (limit := gated_kl_limit(store, s.release, s.policy_id)) is not None}
+    for e in escalations(stats, aliases, history, settings, own_limits):
         what = (f"moving it out: {e.move.kind}" + (f" to {e.move.release}" if e.move.kind == "rollback" else "")
                 if e.move else "no earlier release to roll back to: production stays, a person decides")
         registry.escalate(e.alias, e.release, reason=f"runtime guard: {e.trigger}; {what}", actor=NAME,

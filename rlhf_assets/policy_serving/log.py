@@ -56,20 +56,19 @@ class PolicyServingLog(ServingLog):
         self.files.append(str(path))
 
 
-def policy_log_files(storage: Storage, days: int | None = None) -> list[Any]:
-    """The log's Parquet files, oldest day first (only the newest ``days`` days when given)."""
+def policy_log_files(storage: Storage) -> list[Any]:
+    """The log's Parquet files, oldest day first (the escalation sensor reads them incrementally instead:
+    automation/log_cursor.py)."""
     base = storage.path(*POLICY_LOG_DIR)
     if not base.exists():
         return []
     folders = sorted(p.name for p in base.iterdir() if p.name.startswith("date="))
-    if days is not None:
-        folders = folders[-days:]
     return [f for d in folders for f in storage.list_files(base / d) if f.name.endswith(".parquet")]
 
 
-def read_policy_log(storage: Storage, days: int | None = None) -> pl.DataFrame:
-    """Every row the policy service logged (the newest ``days`` days when given), in file order."""
-    files = policy_log_files(storage, days)
+def read_policy_log(storage: Storage) -> pl.DataFrame:
+    """Every row the policy service logged, in file order."""
+    files = policy_log_files(storage)
     if not files:
         return pl.DataFrame(schema=POLICY_LOG_SCHEMA)
     return pl.concat([storage.read_parquet(f) for f in files], how="diagonal_relaxed")

@@ -90,6 +90,10 @@ class RMConfig(FileConfig):
     """Weight each pair by its `weight` (annotator reliability from aggregation)."""
     center_coef: Annotated[float, Field(ge=0)] = 0.0
     """λ of the reward-centering term λ·mean((r_c + r_r)²) (Eisenstein et al. 2023)."""
+    length_balance: bool = False
+    """Reweight the training pairs so that those whose preferred response is longer and those whose preferred response
+    is shorter weigh the same in total (reward/data.py length_balanced): length alone then predicts nothing, so the
+    model does not learn "shorter (or longer) wins" from a data set where it happens to hold."""
 
     # runtime ----------------------------------------------------------------------------------------------------
     precision: Precision = "auto"

@@ -22,6 +22,7 @@ No Lightning import here.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import math
@@ -104,6 +105,31 @@ def write_pairs(path: str | Path, pairs: Iterable[PreferencePair | dict]) -> Non
         for p in pairs:
             row = p if isinstance(p, dict) else p.__dict__
             fh.write(json.dumps(row) + "\n")
+
+
+def length_balanced(pairs: Sequence[PreferencePair], keep_weights: bool = True) -> tuple[list[PreferencePair], dict]:
+    """The pairs reweighted so that those whose preferred response is longer (in words) and those whose preferred
+    response is shorter carry equal total weight; pairs of equal length keep theirs. Length alone then predicts
+    nothing in the training loss, so a reward model cannot lower it by learning "shorter wins" (or "longer wins")
+    from a data set where that happens to hold: the length bias that style-edit probes (a truncated answer
+    overtaking a good one) and length-hacking PPO exploit. ``keep_weights=False`` starts from unit weights.
+
+    Returns the pairs and a summary: the weight of each group before, and the factor each was multiplied by.
+    """
+    def preferred_longer(p: PreferencePair) -> int:
+        preferred, other = (p.chosen, p.rejected) if p.target >= 0.5 else (p.rejected, p.chosen)
+        return (len(preferred.split()) > len(other.split())) - (len(preferred.split()) < len(other.split()))
+
+    base = [p.weight if keep_weights else 1.0 for p in pairs]
+    side = [preferred_longer(p) if p.target != 0.5 else 0 for p in pairs]
+    longer = sum(w for w, s in zip(base, side) if s > 0)
+    shorter = sum(w for w, s in zip(base, side) if s < 0)
+    factor = {1: 1.0, -1: 1.0, 0: 1.0}
+    if longer > 0 and shorter > 0:  # one group empty: nothing to balance against
+        factor[1], factor[-1] = (longer + shorter) / (2 * longer), (longer + shorter) / (2 * shorter)
+    out = [dataclasses.replace(p, weight=w * factor[s]) for p, w, s in zip(pairs, base, side)]
+    return out, {"weight_preferred_longer": longer, "weight_preferred_shorter": shorter,
+                 "factor_preferred_longer": factor[1], "factor_preferred_shorter": factor[-1]}
 
 
 # tokenisation ---------------------------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ from rlhf_assets.hf_offline import set_offline
 from rlhf_assets.registry.artifacts import ArtifactStore, file_sha256
 from rlhf_assets.reward.artifact import RewardScorer, save_reward_model
 from rlhf_assets.reward.config import RMConfig
-from rlhf_assets.reward.data import PairEncoder, PreparedData, make_loader, read_pairs
+from rlhf_assets.reward.data import PairEncoder, PreparedData, length_balanced, make_loader, read_pairs
 from rlhf_assets.reward.evaluate import evaluate_pairs
 from rlhf_assets.reward.model import RewardModel
 from rlhf_assets.reward.network import RewardNet, build_reward_net, transformer_block_classes
@@ -125,9 +125,13 @@ def build_strategy(config: RMConfig, accelerator: str, net: RewardNet | None = N
 def prepare_data(config: RMConfig, tokenizer: Any, kind: str, train_path: str | os.PathLike[str],
                  val_path: str | os.PathLike[str]) -> PreparedData:
     encoder = PairEncoder(tokenizer, config.max_length, kind)
-    train, train_stats = encoder.encode_pairs(read_pairs(train_path))
-    val, val_stats = encoder.encode_pairs(read_pairs(val_path))
-    return PreparedData(train, val, train_stats, val_stats)
+    train_pairs, val_pairs, extra = read_pairs(train_path), read_pairs(val_path), {}
+    if config.length_balance:  # validation too: early stopping on a length-biased loss would reward the bias
+        train_pairs, extra["length_balance_train"] = length_balanced(train_pairs, keep_weights=config.use_weights)
+        val_pairs, extra["length_balance_val"] = length_balanced(val_pairs, keep_weights=config.use_weights)
+    train, train_stats = encoder.encode_pairs(train_pairs)
+    val, val_stats = encoder.encode_pairs(val_pairs)
+    return PreparedData(train, val, train_stats, val_stats, extra)
 
 
 class RewardDataModule(pl.LightningDataModule):
@@ -399,7 +403,7 @@ def _train(config: RMConfig, train_pairs_path: str | os.PathLike[str], val_pairs
         "n_truncated": data.n_truncated,
         "truncation": truncation,
         "data": {"train_sha256": train_sha, "val_sha256": val_sha, "n_train": data.train_stats.n_pairs,
-                 "n_val": data.val_stats.n_pairs},
+                 "n_val": data.val_stats.n_pairs, **data.extra},  # length_balance_*: the groups' weights, factors
         "model": {"preset": cfg.preset, "kind": net_out.kind, "model_type": net_out.backbone.config.model_type,
                   "n_parameters": int(n_params), "selected_checkpoint": selected,
                   "n_trained_parameters": int(sum(p.numel() for p in module.net.parameters() if p.requires_grad)),

@@ -7,8 +7,8 @@ import dagster as dg
 from rlhf_assets.defs.io_manager import StorageIOManager
 from rlhf_assets.defs.resources import (
     NotifierResource,
-    ReleaseThresholdsResource,
     automation_resource_from_env,
+    release_thresholds_from_env,
     storage_resource_from_env,
 )
 from rlhf_assets.defs.training import training_launcher_from_env
@@ -22,7 +22,7 @@ def defs() -> dg.Definitions:
         dg.Definitions(
             resources={
                 "storage": storage,
-                "release_thresholds": ReleaseThresholdsResource(),
+                "release_thresholds": release_thresholds_from_env(),
                 "automation": automation_resource_from_env(),
                 "notifier": NotifierResource(webhook_url=dg.EnvVar("RLHF_ALERT_WEBHOOK").get_value(None)),
                 # every asset's output: tables as Parquet, typed references as JSON (defs/io_manager.py)

@@ -65,6 +65,7 @@ class NotifierResource(dg.ConfigurableResource):
 
 
 AUTOMATION_CONFIG_ENV = "RLHF_AUTOMATION_CONFIG"
+RELEASE_THRESHOLDS_ENV = "RLHF_RELEASE_THRESHOLDS"
 
 
 def automation_resource_from_env() -> AutomationResource:
@@ -75,19 +76,33 @@ def automation_resource_from_env() -> AutomationResource:
     path = os.environ.get(AUTOMATION_CONFIG_ENV)
     if not path:
         return AutomationResource()
-    return AutomationResource(**_read_settings_file(path))
+    return AutomationResource(**_read_settings_file(path, "automation", AutomationSettings, DriftSettings))
 
 
-def _read_settings_file(path: str) -> dict:
+def release_thresholds_from_env() -> ReleaseThresholdsResource:
+    """The release thresholds, from the JSON/YAML file ``$RLHF_RELEASE_THRESHOLDS`` names when set (any fields of
+    ReleaseThresholds). A run launched by a sensor (a retrain) takes no run config: without this file its gates
+    would always use the defaults, whatever a person set in the Launchpad for their own runs."""
+    import os
+
+    path = os.environ.get(RELEASE_THRESHOLDS_ENV)
+    if not path:
+        return ReleaseThresholdsResource()
+    return ReleaseThresholdsResource(**_read_settings_file(path, "release threshold", ReleaseThresholds))
+
+
+def _read_settings_file(path: str, what: str, *classes) -> dict:
+    import dataclasses
     import json
     from pathlib import Path
 
     text = Path(path).read_text()
     data = (__import__("yaml").safe_load(text) if path.endswith((".yaml", ".yml")) else json.loads(text)) or {}
-    known = set(AutomationResource.model_fields)
+    names = {cls: {f.name for f in dataclasses.fields(cls)} for cls in classes}
+    known = set().union(*names.values())
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(f"{path}: unknown automation setting(s) {', '.join(unknown)}")
-    AutomationSettings(**{k: v for k, v in data.items() if k in AutomationSettings.field_names()})  # validates
-    DriftSettings(**{k: v for k, v in data.items() if k in DriftSettings.field_names()})
+        raise ValueError(f"{path}: unknown {what} setting(s) {', '.join(unknown)}")
+    for cls in classes:  # validates: a bad value names its field
+        cls(**{k: v for k, v in data.items() if k in names[cls]})
     return data

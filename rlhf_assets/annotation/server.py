@@ -64,9 +64,10 @@ def roster_main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     roster = Roster(storage_from_env(args.root))
     if args.action == "add":
+        replaced = args.name in roster.load()
         entry, token = roster.add(args.name, args.expires_days or AppSettings().token_expiry_days)
-        print(f"annotator {entry.annotator_id}: token valid until {entry.expires_at} (shown once, store it now):",
-              file=sys.stderr)
+        print(f"annotator {entry.annotator_id}: {'a new token (the earlier one no longer works), ' if replaced else ''}"
+              f"valid until {entry.expires_at} (shown once, store it now):", file=sys.stderr)
         print(token)
     elif args.action == "list":
         print(json.dumps([a.public() for a in roster.load().values()], indent=2))

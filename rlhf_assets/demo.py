@@ -71,8 +71,9 @@ def run_demo(storage_root: str | None = None, dagster_home: str | None = None, *
     (rlhf_assets/demo_loop.py): the service, traffic and audits, the sensors, a drift retrain and a rollback."""
     import dagster as dg
 
-    from rlhf_assets.defs.resources import AUTOMATION_CONFIG_ENV
+    from rlhf_assets.defs.resources import AUTOMATION_CONFIG_ENV, RELEASE_THRESHOLDS_ENV
     from rlhf_assets.demo_loop import EXTRA_DAY, land_annotations, run_loop, write_automation_config
+    from rlhf_assets.evaluation.thresholds import ReleaseThresholds
     from rlhf_assets.instance import PARTITIONS_END_ENV, PARTITIONS_START_ENV, ensure_dagster_home, write_ui_env
     from rlhf_assets.storage import ROOT_ENV, storage_from_env
 
@@ -88,7 +89,16 @@ def run_demo(storage_root: str | None = None, dagster_home: str | None = None, *
     os.environ.setdefault(PARTITIONS_END_ENV, (date.fromisoformat(last_day) + timedelta(days=1)).isoformat())
     # the sensors' thresholds for the demo's tiny models and volumes (a file the definitions read; printed below)
     os.environ.setdefault(AUTOMATION_CONFIG_ENV, str(write_automation_config(home)))
-    ui_env = {k: os.environ[k] for k in (ROOT_ENV, PARTITIONS_START_ENV, PARTITIONS_END_ENV, AUTOMATION_CONFIG_ENV)}
+    env_names = [ROOT_ENV, PARTITIONS_START_ENV, PARTITIONS_END_ENV, AUTOMATION_CONFIG_ENV]
+    if reward_preset == "tiny":  # also read by the retrains the sensors launch (they take no run config)
+        path = home / "release_thresholds.json"
+        path.write_text(json.dumps(TINY_DEMO_THRESHOLDS, indent=2))
+        os.environ.setdefault(RELEASE_THRESHOLDS_ENV, str(path))
+        env_names.append(RELEASE_THRESHOLDS_ENV)
+        progress(f"release thresholds for the tiny preset: {TINY_DEMO_THRESHOLDS} (production default "
+                 f"{ {k: getattr(ReleaseThresholds(), k) for k in TINY_DEMO_THRESHOLDS} }; {path}) — a random-init "
+                 "reward model cannot meet the default style-flip limit; every other threshold is the production one")
+    ui_env = {k: os.environ[k] for k in env_names}
     write_ui_env(home, ui_env)
     laid = lay_sample_data(storage, n_pairs=n_pairs)
     progress(f"laid {laid.records} comparison records into {storage.uri}/landing over {len(laid.days)} days")
@@ -111,9 +121,7 @@ def run_demo(storage_root: str | None = None, dagster_home: str | None = None, *
         release = summary["release"]
         summary["success"] = release["run_success"] or (release["blocked_by_checks"] and "artifact_id" in release)
         if loop and release.get("verdict") in ("canary", "promote"):
-            ops = {"reward_model": {"config": {"preset": reward_preset}},
-                   "judge_reward_model": {"config": {"preset": reward_preset}},
-                   **(TINY_DEMO_OPS if reward_preset == "tiny" else {})}
+            ops = demo_ops(reward_preset)
             progress("the loop, by itself: the service, traffic, audits and the sensors "
                      f"(thresholds: {os.environ[AUTOMATION_CONFIG_ENV]}) …")
             summary["loop"] = run_loop(definitions, instance, storage, QUIET | {"ops": ops},
@@ -201,14 +209,30 @@ def _fmt(value) -> str:
     return f"{value:.3f}" if isinstance(value, (int, float)) else "-"
 
 
-#: The demo's tiny preset trains fewer steps; every threshold keeps its production value (the release gates act on
-#: bootstrap intervals, so a small test split gives "inconclusive" → canary rather than a coin-toss reject).
-#: Both tiny reward models prefer short refusals on HH harmless, and PPO against them answered in 1–5 tokens (the
-#: adversarial_eval gate rejects that as length drift): the demo turns on the mitigations — the length-debiased
-#: reward and the SFT mix (PPO-ptx) — so its release is a healthy one (README, "Reward hacking").
+#: The demo's tiny preset trains fewer steps (the release gates act on bootstrap intervals, so a small test split
+#: gives "inconclusive" → canary rather than a coin-toss reject). Both tiny reward models prefer short refusals on HH
+#: harmless, and PPO against them answered in 1–5 tokens (the adversarial_eval gate rejects that as length drift):
+#: the demo turns on the mitigations — length-balanced reward-model training, the length-debiased PPO reward and the
+#: SFT mix (PPO-ptx) — so its policy is a healthy one (README, "Reward hacking").
 TINY_DEMO_OPS = {"sft_policy": {"config": {"epochs": 1}},
+                 "reward_model": {"config": {"length_balance": True}},
                  "ppo_policy": {"config": {"steps": 20, "eval_every": 5, "length_debias": True,
                                            "sft_mix_share": 0.25}}}
+
+#: The one production threshold the tiny preset cannot meet: a random-init 2-layer reward model trained on 1.5k HH
+#: harmless pairs (test accuracy about 0.6) still lets half-truncated rejected answers overtake about 20% of the pairs
+#: it orders correctly (the pretrained MiniLM of the small preset about 29%), against the production limit of 10%.
+#: The demo relaxes that limit alone, through the same file a deployment uses ($RLHF_RELEASE_THRESHOLDS), and says
+#: so; every other threshold keeps its production value, and the tests show the default rejecting a hacked release.
+TINY_DEMO_THRESHOLDS = {"max_style_flip_rate": 0.30}
+
+
+def demo_ops(preset: str) -> dict[str, Any]:
+    """The release chain's op config in the demo: both reward models in ``preset``, plus TINY_DEMO_OPS for tiny."""
+    ops: dict[str, Any] = {name: {"config": {"preset": preset}} for name in ("reward_model", "judge_reward_model")}
+    for name, op in (TINY_DEMO_OPS if preset == "tiny" else {}).items():
+        ops[name] = {"config": {**ops.get(name, {}).get("config", {}), **op["config"]}}
+    return ops
 
 
 def _run_release(definitions, instance, storage: Storage, preset: str, progress) -> dict[str, Any]:
@@ -223,9 +247,7 @@ def _run_release(definitions, instance, storage: Storage, preset: str, progress)
     progress(f"materializing release {release.key}: dataset → reward model → calibration → SFT → PPO → OPE → "
              f"decision → production alias (preset {preset}; training runs in its own processes through Dagster "
              "Pipes) …")
-    ops = {"reward_model": {"config": {"preset": preset}}, "judge_reward_model": {"config": {"preset": preset}}}
-    if preset == "tiny":
-        ops.update(TINY_DEMO_OPS)
+    ops = demo_ops(preset)
     result = definitions.resolve_job_def("release_chain").execute_in_process(
         partition_key=release.key, instance=instance, raise_on_error=False, run_config=QUIET | {"ops": ops})
     out: dict[str, Any] = {"release": release.key, "run_id": result.run_id, "run_success": result.success}

@@ -89,13 +89,18 @@ def test_promotion_and_rollback_reach_the_service_under_load_with_no_failed_requ
 
 
 def test_sigterm_drains_in_flight_requests_and_flushes_the_log(fresh_store):
-    # a 300 ms batching window keeps requests in flight when the signal arrives; the flush interval is long, so
-    # only the shutdown flush can have written the rows
+    # a 300 ms batching window keeps requests in flight when the signal arrives; the flush interval is long, so only
+    # the shutdown flush can have written the rows. On a loaded machine a request may not have connected yet when the
+    # listener closes: it is refused at connect, legitimately not "in flight"; every request the server took must
+    # complete and be logged.
     server = start_server(fresh_store, "--max-wait-ms", "300", "--max-batch-size", "64", "--log-flush-s", "3600")
-    results = []
+    results, refused = [], []
 
     def call(i):
-        results.append(_score(server.url, i, key=f"k{i}"))
+        try:
+            results.append(_score(server.url, i, key=f"k{i}"))
+        except httpx.ConnectError:
+            refused.append(i)
 
     threads = [threading.Thread(target=call, args=(i,)) for i in range(12)]
     for t in threads:
@@ -105,15 +110,15 @@ def test_sigterm_drains_in_flight_requests_and_flushes_the_log(fresh_store):
     for t in threads:
         t.join()
     assert code == 0
-    assert [r.status_code for r in results] == [200] * 12
+    assert len(results) + len(refused) == 12 and results, (len(results), refused)
+    assert [r.status_code for r in results] == [200] * len(results)  # none cut off mid-request
     log = read_serving_log(fresh_store.storage)
-    assert log.height == 12 and dict(log.schema) == LOG_SCHEMA
+    assert log.height == len(results) and dict(log.schema) == LOG_SCHEMA
     assert set(log["request_id"]) == {r.json()["request_id"] for r in results}
     assert log["artifact_id"].unique().to_list() == [fresh_store.rm[0]]
     assert log["release"].unique().to_list() == ["r20250601-2359"]
     assert log["embedding"].arr.len().unique().to_list() == [32]
     assert log["key_hash"].null_count() == 0 and log["prompt"].str.starts_with("question").all()
-    assert (log["score"] == pl.Series([r.json()["score"] for r in results])).sum() >= 0  # same rows, any order
     assert sorted(log["score"].to_list()) == pytest.approx(sorted(r.json()["score"] for r in results))
 
 

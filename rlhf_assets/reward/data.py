@@ -116,12 +116,12 @@ def length_balanced(pairs: Sequence[PreferencePair], keep_weights: bool = True) 
 
     Returns the pairs and a summary: the weight of each group before, and the factor each was multiplied by.
     """
-    def preferred_longer(p: PreferencePair) -> int:
-        preferred, other = (p.chosen, p.rejected) if p.target >= 0.5 else (p.rejected, p.chosen)
-        return (len(preferred.split()) > len(other.split())) - (len(preferred.split()) < len(other.split()))
+    def preferred_longer(p: PreferencePair) -> int:  # +1 longer, -1 shorter, 0 same length or no preference
+        gap = len(p.chosen.split()) - len(p.rejected.split())
+        return int(np.sign(gap)) * (1 if p.target > 0.5 else -1 if p.target < 0.5 else 0)
 
     base = [p.weight if keep_weights else 1.0 for p in pairs]
-    side = [preferred_longer(p) if p.target != 0.5 else 0 for p in pairs]
+    side = [preferred_longer(p) for p in pairs]
     longer = sum(w for w, s in zip(base, side) if s > 0)
     shorter = sum(w for w, s in zip(base, side) if s < 0)
     factor = {1: 1.0, -1: 1.0, 0: 1.0}

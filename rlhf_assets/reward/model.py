@@ -65,8 +65,7 @@ class RewardModel(pl.LightningModule):
     def _loss(self, r_c: torch.Tensor, r_r: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         cfg = self.config
         target = batch["target"] if cfg.use_soft_targets else None
-        # 0 = padding copy; length balancing lives in the weights
-        weight = batch["weight"] if cfg.use_weights or cfg.length_balance else (batch["weight"] > 0).float()
+        weight = batch["weight"] if _weighted(cfg) else (batch["weight"] > 0).float()  # 0 = padding copy
         return preference_loss(r_c, r_r, target=target, weight=weight, margin=cfg.margin, center_coef=cfg.center_coef,
                                weight_total=_per_rank_weight_total(weight) if self.training else None)
 
@@ -132,7 +131,7 @@ class RewardModel(pl.LightningModule):
         r_c, r_r = self._pair_rewards(batch)
         target = batch["target"] if cfg.use_soft_targets else None
         real = (batch["weight"] > 0).double()
-        w = batch["weight"].double() if cfg.use_weights or cfg.length_balance else real
+        w = batch["weight"].double() if _weighted(cfg) else real
         per_pair = bt_pair_loss(r_c - r_r - cfg.margin, target).double()
         if cfg.center_coef:
             per_pair = per_pair + cfg.center_coef * ((r_c + r_r) ** 2).double()
@@ -220,6 +219,12 @@ class RewardModel(pl.LightningModule):
 
 def _tuplify(x: Any) -> Any:
     return tuple(_tuplify(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def _weighted(cfg: RMConfig) -> bool:
+    """Whether the loss uses the pairs' weights: annotator reliability (use_weights), or length balancing, which
+    lives in the weights (reward/data.py length_balanced)."""
+    return cfg.use_weights or cfg.length_balance
 
 
 def _per_rank_weight_total(weight: torch.Tensor) -> torch.Tensor | None:

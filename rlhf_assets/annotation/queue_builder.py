@@ -234,7 +234,7 @@ def queue_day(storage: Any, day: str, settings: AnnotationSettings, answers: pl.
     from rlhf_assets.annotation.qc_pool import load_pool
     from rlhf_assets.annotation.quality import flags_from, review_quality
     from rlhf_assets.annotation.queue import queue_path, queued_days, read_queue, write_queue
-    from rlhf_assets.annotation.roster import active_annotators
+    from rlhf_assets.annotation.roster import queue_annotators
     from rlhf_assets.automation.annotators import add_flags, read_flagged
 
     window = window_days(day, settings)
@@ -245,14 +245,13 @@ def queue_day(storage: Any, day: str, settings: AnnotationSettings, answers: pl.
     days = [d for d in queued_days(storage) if d < day]
     earlier = pl.concat([read_queue(storage, d, "pairs") for d in days]) if days else pl.DataFrame(
         schema=ASSIGNMENT_SCHEMA)
-    roster = active_annotators(storage)
-    annotators = roster if roster is not None else list(settings.annotators)
+    annotators, annotators_from = queue_annotators(storage, settings.annotators)
     pool = load_pool(settings.qc_pool)
     pairs = new_pairs(storage, day, settings, exclude=set(earlier["item_id"].to_list()))
     skipped = {p.name.removesuffix(".json") for p in storage.list_files(storage.path(*SKIPS_DIR))}
     build = build_queue(day, new_pairs=pairs.pairs, earlier=earlier, answers=answers, annotators=annotators,
                         qc_pool=pool, settings=settings, aggregation=aggregation, flagged=flagged, skipped=skipped)
-    build.summary["annotators_from"] = "roster" if roster is not None else "config"
+    build.summary["annotators_from"] = annotators_from
     digest = write_queue(storage, day, "pairs", build.assignments)
     return QueueDay(build, pairs.source, pairs.note, quality, flags, window, str(queue_path(storage, day, "pairs")),
                     digest)

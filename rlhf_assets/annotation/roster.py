@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -110,3 +111,10 @@ def active_annotators(storage: Storage, now: datetime | None = None) -> list[str
         return None
     now = now or datetime.now(UTC)
     return sorted(a.annotator_id for a in roster.load().values() if a.active and not a.expired(now))
+
+
+def queue_annotators(storage: Storage, configured: Sequence[str]) -> tuple[list[str], str]:
+    """Whom a queue assigns work to: the roster's active annotators when there is a roster, else the ``configured``
+    ids; and where they came from ("roster" | "config"). Both queues (pairs and audits) pick them this way."""
+    roster = active_annotators(storage)
+    return (roster, "roster") if roster is not None else (list(configured), "config")

@@ -1,7 +1,7 @@
 import dagster as dg
 
 from rlhf_assets.annotation.audit import build_audit_queue
-from rlhf_assets.annotation.roster import active_annotators
+from rlhf_assets.annotation.roster import queue_annotators
 from rlhf_assets.annotation.settings import AuditSettings
 from rlhf_assets.defs.config_classes import config_class, settings_from
 from rlhf_assets.defs.metadata import display, frame_table
@@ -35,8 +35,7 @@ def audit_queue(context: dg.AssetExecutionContext, config: AuditQueueConfig,
     settings = settings_from(config, AuditSettings, auditors=tuple(config.auditors),
                              score_bands=tuple(config.score_bands))
     store = storage.storage()
-    roster = active_annotators(store)
-    annotators = roster if roster is not None else list(settings.auditors)
+    annotators, annotators_from = queue_annotators(store, settings.auditors)
     result = build_audit_queue(store, day, settings, annotators)
     sample, queue = result["sample"], result["assignments"]
     context.log.info(f"{day}: {sample.pairs.height} of {sample.candidates} served pairs to audit "
@@ -52,7 +51,7 @@ def audit_queue(context: dg.AssetExecutionContext, config: AuditQueueConfig,
         "budget_used_labels": queue.height,
         "strata": strata.height,
         "strata_table": frame_table(strata.select(STRATA_COLUMNS)) if strata.height else "no served pairs",
-        "annotators_from": "roster" if roster is not None else "config",
+        "annotators_from": annotators_from,
         "clusters_fitted_on": result["clusters_fitted_on"] or "-",
         "path": dg.MetadataValue.path(str(result["path"])),
     }))

@@ -34,7 +34,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from rlhf_assets.annotation.answers import AnswerConflict, AnswerStore
-from rlhf_assets.annotation.queue import read_queue
+from rlhf_assets.annotation.queue import queue_path, read_queue
 from rlhf_assets.annotation.roster import Roster, SignInError
 from rlhf_assets.annotation.settings import AppSettings
 from rlhf_assets.preference.schema import LABELS
@@ -109,6 +109,7 @@ class AnnotationService:
         self.sessions: dict[str, Session] = {}
         self.served: dict[tuple[str, str], float] = {}  # (annotator, assignment) → monotonic time last served
         self._rotator: asyncio.Task | None = None
+        self._queue: tuple[Any, pl.DataFrame] | None = None  # (the day and its queue files' stats, the queue)
 
     # lifecycle -------------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -158,15 +159,26 @@ class AnnotationService:
     def day(self) -> str:
         return self.settings.day or datetime.now(UTC).date().isoformat()
 
+    def queue(self) -> pl.DataFrame:
+        """The day's queue, read again only when its files changed (one LIST on S3 instead of a GET per file on every
+        request: a rematerialized queue is seen at the next request as before)."""
+        day = self.day()
+        stats = (day, tuple((p.name, size, mtime, etag) for p, size, mtime, etag
+                            in self.storage.list_file_stats(queue_path(self.storage, day, "pairs").parent)))
+        cached = self._queue
+        if cached is None or cached[0] != stats:
+            cached = self._queue = (stats, read_queue(self.storage, day))
+        return cached[1]
+
     def assignments(self, annotator_id: str) -> list[dict[str, Any]]:
         """The day's assignments of one annotator, in the order they are served (priority first, then queued)."""
-        queue = read_queue(self.storage, self.day()).with_row_index("queued")
+        queue = self.queue().with_row_index("queued")
         mine = queue.filter(pl.col("annotator_id") == annotator_id)
         return mine.sort([pl.col("priority").fill_null(float("-inf")), "queued"], descending=[True, False]) \
             .drop("queued").to_dicts()
 
     def assignment(self, annotator_id: str, assignment_id: str) -> dict[str, Any]:
-        queue = read_queue(self.storage, self.day()).filter(pl.col("assignment_id") == assignment_id)
+        queue = self.queue().filter(pl.col("assignment_id") == assignment_id)
         if queue.height == 0:
             raise ApiError(404, f"no assignment {assignment_id!r} in the queue of {self.day()}", "assignment_id")
         row = queue.row(0, named=True)

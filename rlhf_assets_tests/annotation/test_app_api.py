@@ -284,3 +284,24 @@ def test_app_on_s3(s3_storage, s3_endpoint):
     assert len(files) == 1
     landed = [json.loads(line) for line in storage.read_bytes(files[0]).decode().splitlines()]
     assert [r["comparison_id"] for r in landed] == ["s-0", "s-1"] and {r["label"] for r in landed} == {"tie"}
+
+
+def test_a_rewritten_or_added_queue_file_is_seen_at_the_next_request(tmp_path):
+    # the app keeps the day's queue between requests; a rematerialized pairs queue or a new audit queue must show
+    root = tmp_path / "rlhf"
+    tokens = add_annotators(root, "erin")
+    write_assignments(root, [assignment("erin-0", "erin", "item-0")])
+    server = start_app(root)
+    try:
+        with server.signed_in("erin", tokens["erin"]) as client:
+            assert client.get("/api/next").json()["progress"]["total"] == 1
+            assert client.get("/api/next").json()["progress"]["total"] == 1  # served from what it kept
+            write_assignments(root, [assignment(f"erin-{i}", "erin", f"item-{i}") for i in range(3)])
+            assert client.get("/api/next").json()["progress"]["total"] == 3
+            write_assignments(root, [assignment("erin-audit", "erin", "audit-0", "audit")], source="audit")
+            state = client.get("/api/next").json()
+            assert state["progress"]["total"] == 4
+            answer = {"assignment_id": "erin-audit", "label": "a"}
+            assert client.post("/api/answers", json=answer).status_code == 200  # the new file's item is answerable
+    finally:
+        server.terminate()

@@ -56,7 +56,8 @@ def label_batch(browser, url: str, annotator: str, token: str) -> dict[str, floa
     context.set_default_timeout(30_000)
     page = context.new_page()
     page.goto(url)
-    page.keyboard.type(annotator)  # the annotator field has the focus
+    expect(page.locator("#annotator")).to_be_focused()  # autofocus; typing before it lands loses keystrokes
+    page.keyboard.type(annotator)
     page.keyboard.press("Tab")
     page.keyboard.type(token)
     page.keyboard.press("Enter")

@@ -189,7 +189,8 @@ def test_asset_graph_shows_every_asset(page, ui_url, screenshots):
         for asset in assets:  # a group's page loads its graph afresh: as patient as the first page
             expect(page.get_by_text(asset, exact=True).first).to_be_visible(timeout=LOAD_S * 1000)
         if group == "data":  # the daily partitions span the days the loop ran on: filled, none missing
-            expect(page.get_by_text("100% filled").first).to_be_visible()
+            # partition statuses load after the graph draws (each node says "Loading..." meanwhile)
+            expect(page.get_by_text("100% filled").first).to_be_visible(timeout=LOAD_S * 1000)
             expect(page.get_by_text("0% filled", exact=True)).to_have_count(0)
         page.screenshot(path=screenshots / f"asset_graph_{group}.png")
 

@@ -54,6 +54,7 @@ def label_batch(browser, url: str, annotator: str, token: str) -> dict[str, floa
 
     context = browser.new_context(viewport={"width": 1400, "height": 900})
     context.set_default_timeout(30_000)
+    expect.set_options(timeout=30_000)  # assertions as patient as actions: CI's 2 cores are slow to render
     page = context.new_page()
     page.goto(url)
     expect(page.locator("#annotator")).to_be_focused()  # autofocus; typing before it lands loses keystrokes

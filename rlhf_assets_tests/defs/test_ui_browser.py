@@ -156,6 +156,11 @@ def dismiss_first_visit_dialog(page, screenshot: Path) -> bool:
 
 @pytest.fixture
 def page(browser_context, ui_url, screenshots):
+    from playwright.sync_api import expect
+
+    # a loaded 2-core CI machine renders pages in seconds, not milliseconds: every assertion may wait up to 30 s
+    # (the default is 5 s; a passing one returns as soon as it holds)
+    expect.set_options(timeout=30_000)
     page = browser_context.new_page()
     page.goto(ui_url)
     page.get_by_text("Overview").first.wait_for(timeout=LOAD_S * 1000)

@@ -334,22 +334,27 @@ def write_sample(storage: Storage, day: str, sample: AuditSample) -> None:
         storage.write_parquet(folder / "strata.parquet", sample.strata)
 
 
+SAMPLES_INDEX = ("monitoring", "audit_samples.parquet")
+WEIGHT_KEYS: dict[str, pl.DataType] = {"prompt_sha256": pl.String(), "first": pl.String(), "second": pl.String(),
+                                       "inclusion_probability": pl.Float64()}
+
+
 def audit_weights(storage: Storage) -> pl.DataFrame:
-    """Every sampled pair's Horvitz–Thompson weight 1/π (its latest sample): prompt_sha256, first, second, weight."""
-    base = storage.path(*AUDIT_DIR)
-    frames = []
-    if base.exists():
-        for folder in sorted(p for p in base.iterdir() if p.name.startswith("date=")):
-            path = folder / "sample.parquet"
-            if storage.exists(path):
-                frames.append(storage.read_parquet(path).select("prompt_sha256", "first", "second",
-                                                                 "inclusion_probability"))
-    if not frames:
-        return pl.DataFrame(schema={"prompt_sha256": pl.String, "first": pl.String, "second": pl.String,
-                                    "weight": pl.Float64})
-    return (pl.concat(frames).unique(["prompt_sha256", "first", "second"], keep="last", maintain_order=True)
+    """Every sampled pair's Horvitz–Thompson weight 1/π (its latest sample): prompt_sha256, first, second, weight.
+    The samples' keys and π are kept in an incremental index (``monitoring/audit_samples.parquet``,
+    rlhf_assets/file_index.py): only the days whose sample.parquet is new or rewritten are read."""
+    from rlhf_assets.file_index import FileIndex, dated_files
+
+    index = FileIndex(storage, SAMPLES_INDEX, WEIGHT_KEYS, storage.read_parquet)
+    return weights_from_samples(index.refresh(dated_files(storage, *AUDIT_DIR, name="sample.parquet")))
+
+
+def weights_from_samples(samples: pl.DataFrame) -> pl.DataFrame:
+    """The weights 1/π of the samples' rows (oldest day first: a pair's latest sample wins; π = 0 left out)."""
+    return (samples.unique(["prompt_sha256", "first", "second"], keep="last", maintain_order=True)
             .filter(pl.col("inclusion_probability") > 0)
-            .select("prompt_sha256", "first", "second", (1.0 / pl.col("inclusion_probability")).alias("weight")))
+            .select("prompt_sha256", "first", "second", (1.0 / pl.col("inclusion_probability")).alias("weight"))
+            .cast({"prompt_sha256": pl.String, "first": pl.String, "second": pl.String, "weight": pl.Float64}))
 
 
 def build_audit_queue(storage: Storage, day: str, settings: AuditSettings, annotators: list[str]) -> dict[str, Any]:

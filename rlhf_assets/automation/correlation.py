@@ -34,37 +34,47 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def read_audits(storage: Storage, day: str | None = None) -> pl.DataFrame:
-    """Every audit judgement in the landing zone (of ``day`` only, when given): prompt_sha256, first/second (the
-    responses' sha256 in sorted order), prefers_first (1, 0, or ½ for a tie), annotator_id, created_at."""
-    base = storage.path("landing", AUDITS)
+AUDIT_SCHEMA: dict[str, pl.DataType] = {"prompt_sha256": pl.String(), "first": pl.String(), "second": pl.String(),
+                                        "prefers_first": pl.Float64(), "annotator_id": pl.String(),
+                                        "created_at": pl.String()}
+
+
+def parse_audits(data: bytes) -> pl.DataFrame:
+    """The audit judgements of one landing file (JSON lines, AUDIT_SCHEMA); lines that are not comparison records
+    are skipped (the audit pipeline's validation reports those)."""
     rows: list[dict[str, Any]] = []
+    for line in data.decode("utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+            a, b = _sha(r["response_a"]), _sha(r["response_b"])
+            label = r["label"]
+            prompt = _sha(r["prompt"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue  # not a comparison record
+        if label not in ("a", "b", "tie"):
+            continue
+        a_first = a <= b
+        prefers_a = {"a": 1.0, "b": 0.0, "tie": 0.5}[label]
+        rows.append({"prompt_sha256": prompt, "first": a if a_first else b, "second": b if a_first else a,
+                     "prefers_first": prefers_a if a_first else 1.0 - prefers_a,
+                     "annotator_id": str(r.get("annotator_id", "")), "created_at": str(r.get("created_at", ""))})
+    return pl.DataFrame(rows, schema=AUDIT_SCHEMA)
+
+
+def read_audits(storage: Storage, day: str | None = None) -> pl.DataFrame:
+    """Every audit judgement in the landing zone (of ``day`` only, when given), read file by file: prompt_sha256,
+    first/second (the responses' sha256 in sorted order), prefers_first (1, 0, or ½ for a tie), annotator_id,
+    created_at. What runs every minute reads automation/audit_index.py's incremental index instead."""
+    base = storage.path("landing", AUDITS)
+    frames = [pl.DataFrame(schema=AUDIT_SCHEMA)]
     if base.exists():
         for folder in sorted(base.iterdir(), key=lambda p: p.name):
             if not folder.name.startswith("date=") or (day is not None and folder.name != f"date={day}"):
                 continue
-            for path in storage.list_files(folder):
-                for line in storage.read_bytes(path).decode("utf-8", errors="replace").splitlines():
-                    if not line.strip():
-                        continue
-                    try:
-                        r = json.loads(line)
-                        a, b = _sha(r["response_a"]), _sha(r["response_b"])
-                        label = r["label"]
-                    except (ValueError, KeyError, TypeError):
-                        continue  # not a comparison record; the audit pipeline's validation reports those
-                    if label not in ("a", "b", "tie"):
-                        continue
-                    a_first = a <= b
-                    prefers_a = {"a": 1.0, "b": 0.0, "tie": 0.5}[label]
-                    rows.append({"prompt_sha256": _sha(r["prompt"]), "first": a if a_first else b,
-                                 "second": b if a_first else a,
-                                 "prefers_first": prefers_a if a_first else 1.0 - prefers_a,
-                                 "annotator_id": str(r.get("annotator_id", "")),
-                                 "created_at": str(r.get("created_at", ""))})
-    return pl.DataFrame(rows, schema={"prompt_sha256": pl.String, "first": pl.String, "second": pl.String,
-                                      "prefers_first": pl.Float64, "annotator_id": pl.String,
-                                      "created_at": pl.String})
+            frames.extend(parse_audits(storage.read_bytes(path)) for path in storage.list_files(folder))
+    return pl.concat(frames)
 
 
 def served_pairs(log: pl.DataFrame) -> pl.DataFrame:
@@ -194,12 +204,14 @@ def baseline(storage: Storage, release: str | None) -> float | None:
 
 
 def live_correlations(storage: Storage, settings: AutomationSettings, day: str | None = None) -> list[Correlation]:
-    """Correlations per served version now: the audits (of ``day``) against the served-pairs index, each with its
-    release's baseline."""
+    """Correlations per served version now: the audits (of ``day``; all of them through the incremental audit
+    index) against the served-pairs index, weighted by the audit samples' 1/π, each with its release's baseline."""
     from rlhf_assets.annotation.audit import audit_weights
+    from rlhf_assets.automation.audit_index import indexed_audits
     from rlhf_assets.automation.served_index import read_index
 
-    results = correlations(read_audits(storage, day), read_index(storage), settings, weights=audit_weights(storage))
+    audits = indexed_audits(storage) if day is None else read_audits(storage, day)
+    results = correlations(audits, read_index(storage), settings, weights=audit_weights(storage))
     for c in results:
         c.baseline = baseline(storage, c.release)
     return results

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,11 +114,14 @@ class _Balancer:
 def build_queue(day: str, *, new_pairs: pl.DataFrame, earlier: pl.DataFrame, answers: pl.DataFrame,
                 annotators: list[str], qc_pool: pl.DataFrame, settings: AnnotationSettings,
                 aggregation: AggregationSettings | None = None, flagged: dict[str, dict] | None = None,
-                skipped: frozenset[str] | set[str] = frozenset()) -> QueueBuild:
+                skipped: frozenset[str] | set[str] = frozenset(),
+                texts: Callable[[list[str]], pl.DataFrame] | None = None) -> QueueBuild:
     """The day's assignments. ``new_pairs``: candidate new pairs (PAIR_COLUMNS), at most ``pairs_per_day`` of them
-    not queued before are used; ``earlier``: every assignment of the days before (ASSIGNMENT_SCHEMA); ``answers``:
+    not queued before are used; ``earlier``: every assignment of the days before (ASSIGNMENT_SCHEMA; without the
+    texts when ``texts`` is given: assignment_id, annotator_id, item_id and item_kind are enough); ``answers``:
     the validated comparisons of the quality window; ``qc_pool``: annotation/qc_pool.py's pool; ``skipped``: the
-    assignment ids annotators skipped."""
+    assignment ids annotators skipped; ``texts``: item_id and PAIR_COLUMNS of the earlier pairs it is given the ids
+    of, as first queued (queue_index.queued_texts; default: from ``earlier``)."""
     if not annotators:
         raise ValueError("no annotators to queue for: add them to the roster (`rlhf annotate roster add NAME`) or "
                          "list them in the config's `annotators`")
@@ -140,7 +144,8 @@ def build_queue(day: str, *, new_pairs: pl.DataFrame, earlier: pl.DataFrame, ans
 
     # 1. dynamic overlap
     requeue = overlap_candidates(earlier, answers, settings, aggregation, flagged, skipped)
-    content = (earlier.filter(pl.col("item_kind") == "pair").unique("item_id", keep="first")
+    content = (texts(requeue["item_id"].to_list()) if texts is not None else
+               earlier.filter(pl.col("item_kind") == "pair").unique("item_id", keep="first")
                .select("item_id", *PAIR_COLUMNS))
     requeued = []
     for r in requeue.join(content, on="item_id", how="left").iter_rows(named=True):
@@ -233,7 +238,8 @@ def queue_day(storage: Any, day: str, settings: AnnotationSettings, answers: pl.
     from rlhf_assets.annotation.pair_sources import new_pairs
     from rlhf_assets.annotation.qc_pool import load_pool
     from rlhf_assets.annotation.quality import flags_from, review_quality
-    from rlhf_assets.annotation.queue import queue_path, queued_days, read_queue, write_queue
+    from rlhf_assets.annotation.queue import queue_path, write_queue
+    from rlhf_assets.annotation.queue_index import earlier_assignments, queued_texts
     from rlhf_assets.annotation.roster import queue_annotators
     from rlhf_assets.automation.annotators import add_flags, read_flagged
 
@@ -242,15 +248,14 @@ def queue_day(storage: Any, day: str, settings: AnnotationSettings, answers: pl.
     before = read_flagged(storage)
     flags = {k: v for k, v in flags_from(quality, day, window).items() if k not in before}
     flagged = add_flags(storage, flags) if flags else before
-    days = [d for d in queued_days(storage) if d < day]
-    earlier = pl.concat([read_queue(storage, d, "pairs") for d in days]) if days else pl.DataFrame(
-        schema=ASSIGNMENT_SCHEMA)
+    earlier = earlier_assignments(storage, day)  # what earlier days queued, from the incremental queue index
     annotators, annotators_from = queue_annotators(storage, settings.annotators)
     pool = load_pool(settings.qc_pool)
     pairs = new_pairs(storage, day, settings, exclude=set(earlier["item_id"].to_list()))
     skipped = {p.name.removesuffix(".json") for p in storage.list_files(storage.path(*SKIPS_DIR))}
     build = build_queue(day, new_pairs=pairs.pairs, earlier=earlier, answers=answers, annotators=annotators,
-                        qc_pool=pool, settings=settings, aggregation=aggregation, flagged=flagged, skipped=skipped)
+                        qc_pool=pool, settings=settings, aggregation=aggregation, flagged=flagged, skipped=skipped,
+                        texts=lambda items: queued_texts(storage, earlier, items))
     build.summary["annotators_from"] = annotators_from
     digest = write_queue(storage, day, "pairs", build.assignments)
     return QueueDay(build, pairs.source, pairs.note, quality, flags, window, str(queue_path(storage, day, "pairs")),

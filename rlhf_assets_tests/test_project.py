@@ -49,7 +49,8 @@ TEST_HELPER_MODULES = {"rlhf_assets_tests.support", "rlhf_assets_tests.records",
                        "rlhf_assets_tests.serving.service_support", "rlhf_assets_tests.policy_serving.policy_support",
                        "rlhf_assets_tests.defs.dagster_support", "rlhf_assets_tests.postgres_server",
                        "rlhf_assets_tests.k8s.k8s_support", "rlhf_assets_tests.annotation.app_support",
-                       "rlhf_assets_tests.annotation.queue_support", "rlhf_assets_tests.annotation.audit_support"}
+                       "rlhf_assets_tests.annotation.queue_support", "rlhf_assets_tests.annotation.audit_support",
+                       "rlhf_assets_tests.counting_storage"}
 
 
 def test_tests_import_only_plain_helper_modules_not_test_modules_or_conftests():

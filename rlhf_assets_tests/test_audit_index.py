@@ -3,6 +3,7 @@
 new or changed: files added to an old day, rewritten (same size too), deleted; counted, not timed."""
 
 import json
+import os
 from datetime import UTC, datetime
 
 import numpy as np
@@ -112,9 +113,16 @@ def test_a_tick_reads_only_new_or_changed_files_and_matches_the_full_read(storag
     assert_same_as_full_read(storage)
     assert indexed_audits(storage).height == read_audits(storage).height == 3 * 20 * 4 - 20 + 5 + 15
 
+    write_audit(storage, DAYS[2], "audits-1.jsonl", audit_lines(7, 5, label="a"))
+    assert len(tick(storage)[0]) == 1
     before = indexed_audits(storage)["prefers_first"].sum()
-    # the same size, other labels: the modification time tells it apart
+    # the same size, other labels, even with the same modification time (a clock tick is milliseconds): the
+    # atomic rewrite is a new file (inode)
+    rewritten = storage.path("landing", "audits", f"date={DAYS[2]}", "audits-1.jsonl")
+    old = os.stat(rewritten)
     write_audit(storage, DAYS[2], "audits-1.jsonl", audit_lines(7, 5, label="b"))
+    os.utime(rewritten, ns=(old.st_atime_ns, old.st_mtime_ns))
+    assert (os.stat(rewritten).st_size, os.stat(rewritten).st_mtime_ns) == (old.st_size, old.st_mtime_ns)
     assert len(tick(storage)[0]) == 1
     assert indexed_audits(storage)["prefers_first"].sum() != before
     assert_same_as_full_read(storage)
@@ -146,3 +154,24 @@ def test_a_damaged_index_is_rebuilt_from_the_files(storage):
     storage.reads.clear()
     assert_frame_equal(indexed_audits(storage), read_audits(storage))  # rewritten whole: no warning, no re-read
     assert len([r for r in storage.reads if "/landing/audits/" in r]) == 12  # only the full read's own
+
+
+def test_on_s3_a_tick_lists_and_reads_only_what_changed(s3_storage, moto_server):
+    """The same on an s3:// root (moto's server on loopback): a same-size rewrite within the same second is told
+    apart by its ETag."""
+    storage = CountingStorage(s3_storage[0].uri, {"endpoint_url": moto_server.endpoint})
+    for day in DAYS[:2]:
+        write_audit(storage, day, "audits-0.jsonl", audit_lines(1, 10, label="a"))
+        write_sample(storage, day, list(range(10)), 0.2)
+    assert_frame_equal(indexed_audits(storage), read_audits(storage))
+    storage.reads.clear()
+    before = storage.list_file_stats(storage.path("landing", "audits", f"date={DAYS[0]}"))[0]
+    write_audit(storage, DAYS[0], "audits-0.jsonl", audit_lines(1, 10, label="b"))  # same size, same second
+    after = storage.list_file_stats(storage.path("landing", "audits", f"date={DAYS[0]}"))[0]
+    assert after[1] == before[1] and after[3] != before[3]  # size the same, ETag not
+    write_audit(storage, DAYS[0], "audits-1.jsonl", audit_lines(2, 4))
+    audits = indexed_audits(storage)
+    assert sorted(r.rsplit("/", 1)[-1] for r in storage.reads_under("landing", "audits")) == [
+        "audits-0.jsonl", "audits-1.jsonl"]
+    assert_frame_equal(audits, read_audits(storage))
+    assert_frame_equal(audit_weights(storage), full_weights(storage))

@@ -16,8 +16,9 @@ Runs. The 370 pairs whose prompt is about crime or violence (a keyword cluster, 
 topic-change traffic; each of ``--runs`` seeded runs splits the other 1942 pairs in half at random: the reference
 (971 pairs, 1942 items; prompts are the groups) and the traffic pool. A window is 500 items = 250 compared pairs
 drawn without replacement. Our detector is calibrated once per run on the reference (``DriftSettings()``
-defaults: k = 3, 100 null windows) and alarms on 2 of the last 3 windows. Evidently 0.7 gets the same reference and windows as data frames (score, p_a
-and the 32 embedding columns): its ``DataDriftPreset`` over score and p_a (per-column default tests: Wasserstein
+defaults: k = 3, 100 null windows) and alarms on 2 of the last 3 windows or when the mean score shift pooled over
+the last 3 windows is over k of its prompt-clustered standard errors (its pooled location rule). Evidently 0.7
+gets the same reference and windows as data frames (score, p_a and the 32 embedding columns): its ``DataDriftPreset`` over score and p_a (per-column default tests: Wasserstein
 distance normed > 0.1 for a reference over 1000 rows; dataset drift when ≥ 50% of the columns drift) and, for the
 prompts, its embedding drift default (``EmbeddingsDrift`` with no method: a classifier, ROC AUC > 0.55 for a
 reference over 1000 rows). Evidently alarms on a window when either says drift; it has no persistence rule, so its
@@ -46,6 +47,7 @@ directly; the full run checks once that the Report's value is the same.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -65,6 +67,7 @@ TARGETED = SCENARIOS[1:5]  # the issue's four shifts; the -half variants are har
 SHIFTS = {"score+0.25sd": 0.25, "score+0.5sd": 0.5}
 MIXES = {"topic": ("topic", 1.0), "label": ("label", 1.0), "topic-half": ("topic", 0.5), "label-half": ("label", 0.5)}
 EMB_COLUMNS = [f"emb_{j}" for j in range(32)]
+TEST_NAMES = ("psi", "ks", "wasserstein", "mean_shift", "expected_accuracy_drop", "classifier_auc", "mmd")
 
 
 # traffic ---------------------------------------------------------------------------------------------------------
@@ -220,7 +223,8 @@ def run_once(traffic: dict, seed: int, windows: int, change_at: int, after: int,
         t = time.perf_counter()
         result = check(calibration, reference, run.sample(pairs, shift))
         timings["ours"].append(time.perf_counter() - t)
-        out = {"ours": result.alarm, "ours_tests": [x.name for x in result.tests if x.alarm]}
+        out = {"ours": result.alarm, "ours_tests": [x.name for x in result.tests if x.alarm],
+               "ours_location": dataclasses.asdict(result.location)}  # for the pooled location rule
         if ev is not None:
             t = time.perf_counter()
             e = ev.check(run.frame(pairs, shift))
@@ -251,15 +255,21 @@ def run_once(traffic: dict, seed: int, windows: int, change_at: int, after: int,
 
 
 # summary ---------------------------------------------------------------------------------------------------------
-def _persistent_series(alarms: list[bool], k: int, n: int) -> list[bool]:
-    from rlhf_assets.evaluation.drift import AlarmHistory
+def _persistent_series(windows: list[dict], key: str, settings) -> list[bool]:
+    """The persistence rule over one run's windows: ours with its pooled location rule, Evidently's alarms by
+    the vote alone (it gives no location)."""
+    from rlhf_assets.evaluation.drift import AlarmHistory, Location, LocationNull
 
-    history = AlarmHistory(k, n)
-    return [history.update(a) for a in alarms]
+    history = AlarmHistory.for_settings(settings)
+    out = []
+    for w in windows:
+        loc = w.get(f"{key}_location")
+        location = None if loc is None else Location(loc["shift"], LocationNull(**loc["null"]), loc["k"])
+        out.append(history.update(w[key], location))
+    return out
 
 
 def summarize(runs: list[dict], change_at: int, settings, detectors: list[str]) -> dict[str, Any]:
-    k, n = settings.persist_k, settings.persist_n
     rules = {"ours": ("ours", True), "evidently": ("evidently", False), "evidently_2of3": ("evidently", True)}
     out: dict[str, Any] = {}
     for scenario in SCENARIOS:
@@ -269,8 +279,8 @@ def summarize(runs: list[dict], change_at: int, settings, detectors: list[str]) 
                 continue
             series = []
             for r in runs:
-                raw = [w[key] for w in r["scenarios"][scenario]]
-                series.append(_persistent_series(raw, k, n) if persist else raw)
+                windows = r["scenarios"][scenario]
+                series.append(_persistent_series(windows, key, settings) if persist else [w[key] for w in windows])
             if scenario == "none":
                 total = sum(len(s) for s in series)
                 alarms = sum(sum(s) for s in series)
@@ -289,7 +299,7 @@ def summarize(runs: list[dict], change_at: int, settings, detectors: list[str]) 
             drifted = [w for r in runs for w in r["scenarios"][scenario][change_at:]]
             row["ours_tests_alarming_share"] = {
                 t: sum(t in w["ours_tests"] for w in drifted) / len(drifted)
-                for t in ("psi", "ks", "wasserstein", "expected_accuracy_drop", "classifier_auc", "mmd")}
+                for t in TEST_NAMES}
             if "evidently" in detectors:
                 row["evidently_parts_share"] = {
                     part: sum(part in w["evidently_parts"] for w in drifted) / len(drifted)
@@ -299,7 +309,7 @@ def summarize(runs: list[dict], change_at: int, settings, detectors: list[str]) 
     out["none"]["ours_window_alarms_per_100"] = 100.0 * sum(w["ours"] for w in clean) / len(clean)
     out["none"]["ours_tests_alarming_per_100"] = {
         t: 100.0 * sum(t in w["ours_tests"] for w in clean) / len(clean)
-        for t in ("psi", "ks", "wasserstein", "expected_accuracy_drop", "classifier_auc", "mmd")}
+        for t in TEST_NAMES}
     if "evidently" in detectors:
         out["none"]["evidently_parts_per_100"] = {
             part: 100.0 * sum(part in w["evidently_parts"] for w in clean) / len(clean)

@@ -100,6 +100,8 @@ class VersionWindow:
     result: WindowResult | None  # None: the window went into the version's production reference
     persistent: bool  # the persistence rule holds after this window
     collected: int = 0  # production-reference rows collected so far (while collecting)
+    pooled_z: float | None = None  # the last persist_n windows' average mean shift ÷ its SE (the pooled rule)
+    pooled_alarm: bool = False  # the pooled location rule holds after this window
 
 
 def _read(storage: Storage, path: Any) -> pl.DataFrame:
@@ -138,7 +140,8 @@ def feed(storage: Storage, rows: pl.DataFrame, settings: DriftSettings,
                           how="vertical")
         collected = _read(storage, collect_path)
         entry = state.setdefault(artifact_id, {"windows": 0, "alarm": False, "alarms": []})
-        history = AlarmHistory(settings.persist_k, settings.persist_n, entry.get("alarms", []))
+        history = AlarmHistory(settings.persist_k, settings.persist_n, entry.get("alarms", []),
+                               entry.get("shifts", []), pool_location=settings.pool_location)
         while queue.height >= window:
             chunk, queue = queue.head(window), queue.slice(window)
             last = chunk.row(-1, named=True)
@@ -154,9 +157,11 @@ def feed(storage: Storage, rows: pl.DataFrame, settings: DriftSettings,
                 out.append(VersionWindow(artifact_id, last["release"], last["alias"], None, False, collected.height))
                 continue
             result = check(production[1], production[0], Sample.from_log(chunk))  # the thresholds' own settings
-            now_persistent = history.update(result.alarm)
-            out.append(VersionWindow(artifact_id, last["release"], last["alias"], result, now_persistent))
-            entry.update(alarm=now_persistent, alarms=history.alarms, phase="monitoring",
+            now_persistent = history.update(result.alarm, result.location)
+            out.append(VersionWindow(artifact_id, last["release"], last["alias"], result, now_persistent,
+                                     pooled_z=history.pooled_z, pooled_alarm=history.pooled_alarm))
+            entry.update(alarm=now_persistent, alarms=history.alarms, shifts=history.shifts,
+                         pooled_z=history.pooled_z, phase="monitoring",
                          last={t.name: t.statistic for t in result.tests})
         _write(storage, pending_path, queue)
         _write(storage, collect_path, collected if production is None else collected.head(0))

@@ -10,6 +10,8 @@ test                        statistic
 ``psi``                     population stability index of the scores on the reference's ``psi_bins`` quantile bins
 ``ks``                      two-sample Kolmogorov–Smirnov statistic of the scores (``scipy.stats.ks_2samp``)
 ``wasserstein``             Wasserstein-1 distance of the scores ÷ the reference's standard deviation (scipy)
+``mean_shift``              |mean score of the window − the reference's| ÷ the reference's standard deviation: the
+                            test built for a location shift (it also feeds the pooled rule below)
 ``expected_accuracy_drop``  fall of the label-free expected pairwise accuracy E[max(p, 1 − p)] of the calibrated
                             P(a ≻ b) over the last ``pair_window`` compared pairs (a confidence-based performance
                             estimate: a falling value means the model is less sure about what it now sees)
@@ -27,6 +29,16 @@ replacement against the rest of it, whole prompt groups at a time) — as mean +
 alarms when any measured statistic is over its threshold (:func:`check`); an alarm is raised only when that happens
 on ``persist_k`` of the last ``persist_n`` windows (:func:`persistent`, :class:`AlarmHistory`; 2 of 3). A test whose
 inputs are missing (no embeddings, too few compared pairs) is reported as not measured and never alarms.
+
+**The pooled location rule** (``pool_location``): the 2-of-3 vote throws evidence away — a shift of the scores
+that sits just under the per-window threshold in every window never alarms. Scores of one prompt move together
+(the two sides of a compared pair correlate at about 0.9 with the bundled reward model), so a window of 500 items
+holds only about 265 items' worth of information on the mean, and a 0.25-sd shift is only about 3.5 standard errors
+of a window-versus-reference difference. The history therefore also keeps each window's signed mean shift, and
+alarms when their average over the last ``persist_n`` windows is over ``k`` standard errors of such an average
+(:class:`LocationNull`: the prompt-clustered — cluster-robust — standard error of the reference's mean and of a
+window's, computed once at calibration; the window term shrinks with the number of windows pooled, the reference's
+does not). It needs a full ``persist_n`` windows, so it is a persistence rule too.
 
 Calibration is separate from checking so a sensor can store the :class:`Calibration` next to the release (JSON) and
 check a 500-item window in well under a second. No Dagster here.
@@ -51,8 +63,8 @@ from rlhf_assets.config_schema import FileConfig, settings
 
 PositiveInt = Annotated[int, Field(ge=1)]
 
-CALIBRATION_VERSION = 1
-SCORE_TESTS = ("psi", "ks", "wasserstein")
+CALIBRATION_VERSION = 2
+SCORE_TESTS = ("psi", "ks", "wasserstein", "mean_shift")
 PAIR_TESTS = ("expected_accuracy_drop",)
 EMBEDDING_TESTS = ("classifier_auc", "mmd")
 TESTS = SCORE_TESTS + PAIR_TESTS + EMBEDDING_TESTS
@@ -82,6 +94,10 @@ class DriftSettings(FileConfig):
     """An alarm needs the effect on persist_k of the last persist_n windows."""
     persist_n: PositiveInt = 3
     """How many of the most recent windows the persistence rule looks at."""
+    pool_location: bool = True
+    """Also raise the alarm when the mean score shift averaged over the last persist_n windows is over k of its
+    prompt-clustered standard errors (the pooled location rule: a small shift that persists is found in fewer
+    windows than by the persist_k-of-persist_n vote)."""
     psi_bins: Annotated[int, Field(ge=2, le=100)] = 10
     """PSI bins: edges at the reference's quantiles (equal-mass bins)."""
     psi_floor: Annotated[float, Field(gt=0, lt=0.01)] = 1e-4
@@ -107,7 +123,7 @@ class DriftSettings(FileConfig):
 
 
 #: Settings that do not change a calibration (they only act on its results).
-NOT_CALIBRATED = ("persist_k", "persist_n")
+NOT_CALIBRATED = ("persist_k", "persist_n", "pool_location")
 
 
 # -------------------------------------------------------------------------------------------------- containers
@@ -278,6 +294,41 @@ def classifier_auc(reference: np.ndarray, current: np.ndarray, *, folds: int = 5
     return float(np.mean(cross_val_score(model, x, y, cv=cv, scoring="roc_auc")))
 
 
+def mean_shift(reference: np.ndarray, current: np.ndarray) -> float:
+    """(mean of ``current`` − mean of ``reference``) ÷ the reference's standard deviation: signed, in reference sd."""
+    reference = np.asarray(reference, dtype=np.float64)
+    return float((np.mean(current) - reference.mean()) / reference.std())
+
+
+def clustered_se_of_mean(values: np.ndarray, groups: np.ndarray | None = None) -> float:
+    """The cluster-robust standard error of the mean of ``values`` with ``groups`` as the clusters (each item its own
+    cluster without): sqrt(G/(G − 1) · Σ_g (Σ_{i∈g} (x_i − x̄))²) / n — what statsmodels' OLS on a constant with
+    ``cov_type="cluster"`` reports. Items of one prompt move together, so this is larger than sd/√n."""
+    x = np.asarray(values, dtype=np.float64)
+    codes = np.arange(len(x)) if groups is None else np.unique(groups, return_inverse=True)[1]
+    sums = np.bincount(codes, weights=x - x.mean())
+    g = len(sums)
+    return float(np.sqrt(g / (g - 1) * np.sum(sums ** 2)) / len(x))
+
+
+@dataclass(frozen=True)
+class LocationNull:
+    """Standard errors of the signed mean shift, in reference sd: ``window`` for a window's mean (the reference's
+    clustered SE scaled to the window's size: the same traffic, fewer items) and ``reference`` for the reference's
+    own mean. The average shift of m windows against the reference has SE sqrt(window²/m + reference²)."""
+
+    window: float
+    reference: float
+
+    def pooled_se(self, m: int) -> float:
+        return math.sqrt(self.window ** 2 / m + self.reference ** 2)
+
+    @classmethod
+    def of(cls, reference: Sample, window: int) -> LocationNull:
+        se = clustered_se_of_mean(reference.scores, reference.groups) / float(reference.scores.std())
+        return cls(window=se * math.sqrt(reference.n / window), reference=se)
+
+
 def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     d = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
     return np.maximum(d, 0.0)
@@ -335,12 +386,16 @@ class Calibration:
     reference_hash: str
     tests: dict[str, NullSummary]
     bandwidth: float | None = None
+    location: dict[str, float] | None = None  # LocationNull's fields
     seconds: float = 0.0
     version: int = CALIBRATION_VERSION
 
     @property
     def window(self) -> int:
         return int(self.settings["window"])
+
+    def location_null(self) -> LocationNull:
+        return LocationNull(**self.location)
 
     def drift_settings(self) -> DriftSettings:
         return DriftSettings.from_dict(self.settings)
@@ -393,6 +448,8 @@ def _statistics(reference: Sample, current: Sample, s: DriftSettings, bandwidth:
         out["ks"] = ks_statistic(reference.scores, current.scores)
     if "wasserstein" in names:
         out["wasserstein"] = wasserstein_normed(reference.scores, current.scores)
+    if "mean_shift" in names:
+        out["mean_shift"] = abs(mean_shift(reference.scores, current.scores))
     if "expected_accuracy_drop" in names:
         out["expected_accuracy_drop"] = expected_accuracy(reference.p) - expected_accuracy(current.p)
     if "classifier_auc" in names or "mmd" in names:
@@ -455,8 +512,9 @@ def calibrate(reference: Sample, settings: DriftSettings | None = None) -> Calib
         mean, sd = float(values.mean()), float(values.std(ddof=1))
         tests[name] = NullSummary(measured=True, threshold=mean + s.k * sd, null_mean=mean, null_sd=sd,
                                   statistics=[float(v) for v in values])
+    location = dataclasses.asdict(LocationNull.of(reference, w))
     return Calibration(settings=s.to_dict(), reference_size=reference.size(), reference_hash=reference.digest,
-                       tests=tests, bandwidth=bandwidth, seconds=time.perf_counter() - started)
+                       tests=tests, bandwidth=bandwidth, location=location, seconds=time.perf_counter() - started)
 
 
 # ----------------------------------------------------------------------------------------------------- checking
@@ -482,19 +540,31 @@ class TestResult:
         return dataclasses.asdict(self)
 
 
+@dataclass(frozen=True)
+class Location:
+    """A window's signed mean shift (reference sd), with what the pooled location rule judges it by."""
+
+    shift: float
+    null: LocationNull
+    k: float
+
+
 @dataclass
 class WindowResult:
-    """A window against the reference: ``alarm`` when any measured statistic is over its threshold."""
+    """A window against the reference: ``alarm`` when any measured statistic is over its threshold; ``location``
+    feeds the pooled location rule of :class:`AlarmHistory`."""
 
     alarm: bool
     window: int
     tests: list[TestResult]
     calibration: dict[str, Any]
     seconds: float = 0.0
+    location: Location | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"alarm": self.alarm, "window": self.window, "tests": [t.to_dict() for t in self.tests],
-                "calibration": self.calibration, "seconds": self.seconds}
+                "calibration": self.calibration, "seconds": self.seconds,
+                "location": None if self.location is None else dataclasses.asdict(self.location)}
 
     def test(self, name: str) -> TestResult:
         return next(t for t in self.tests if t.name == name)
@@ -556,13 +626,16 @@ def check(calibration: Calibration, reference: Sample, current: Sample,
         detail = {}
         if name == "expected_accuracy_drop":
             detail = {"reference": expected_accuracy(reference.p), "current": expected_accuracy(cut.p)}
+        if name == "mean_shift":
+            detail = {"signed": mean_shift(reference.scores, cut.scores)}
         tests.append(TestResult(name, value, summary.threshold, bool(value > summary.threshold), True,
                                 summary.null_mean, summary.null_sd, None, detail))
     meta = {"k": s.k, "null_windows": s.null_windows, "window": s.window, "pair_window": s.pair_window,
             "reference_size": calibration.reference_size, "reference_hash": calibration.reference_hash,
             "rule": f"alarm when a statistic > null mean + {s.k:g}·sd over {s.null_windows} reference-vs-reference "
                     f"windows of {s.window}"}
-    return WindowResult(any(t.alarm for t in tests), cut.n, tests, meta, time.perf_counter() - started)
+    location = Location(mean_shift(reference.scores, cut.scores), calibration.location_null(), s.k)
+    return WindowResult(any(t.alarm for t in tests), cut.n, tests, meta, time.perf_counter() - started, location)
 
 
 # ------------------------------------------------------------------------------------------------- persistence
@@ -577,28 +650,42 @@ def persistent(alarms: Sequence[bool], persist_k: int = 2, persist_n: int = 3) -
 
 @dataclass
 class AlarmHistory:
-    """The last ``persist_n`` window alarms, for a sensor's cursor (:meth:`to_json` / :meth:`from_json`)."""
+    """The last ``persist_n`` windows — their alarms and signed mean shifts — for a sensor's cursor (:meth:`to_json` /
+    :meth:`from_json`). Active when ``persist_k`` of them alarmed (the vote) or, with ``pool_location``, when their
+    average mean shift is over k of its standard errors (``pooled_z``: that average ÷ its SE, once persist_n windows
+    with a shift are in)."""
 
     persist_k: int = 2
     persist_n: int = 3
     alarms: list[bool] = field(default_factory=list)
+    shifts: list[float] = field(default_factory=list)
+    pooled_z: float | None = None
+    pooled_alarm: bool = False
+    pool_location: bool = True
 
     def __post_init__(self) -> None:
         persistent([], self.persist_k, self.persist_n)  # validates k and n
         self.alarms = [bool(a) for a in self.alarms][-self.persist_n:]
+        self.shifts = [float(x) for x in self.shifts][-self.persist_n:]
 
     @classmethod
     def for_settings(cls, settings: DriftSettings) -> AlarmHistory:
-        return cls(settings.persist_k, settings.persist_n)
+        return cls(settings.persist_k, settings.persist_n, pool_location=settings.pool_location)
 
-    def update(self, alarm: bool) -> bool:
-        """Record one window's alarm; True when the persistence rule now holds."""
+    def update(self, alarm: bool, location: Location | None = None) -> bool:
+        """Record one window's alarm (and its :class:`Location`; without one the pooled rule starts over); True when
+        the persistence rule now holds."""
         self.alarms = [*self.alarms, bool(alarm)][-self.persist_n:]
+        self.shifts = [] if location is None else [*self.shifts, float(location.shift)][-self.persist_n:]
+        self.pooled_z, self.pooled_alarm = None, False
+        if location is not None and len(self.shifts) == self.persist_n:
+            self.pooled_z = abs(float(np.mean(self.shifts))) / location.null.pooled_se(self.persist_n)
+            self.pooled_alarm = self.pool_location and self.pooled_z > location.k
         return self.active
 
     @property
     def active(self) -> bool:
-        return persistent(self.alarms, self.persist_k, self.persist_n)
+        return persistent(self.alarms, self.persist_k, self.persist_n) or self.pooled_alarm
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))

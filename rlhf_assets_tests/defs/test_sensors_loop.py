@@ -156,6 +156,10 @@ def test_drift_sensor_no_drift_nothing_then_persistent_drift_one_retrain(tmp_pat
     (observed,) = [e for e in tick.asset_events if not hasattr(e, "check_name")]
     assert observed.metadata["alarm"].value is False and observed.partition
     assert not tick.run_requests and read_state(storage)[serve.rm[0]]["windows"] == 5
+    state = read_state(storage)[serve.rm[0]]
+    assert len(state["shifts"]) == 1 and state["pooled_z"] is None  # the pooled location rule needs 3 windows
+    (score,) = [e for e in checks if e.check_name == "score_drift"]
+    assert "mean_shift" in score.metadata and score.metadata["pooled_mean_shift_z"].value is None
     for seed in range(4):  # two windows of drifted prompts: 2 of the last 3 windows alarm → persistent
         write_log_directly(storage, model, Traffic("prompt", seed=seed), items=50, release=R1)
     tick = evaluate("drift_sensor", dagster_instance, tick.cursor, defs())
@@ -164,6 +168,7 @@ def test_drift_sensor_no_drift_nothing_then_persistent_drift_one_retrain(tmp_pat
     assert run.job_name == "release_chain" and run.partition_key.endswith("-drift")
     assert run.tags["rlhf/trigger"] == "drift_sensor" and "prompt" not in run.tags["rlhf/action"]
     assert tick.asset_events[0].metadata["artifact_id"].value == serve.rm[0]
+    assert len(read_state(storage)[serve.rm[0]]["shifts"]) == 3 and read_state(storage)[serve.rm[0]]["pooled_z"] >= 0
     for seed in range(2):  # the drift goes on: the same episode, no second retrain
         write_log_directly(storage, model, Traffic("prompt", seed=10 + seed), items=50, release=R1)
     again = evaluate("drift_sensor", dagster_instance, tick.cursor, defs())

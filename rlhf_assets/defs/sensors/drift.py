@@ -17,7 +17,7 @@ NAME = "drift_sensor"
 
 
 def evaluations(w: VersionWindow, day: str) -> list[dg.AssetCheckEvaluation | dg.AssetObservation]:
-    """The window as two check evaluations — score drift (PSI, KS, Wasserstein, expected accuracy) and prompt drift
+    """The window as two check evaluations — score drift (PSI, KS, Wasserstein, mean shift, expected accuracy) and prompt drift
     (domain classifier AUC, MMD), each statistic next to its calibrated threshold; not partitioned (see
     defs/monitoring/checks.py), the day in their metadata — and as one observation on serving_log's day."""
     out: list[dg.AssetCheckEvaluation | dg.AssetObservation] = []
@@ -31,6 +31,8 @@ def evaluations(w: VersionWindow, day: str) -> list[dg.AssetCheckEvaluation | dg
         metadata = {"artifact_id": w.artifact_id, "release": w.release or "", "alias": w.alias or "", "day": day,
                     "window": w.result.window, "persistent_alarm": w.persistent,
                     "rule": w.result.calibration.get("rule", "")}
+        if check_name == SCORE_DRIFT:
+            metadata["pooled_mean_shift_z"] = round(w.pooled_z, 3) if w.pooled_z is not None else None
         for t in tests:
             metadata[t.name] = round(t.statistic, 5) if t.statistic is not None else None
             metadata[f"{t.name}_threshold"] = round(t.threshold, 5) if t.threshold is not None else None
@@ -51,11 +53,11 @@ def evaluations(w: VersionWindow, day: str) -> list[dg.AssetCheckEvaluation | dg
            description="Reads the serving log's new rows and checks each served version's traffic, window by window: "
                        "its first drift_reference_windows windows become its production reference (calibrated then; "
                        "the release's drift_reference gives the window size and settings), later windows are "
-                       "compared with it — score drift (PSI, KS, normalised Wasserstein, the calibrated model's "
-                       "expected pairwise accuracy) and prompt drift (domain-classifier AUC, MMD on the prompt "
+                       "compared with it — score drift (PSI, KS, normalised Wasserstein, the mean shift, "
+                       "the calibrated model's expected pairwise accuracy) and prompt drift (domain-classifier AUC, MMD on the prompt "
                        "embeddings), each against a threshold calibrated on reference-versus-reference windows "
                        "(mean + k·sd). When persist_k of the last persist_n windows of the production version "
-                       "alarm, requests a retrain (a new release partition and the release chain, tagged with the "
+                       "alarm, or their mean score shift pooled is over k standard errors, requests a retrain (a new release partition and the release chain, tagged with the "
                        "evidence; then a cooldown). Records score_drift and prompt_drift on serving_log. Every 60 s; "
                        "starts stopped.")
 def drift_sensor(context: dg.SensorEvaluationContext, storage: StorageResource, automation: AutomationResource,
@@ -77,9 +79,12 @@ def drift_sensor(context: dg.SensorEvaluationContext, storage: StorageResource, 
     alarm = next((w for w in reversed(windows) if w.persistent and w.alias == "production"), None)
     if alarm is not None:
         drifted = [t.name for t in alarm.result.tests if t.alarm]
+        if alarm.pooled_alarm:
+            drifted.append(f"the mean score shift pooled over {automation.drift_settings().persist_n} windows "
+                           f"({alarm.pooled_z:.1f} standard errors)")
         action = Action("retrain", f"{alarm.alias} {alarm.artifact_id[:12]} ({alarm.release}): persistent drift in "
                                    + ", ".join(drifted),
-                        {"artifact_id": alarm.artifact_id, "release": alarm.release,
+                        {"artifact_id": alarm.artifact_id, "release": alarm.release, "pooled_z": alarm.pooled_z,
                          "tests": [t.to_dict() for t in alarm.result.tests if t.measured]})
         last = in_cooldown(store, settings.retrain_cooldown_s)
         if last is None:

@@ -308,6 +308,8 @@ def clustered_se_of_mean(values: np.ndarray, groups: np.ndarray | None = None) -
     codes = np.arange(len(x)) if groups is None else np.unique(groups, return_inverse=True)[1]
     sums = np.bincount(codes, weights=x - x.mean())
     g = len(sums)
+    if g < 2:
+        raise DriftInputError("every item is of one prompt (group): a mean over prompts needs at least two")
     return float(np.sqrt(g / (g - 1) * np.sum(sums ** 2)) / len(x))
 
 
@@ -478,6 +480,7 @@ def calibrate(reference: Sample, settings: DriftSettings | None = None) -> Calib
                               "held-out rest of at least its size for each null comparison)")
     if reference.scores.std() == 0:
         raise DriftInputError("every reference score is the same: there is no distribution to compare with")
+    location = dataclasses.asdict(LocationNull.of(reference, w))  # refuses a reference of one prompt
     notes: dict[str, str] = {}
     if reference.n_pairs < 2 * s.pair_window:
         notes["expected_accuracy_drop"] = (f"the reference has {reference.n_pairs} compared pairs; the test needs "
@@ -512,7 +515,6 @@ def calibrate(reference: Sample, settings: DriftSettings | None = None) -> Calib
         mean, sd = float(values.mean()), float(values.std(ddof=1))
         tests[name] = NullSummary(measured=True, threshold=mean + s.k * sd, null_mean=mean, null_sd=sd,
                                   statistics=[float(v) for v in values])
-    location = dataclasses.asdict(LocationNull.of(reference, w))
     return Calibration(settings=s.to_dict(), reference_size=reference.size(), reference_hash=reference.digest,
                        tests=tests, bandwidth=bandwidth, location=location, seconds=time.perf_counter() - started)
 

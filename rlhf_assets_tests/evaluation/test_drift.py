@@ -503,3 +503,8 @@ def test_the_pooled_rule_finds_a_small_persistent_shift_sooner_than_the_vote():
     assert all(p <= v for p, v in zip(delays["pooled"], delays["vote"], strict=True)), delays
     within_3 = {name: sum(d <= 3 for d in values) for name, values in delays.items()}
     assert within_3["pooled"] >= 26 and within_3["pooled"] >= within_3["vote"] + 5, within_3
+
+
+def test_a_reference_of_one_prompt_is_refused():
+    with pytest.raises(DriftInputError, match="one prompt"):
+        calibrate(Sample(np.random.default_rng(24).normal(0, 1, 1200), groups=np.zeros(1200)), FAST)

@@ -56,8 +56,8 @@ def _day_window(context: dg.AssetCheckExecutionContext, storage: StorageResource
 
 
 @dg.asset_check(asset="serving_log", name=SCORE_DRIFT,
-                description="Score drift of the production model's served traffic (PSI, KS, Wasserstein / reference "
-                            "sd, expected pairwise accuracy) against its release's drift reference, each over a "
+                description="Score drift of the production model's served traffic (PSI, KS, Wasserstein and mean "
+                            "shift / reference sd, expected pairwise accuracy) against its release's drift reference, each over a "
                             "threshold calibrated on reference-versus-reference windows. Recorded by drift_sensor per "
                             "window; runnable here on the day's newest window.")
 def score_drift(context: dg.AssetCheckExecutionContext, storage: StorageResource) -> dg.AssetCheckResult:

@@ -12,6 +12,7 @@ persistence rule in ``monitoring/drift/state.json``.
 from __future__ import annotations
 
 import io
+import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import polars as pl
 
 from rlhf_assets.automation.drift_state import read_state, write_state
 from rlhf_assets.evaluation.drift import (
+    CALIBRATION_VERSION,
     AlarmHistory,
     Calibration,
     DriftSettings,
@@ -89,7 +91,13 @@ def load_reference(storage: Storage, artifact_id: str, kind: str = "release") ->
     sample = Sample(frame["score"].to_numpy(), pairs["p"].to_numpy() if pairs.height else None,
                     np.asarray(frame["embedding"].to_list(), np.float32),
                     frame["group"].to_numpy() if "group" in frame.columns else None)
-    return sample, Calibration.from_json(storage.read_bytes(cal).decode())
+    text = storage.read_bytes(cal).decode()
+    stored = json.loads(text)
+    if isinstance(stored, dict) and stored.get("version") != CALIBRATION_VERSION and "settings" in stored:
+        # made by an earlier detector (before the mean shift and its standard errors): the stored reference is still
+        # good, so calibrate it again with the settings it had, once, and keep that
+        return sample, store_reference(storage, artifact_id, sample, DriftSettings.from_dict(stored["settings"]), kind)
+    return sample, Calibration.from_json(text)
 
 
 @dataclass

@@ -508,3 +508,29 @@ def test_the_pooled_rule_finds_a_small_persistent_shift_sooner_than_the_vote():
 def test_a_reference_of_one_prompt_is_refused():
     with pytest.raises(DriftInputError, match="one prompt"):
         calibrate(Sample(np.random.default_rng(24).normal(0, 1, 1200), groups=np.zeros(1200)), FAST)
+
+
+def test_a_stored_calibration_of_the_earlier_version_is_made_again_from_its_reference(tmp_path):
+    """A drift reference stored before the mean shift (calibration version 1) is calibrated again, once, from its
+    stored sample with its own settings, when the sensor loads it; a file that is no calibration is still refused."""
+    from rlhf_assets.automation.drift_watch import _paths, load_reference, store_reference
+    from rlhf_assets.evaluation.drift import CALIBRATION_VERSION
+    from rlhf_assets.storage import Storage
+
+    storage = Storage(str(tmp_path / "root"))
+    small = DriftSettings(window=50, min_window=10, pair_window=10, null_windows=10, k=4.0)
+    made = store_reference(storage, "abc", synthetic(np.random.default_rng(25), 200), small)
+    _, path = _paths(storage, "abc")
+    old = made.to_dict()
+    old.update(version=1, location=None)
+    del old["tests"]["mean_shift"], old["settings"]["pool_location"]
+    storage.write_bytes(path, json.dumps(old).encode())
+    with pytest.raises(ValueError, match="version 2"):
+        Calibration.from_json(storage.read_bytes(path).decode())
+    _, calibration = load_reference(storage, "abc")
+    assert calibration.version == CALIBRATION_VERSION and "mean_shift" in calibration.tests
+    assert calibration.drift_settings() == small and calibration.location_null().window > 0
+    assert Calibration.from_json(storage.read_bytes(path).decode()).to_dict() == calibration.to_dict()  # kept
+    storage.write_bytes(path, b'{"version": 1}')
+    with pytest.raises(ValueError, match="not a drift calibration"):
+        load_reference(storage, "abc")

@@ -71,12 +71,12 @@ def _free_port() -> int:
 
 
 def _stop(process: subprocess.Popen) -> None:
-    """`dagster dev` runs a webserver, a daemon and code servers: stop its whole process group (it may ignore
-    SIGTERM, so SIGKILL after a grace period)."""
+    """`dagster dev` runs a webserver, a daemon and code servers: stop its whole process group (Ctrl-C, as a person
+    would; it may not stop, so SIGKILL after a grace period)."""
     if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
+        os.killpg(process.pid, signal.SIGINT)
     try:
-        process.wait(timeout=30)
+        process.wait(timeout=15)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)

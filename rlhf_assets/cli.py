@@ -191,7 +191,7 @@ def serve_policy(ctx: typer.Context):
 
 @app.command("annotate", context_settings=_PASSTHROUGH, add_help_option=False)
 def annotate(ctx: typer.Context):
-    """The annotation app: [--host 127.0.0.1] [--port 8090] [--day YYYY-MM-DD] … (--help for all); `rlhf annotate
+    """The annotation app: [--host 127.0.0.1] [--port 8070] [--day YYYY-MM-DD] … (--help for all); `rlhf annotate
     roster add NAME [--expires-days N]` puts an annotator on the roster and prints their token once (roster list |
     deactivate NAME | activate NAME)."""
     from rlhf_assets.annotation.server import main as server

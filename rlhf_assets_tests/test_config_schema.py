@@ -154,3 +154,14 @@ def test_validation_is_one_style_for_every_trainer():
         with pytest.raises(ValueError, match="lr"):
             cls(lr=float("nan"))
         assert dataclasses.replace(cls(), seed=5).seed == 5
+
+
+def test_the_three_servers_default_to_different_ports():
+    """A laptop runs the loop's servers side by side: `rlhf serve`, `rlhf serve-policy` and `rlhf annotate` with no
+    --port must not collide."""
+    from rlhf_assets.annotation.settings import AppSettings
+    from rlhf_assets.policy_serving.settings import PolicyServeSettings
+    from rlhf_assets.serving.settings import ServeSettings
+
+    ports = {cls.__name__: cls().port for cls in (ServeSettings, PolicyServeSettings, AppSettings)}
+    assert len(set(ports.values())) == len(ports), ports

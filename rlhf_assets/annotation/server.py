@@ -1,6 +1,6 @@
 """``rlhf annotate``: the annotation app, and its roster.
 
-    rlhf annotate [--host 127.0.0.1] [--port 8090] [--day YYYY-MM-DD] [--root DIR|s3://…] [--config FILE] …
+    rlhf annotate [--host 127.0.0.1] [--port 8070] [--day YYYY-MM-DD] [--root DIR|s3://…] [--config FILE] …
     rlhf annotate roster add NAME [--expires-days N]     prints NAME's new token, once
     rlhf annotate roster list | deactivate NAME | activate NAME
 

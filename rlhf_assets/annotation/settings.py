@@ -121,7 +121,7 @@ class AppSettings(FileConfig):
 
     host: str = "127.0.0.1"
     """Interface to bind (put a TLS-terminating proxy in front of anything but loopback)."""
-    port: Annotated[int, Field(ge=0, le=65535)] = 8090
+    port: Annotated[int, Field(ge=0, le=65535)] = 8070
     """TCP port (0: any free port, printed at start)."""
     day: str | None = None
     """Queue day (YYYY-MM-DD) whose assignments are served; unset: today (UTC), re-read as the day changes."""

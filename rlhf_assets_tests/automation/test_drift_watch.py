@@ -54,6 +54,11 @@ def test_a_version_without_a_reference_is_reported_and_its_rows_not_kept(store):
     assert (windows, missing) == ([], ["unknown"])
     assert "unknown" not in read_state(store)
     assert feed(store, served(np.random.default_rng(0), "rm1", 0).head(0), SMALL) == ([], [])
+    # in one batch with a version that has one (its rows served later): that version is still checked
+    rows = pl.concat([served(np.random.default_rng(0), "unknown", 60), served(np.random.default_rng(1), "rm1", 60,
+                                                                            start=100)])
+    windows, missing = feed(store, rows, SMALL, reference_windows=2)
+    assert missing == ["unknown"] and [w.artifact_id for w in windows] == ["rm1"]
 
 
 def test_windows_of_exactly_the_calibrated_size_the_rest_waits(store):

@@ -105,7 +105,8 @@ def test_live_rows_keep_each_holders_newest_responses_in_its_current_tenure():
              ("production", "r1", "pol-r1", t[9], True, 99.0),  # the previous holder
              ("canary", "r2", "pol-r2", t[9], True, 99.0),  # same release, another alias
              ("production", "r2", "pol-other", t[9], True, 99.0),  # another policy under the same release
-             ("canary", "r3", "pol-r3", t[1], True, 4.0), ("canary", "r3", "pol-r3", t[2], False, 2.0)]
+             ("canary", "r3", "pol-r3", t[1], True, 4.0), ("canary", "r3", "pol-r3", t[2], False, 2.0),
+             ("canary", "r3", "pol-r3", SINCE - timedelta(hours=1), True, 99.0)]  # an earlier canary tenure
     live = live_rows(pl.DataFrame(), log(rows), ALIASES, SETTINGS.policy_guard_window)
     prod = live.filter(pl.col("alias") == "production")
     assert prod["kl"].to_list() == [3.0, 4.0, 5.0, 6.0, 7.0]  # the newest 5, nothing else

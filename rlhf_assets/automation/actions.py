@@ -4,7 +4,7 @@
   ``min_human_rm_correlation``, or the point estimate ``max_correlation_drop`` below the release's own calibration
   baseline) → **retrain**: a new release partition and a run of the release chain;
 - …falls under ``rollback_correlation`` while an earlier release held production → **rollback** to that release
-  (the last good one: the production holder before the current one);
+  (the last good one: the production holder before the current one, unless it was itself rolled back from);
 - the canary version has served ``canary_min_audits`` audited pairs: its correlation interval wholly at or above the
   threshold and its traffic checked for drift without a persistent alarm → **graduate** it to production; its
   interval wholly below → **end the canary** (rolled back out of canary);
@@ -17,6 +17,7 @@ the aliases, so the same evidence cannot ask for them twice, and their run keys 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any, Literal
 
 from rlhf_assets.automation.correlation import Correlation
@@ -38,8 +39,12 @@ class Action:
 
 
 def previous_production(history: list[dict[str, Any]], current: str | None) -> str | None:
-    """The release that held production before ``current`` (the last good one), or None."""
-    holders = [e["release"] for e in history if e["alias"] == "production" and e["action"] not in NOT_A_MOVE]
+    """The release that held production before ``current`` (the last good one), or None. A tenure that ended in a
+    rollback (the release was rolled back from) is not a good one: returning to it would swing production back and
+    forth between two failed releases."""
+    moves = [e for e in history if e["alias"] == "production" and e["action"] not in NOT_A_MOVE]
+    # each tenure with the move that ended it (None: the one still holding)
+    holders = [e["release"] for e, end in pairwise([*moves, None]) if end is None or end["action"] != "rollback"]
     for release in reversed(holders):
         if release != current:
             return release

@@ -196,9 +196,10 @@ def test_previous_production_skips_clears_escalations_canaries_and_the_current_h
 
 
 def test_previous_production_counts_rollbacks_and_overrides_as_holders():
-    history = [entry(1, "production", "r1"), entry(2, "production", "r2", "override"),
-               entry(3, "production", "r3", "rollback")]
+    history = [entry(1, "production", "r1"), entry(2, "production", "r2", "override"), entry(3, "production", "r3")]
     assert previous_production(history, "r3") == "r2"
+    history += [entry(4, "production", "r2", "rollback"), entry(5, "production", "r4")]
+    assert previous_production(history, "r4") == "r2"  # restored by the rollback, then superseded normally
 
 
 def test_previous_production_none_without_an_earlier_holder():
@@ -211,3 +212,18 @@ def test_previous_production_none_without_an_earlier_holder():
 def test_previous_production_with_no_current_holder_is_the_last_one():
     history = [entry(1, "production", "r1"), entry(2, "production", "r2"), entry(3, "production", None, "clear")]
     assert previous_production(history, None) == "r2"
+
+
+def test_previous_production_never_returns_to_a_release_that_was_rolled_back_from():
+    """r1, r2 promoted, r2 rolled back to r1: when r1 fails too there is no good release to return to (r2 failed
+    already); returning to r2 would swing production between the two."""
+    history = [entry(1, "production", "r1"), entry(2, "production", "r2"), entry(3, "production", "r1", "rollback")]
+    assert previous_production(history, "r1") is None
+    aliases = {"production": holder("r1", PROD_RM, 3), "canary": None}
+    assert kinds(decide(corr(PROD_RM, spearman=0.0, ci=(-0.2, 0.05)), aliases=aliases, history=history)) \
+        == [("retrain", None)]
+    # r0 before them was good: that is where production goes
+    assert previous_production([entry(0, "production", "r0"), *history], "r1") == "r0"
+    # a release rolled back from and later promoted again, then superseded normally, is good again
+    again = [*history, entry(4, "production", "r2"), entry(5, "production", "r3")]
+    assert previous_production(again, "r3") == "r2"

@@ -135,7 +135,10 @@ def correlations(audits: pl.DataFrame, served: pl.DataFrame, settings: Automatio
     else:
         joined = joined.with_columns(pl.lit(1.0).alias("weight"))
     out = []
-    for key, group in joined.sort("audited_at").group_by("artifact_id", maintain_order=True):
+    # audit times are often to the second (hundreds of pairs tie): the pair's hashes break ties, so "the newest
+    # audit_window" is the same set on every evaluation of the same audits, whatever order they were read in
+    ordered = joined.sort("audited_at", "prompt_sha256", "first", "second", "artifact_id")
+    for key, group in ordered.group_by("artifact_id", maintain_order=True):
         group = group.tail(settings.audit_window)
         last = group.row(-1, named=True)
         c = Correlation(key[0], last["release"], last["alias"], group.height)

@@ -67,7 +67,6 @@ TARGETED = SCENARIOS[1:5]  # the issue's four shifts; the -half variants are har
 SHIFTS = {"score+0.25sd": 0.25, "score+0.5sd": 0.5}
 MIXES = {"topic": ("topic", 1.0), "label": ("label", 1.0), "topic-half": ("topic", 0.5), "label-half": ("label", 0.5)}
 EMB_COLUMNS = [f"emb_{j}" for j in range(32)]
-TEST_NAMES = ("psi", "ks", "wasserstein", "mean_shift", "expected_accuracy_drop", "classifier_auc", "mmd")
 
 
 # traffic ---------------------------------------------------------------------------------------------------------
@@ -270,6 +269,8 @@ def _persistent_series(windows: list[dict], key: str, settings) -> list[bool]:
 
 
 def summarize(runs: list[dict], change_at: int, settings, detectors: list[str]) -> dict[str, Any]:
+    from rlhf_assets.evaluation.drift import TESTS
+
     rules = {"ours": ("ours", True), "evidently": ("evidently", False), "evidently_2of3": ("evidently", True)}
     out: dict[str, Any] = {}
     for scenario in SCENARIOS:
@@ -299,7 +300,7 @@ def summarize(runs: list[dict], change_at: int, settings, detectors: list[str]) 
             drifted = [w for r in runs for w in r["scenarios"][scenario][change_at:]]
             row["ours_tests_alarming_share"] = {
                 t: sum(t in w["ours_tests"] for w in drifted) / len(drifted)
-                for t in TEST_NAMES}
+                for t in TESTS}
             if "evidently" in detectors:
                 row["evidently_parts_share"] = {
                     part: sum(part in w["evidently_parts"] for w in drifted) / len(drifted)
@@ -309,7 +310,7 @@ def summarize(runs: list[dict], change_at: int, settings, detectors: list[str]) 
     out["none"]["ours_window_alarms_per_100"] = 100.0 * sum(w["ours"] for w in clean) / len(clean)
     out["none"]["ours_tests_alarming_per_100"] = {
         t: 100.0 * sum(t in w["ours_tests"] for w in clean) / len(clean)
-        for t in TEST_NAMES}
+        for t in TESTS}
     if "evidently" in detectors:
         out["none"]["evidently_parts_per_100"] = {
             part: 100.0 * sum(part in w["evidently_parts"] for w in clean) / len(clean)

@@ -91,13 +91,12 @@ def load_reference(storage: Storage, artifact_id: str, kind: str = "release") ->
     sample = Sample(frame["score"].to_numpy(), pairs["p"].to_numpy() if pairs.height else None,
                     np.asarray(frame["embedding"].to_list(), np.float32),
                     frame["group"].to_numpy() if "group" in frame.columns else None)
-    text = storage.read_bytes(cal).decode()
-    stored = json.loads(text)
+    stored = json.loads(storage.read_bytes(cal).decode())
     if isinstance(stored, dict) and stored.get("version") != CALIBRATION_VERSION and "settings" in stored:
         # made by an earlier detector (before the mean shift and its standard errors): the stored reference is still
         # good, so calibrate it again with the settings it had, once, and keep that
         return sample, store_reference(storage, artifact_id, sample, DriftSettings.from_dict(stored["settings"]), kind)
-    return sample, Calibration.from_json(text)
+    return sample, Calibration.from_dict(stored)
 
 
 @dataclass

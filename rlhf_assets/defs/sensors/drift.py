@@ -65,7 +65,8 @@ def drift_sensor(context: dg.SensorEvaluationContext, storage: StorageResource, 
     store, settings, alerts = storage.storage(), automation.settings(), notifier.notifier(context.log)
     cursor = json.loads(context.cursor) if context.cursor else {}
     rows, log_cursor = new_log_rows(store, LogCursor.from_dict(cursor.get("log")))
-    windows, missing = feed(store, rows, automation.drift_settings(), settings.drift_reference_windows)
+    drift_settings = automation.drift_settings()
+    windows, missing = feed(store, rows, drift_settings, settings.drift_reference_windows)
     if missing:
         context.log.info(f"no drift reference for {', '.join(m[:12] for m in missing)}: their traffic is not checked "
                          "(materialize drift_reference for their release)")
@@ -80,7 +81,7 @@ def drift_sensor(context: dg.SensorEvaluationContext, storage: StorageResource, 
     if alarm is not None:
         drifted = [t.name for t in alarm.result.tests if t.alarm]
         if alarm.pooled_alarm:
-            drifted.append(f"the mean score shift pooled over {automation.drift_settings().persist_n} windows "
+            drifted.append(f"the mean score shift pooled over {drift_settings.persist_n} windows "
                            f"({alarm.pooled_z:.1f} standard errors)")
         action = Action("retrain", f"{alarm.alias} {alarm.artifact_id[:12]} ({alarm.release}): persistent drift in "
                                    + ", ".join(drifted),
